@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Fetch the pinned llama.cpp tree, apply our patch series to it, and re-export the series.
+
+    python scripts/llama_vendor.py fetch    # vendor/llama.cpp from the pinned llama-cpp-python sdist
+    python scripts/llama_vendor.py apply    # fetch if missing, then apply patches/*.patch (idempotent)
+    python scripts/llama_vendor.py export   # write vendor/llama.cpp's commits since `upstream` to patches/
+    python scripts/llama_vendor.py status   # which patches are applied
+
+The upstream source is the llama.cpp copy vendored inside the llama-cpp-python sdist named below,
+downloaded with pip by name and version and checked against a pinned sha256. vendor/llama.cpp is made
+its own git repository whose first commit (tagged `upstream`) is the pristine tree; each patch of the
+series is one commit on top, so editing a patch is: change the tree, `git commit --amend` (or
+`git rebase -i upstream`) inside vendor/llama.cpp, then `export`.
+
+Only the standard library is used: this runs inside the build, before anything else is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+# The one pinned upstream line: llama.cpp 0c1e570 as vendored in llama-cpp-python 0.3.36.
+SDIST_NAME = "llama-cpp-python"
+SDIST_VERSION = "0.3.36"
+SDIST_SHA256 = "832db0699007f1be95a7e41ef12e88926b02ba836461e36a36372db2760c1a2e"
+LLAMA_CPP_COMMIT = "0c1e570"
+
+ROOT = Path(__file__).resolve().parent.parent
+VENDOR = ROOT / "vendor" / "llama.cpp"
+PATCHES = ROOT / "patches"
+
+# Fixed identity and dates so that applying the series gives the same commits everywhere.
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "llama-rewire",
+    "GIT_AUTHOR_EMAIL": "llama-rewire@localhost",
+    "GIT_COMMITTER_NAME": "llama-rewire",
+    "GIT_COMMITTER_EMAIL": "llama-rewire@localhost",
+    "GIT_AUTHOR_DATE": "2026-01-01T00:00:00Z",
+    "GIT_COMMITTER_DATE": "2026-01-01T00:00:00Z",
+}
+
+
+class VendorError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"[llama-vendor] {msg}", file=sys.stderr, flush=True)
+
+
+def git(*args: str, check: bool = True, capture: bool = True) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(GIT_ENV)
+    # never let an enclosing repository (ours) leak in
+    env.pop("GIT_DIR", None)
+    env.pop("GIT_WORK_TREE", None)
+    return subprocess.run(
+        ["git", "-c", "core.autocrlf=false", "-c", "advice.detachedHead=false", *args],
+        cwd=VENDOR,
+        env=env,
+        check=check,
+        text=True,
+        capture_output=capture,
+    )
+
+
+def sha256_of(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def download_sdist(dest: Path) -> Path:
+    """Download the pinned sdist with pip (by name and version) and verify its sha256."""
+    cached = os.environ.get("LLAMA_REWIRE_SDIST")
+    if cached:
+        path = Path(cached)
+    else:
+        log(f"downloading {SDIST_NAME}=={SDIST_VERSION} (sdist) with pip")
+        # --no-binary for this one package only: pip then reads its metadata with wheels of its
+        # build requirements instead of building cmake from source.
+        subprocess.run(
+            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST_NAME,
+             "--dest", str(dest), f"{SDIST_NAME}=={SDIST_VERSION}"],
+            check=True,
+        )
+        found = sorted(dest.glob("llama_cpp_python-*.tar.gz"))
+        if not found:
+            raise VendorError(f"pip did not produce an sdist of {SDIST_NAME}=={SDIST_VERSION}")
+        path = found[0]
+    digest = sha256_of(path)
+    if digest != SDIST_SHA256:
+        raise VendorError(f"{path.name}: sha256 {digest} does not match the pinned {SDIST_SHA256}")
+    return path
+
+
+def extract_llama_cpp(sdist: Path) -> None:
+    prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
+    tmp = VENDOR.parent / ".llama.cpp.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tarfile.open(sdist, "r:gz") as tar:
+        members = []
+        for m in tar.getmembers():
+            if not m.name.startswith(prefix) or m.name == prefix.rstrip("/"):
+                continue
+            if not (m.isfile() or m.isdir()):
+                continue
+            m.name = m.name[len(prefix):]
+            if m.name == ".git" or m.name.startswith(".git/"):
+                continue  # a submodule's gitlink: we make the tree a repository of its own
+            members.append(m)
+        if not members:
+            raise VendorError(f"{sdist.name} holds no {prefix}")
+        if hasattr(tarfile, "data_filter"):
+            tar.extractall(tmp, members=members, filter="data")
+        else:  # Python < 3.11.4
+            tar.extractall(tmp, members=members)
+    tmp.rename(VENDOR)
+
+
+def init_repo() -> None:
+    """Make vendor/llama.cpp a git repository whose first commit, tagged `upstream`, is pristine."""
+    git("init", "-q")
+    git("add", "-A", "-f", ".")
+    git("commit", "-q", "--no-verify", "-m", f"llama.cpp {LLAMA_CPP_COMMIT} (from {SDIST_NAME} {SDIST_VERSION})")
+    git("tag", "upstream")
+
+
+def fetch() -> None:
+    if (VENDOR / "CMakeLists.txt").exists():
+        if not (VENDOR / ".git").exists():
+            init_repo()
+        return
+    VENDOR.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        sdist = download_sdist(Path(tmp))
+        log(f"extracting llama.cpp {LLAMA_CPP_COMMIT} into {VENDOR.relative_to(ROOT)}")
+        extract_llama_cpp(sdist)
+    init_repo()
+
+
+def series() -> list[Path]:
+    return sorted(PATCHES.glob("*.patch"))
+
+
+def is_applied(patch: Path) -> bool:
+    return git("apply", "--reverse", "--check", str(patch), check=False).returncode == 0
+
+
+def apply() -> None:
+    fetch()
+    for patch in series():
+        if is_applied(patch):
+            continue
+        if git("apply", "--check", str(patch), check=False).returncode != 0:
+            raise VendorError(
+                f"{patch.relative_to(ROOT)} no longer applies to llama.cpp {LLAMA_CPP_COMMIT}.\n"
+                f"  Regenerate it: in vendor/llama.cpp, `git am -3 {patch}` and resolve the conflict\n"
+                f"  (or redo the change by hand and commit it), then run\n"
+                f"  `python scripts/llama_vendor.py export` and commit the new patches/."
+            )
+        clean = git("status", "--porcelain", "--untracked-files=no").stdout.strip() == ""
+        if clean:
+            git("am", "-q", "--keep-cr", "--committer-date-is-author-date", str(patch))
+        else:
+            git("apply", str(patch))
+        log(f"applied {patch.name}")
+
+
+def export() -> None:
+    if not (VENDOR / ".git").exists():
+        raise VendorError("vendor/llama.cpp is not a git repository: run `fetch` and `apply` first")
+    if git("status", "--porcelain", "--untracked-files=no").stdout.strip():
+        raise VendorError("vendor/llama.cpp has uncommitted changes: commit them into the series first")
+    for old in series():
+        old.unlink()
+    git("format-patch", "-q", "--zero-commit", "--no-signature", "--no-numbered",
+        "-o", str(PATCHES), "upstream..HEAD")
+    for p in series():
+        log(f"exported {p.name}")
+
+
+def status() -> None:
+    fetch()
+    for patch in series():
+        print(f"{'applied' if is_applied(patch) else 'NOT applied':12s} {patch.name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("command", choices=["fetch", "apply", "export", "status"])
+    args = parser.parse_args(argv)
+    try:
+        {"fetch": fetch, "apply": apply, "export": export, "status": status}[args.command]()
+    except (VendorError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", None) or ""
+        log(f"error: {e}\n{detail}")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,77 @@
+// Shared declarations of the llama_rewire._core bindings.
+#pragma once
+
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include "llama.h"
+
+#include <memory>
+#include <stdexcept>
+#include <string>
+
+namespace py = pybind11;
+
+namespace rewire {
+
+// Raised when a model cannot be loaded (a ValueError, as in llama-cpp-python).
+class model_load_error : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Raised when llama_decode fails (a RuntimeError, as in llama-cpp-python).
+class decode_error : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Raised for a closed model or context (a RuntimeError).
+class closed_error : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Owns a llama_model. Contexts hold a shared_ptr to it, so the model outlives them.
+class model {
+public:
+    explicit model(llama_model * ptr) : ptr_(ptr) {}
+    ~model() {
+        if (ptr_) {
+            llama_model_free(ptr_);
+        }
+    }
+    model(const model &) = delete;
+    model & operator=(const model &) = delete;
+
+    void close() {
+        if (n_contexts_ > 0) {
+            throw closed_error("the model still has " + std::to_string(n_contexts_) + " open context(s): close them first");
+        }
+        if (ptr_) {
+            llama_model_free(ptr_);
+            ptr_ = nullptr;
+        }
+    }
+    void context_opened() { ++n_contexts_; }
+    void context_closed() { --n_contexts_; }
+    bool closed() const { return ptr_ == nullptr; }
+    llama_model * get() const {
+        if (!ptr_) {
+            throw closed_error("the model is closed");
+        }
+        return ptr_;
+    }
+    const llama_vocab * vocab() const { return llama_model_get_vocab(get()); }
+
+private:
+    llama_model * ptr_;
+    int n_contexts_ = 0;
+};
+
+llama_context * context_ptr(py::handle ctx);
+
+void bind_model(py::module_ & m);
+void bind_context(py::module_ & m);
+void bind_sampler(py::module_ & m);
+void bind_rewire(py::module_ & m);
+
+} // namespace rewire

@@ -1,0 +1,163 @@
+// Model: loading, metadata and the vocabulary.
+#include "core.h"
+
+#include <vector>
+
+namespace rewire {
+
+static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_layers, bool use_mmap,
+                                         bool use_mlock, bool vocab_only) {
+    llama_model_params params = llama_model_default_params();
+    params.n_gpu_layers = n_gpu_layers;
+    params.load_mode    = use_mmap && use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK
+                        : use_mlock             ? LLAMA_LOAD_MODE_MLOCK
+                        : use_mmap              ? LLAMA_LOAD_MODE_MMAP
+                                                : LLAMA_LOAD_MODE_NONE;
+    params.vocab_only   = vocab_only;
+    llama_model * ptr = nullptr;
+    {
+        py::gil_scoped_release release;
+        ptr = llama_model_load_from_file(path.c_str(), params);
+    }
+    if (ptr == nullptr) {
+        throw model_load_error("failed to load model from file: " + path);
+    }
+    return std::make_shared<model>(ptr);
+}
+
+static py::object model_meta(const model & self, const std::string & key) {
+    std::vector<char> buf(256);
+    int32_t n = llama_model_meta_val_str(self.get(), key.c_str(), buf.data(), buf.size());
+    if (n < 0) {
+        return py::none();
+    }
+    if ((size_t) n >= buf.size()) {
+        buf.resize(n + 1);
+        n = llama_model_meta_val_str(self.get(), key.c_str(), buf.data(), buf.size());
+    }
+    return py::str(std::string(buf.data(), n));
+}
+
+static py::dict model_metadata(const model & self) {
+    py::dict out;
+    const int32_t count = llama_model_meta_count(self.get());
+    std::vector<char> key(256), val(256);
+    for (int32_t i = 0; i < count; ++i) {
+        int32_t nk = llama_model_meta_key_by_index(self.get(), i, key.data(), key.size());
+        if (nk < 0) {
+            continue;
+        }
+        if ((size_t) nk >= key.size()) {
+            key.resize(nk + 1);
+            nk = llama_model_meta_key_by_index(self.get(), i, key.data(), key.size());
+        }
+        int32_t nv = llama_model_meta_val_str_by_index(self.get(), i, val.data(), val.size());
+        if (nv < 0) {
+            continue;
+        }
+        if ((size_t) nv >= val.size()) {
+            val.resize(nv + 1);
+            nv = llama_model_meta_val_str_by_index(self.get(), i, val.data(), val.size());
+        }
+        out[py::str(std::string(key.data(), nk))] = py::str(std::string(val.data(), nv));
+    }
+    return out;
+}
+
+static std::vector<llama_token> model_tokenize(const model & self, const py::bytes & text, bool add_special,
+                                               bool parse_special) {
+    const std::string s = text;
+    const llama_vocab * vocab = self.vocab();
+    std::vector<llama_token> tokens(s.size() + 2);
+    int32_t n = 0;
+    {
+        py::gil_scoped_release release;
+        n = llama_tokenize(vocab, s.data(), (int32_t) s.size(), tokens.data(), (int32_t) tokens.size(),
+                           add_special, parse_special);
+        if (n < 0) {
+            tokens.resize(-n);
+            n = llama_tokenize(vocab, s.data(), (int32_t) s.size(), tokens.data(), (int32_t) tokens.size(),
+                               add_special, parse_special);
+        }
+    }
+    if (n < 0) {
+        throw std::runtime_error("tokenization failed");
+    }
+    tokens.resize(n);
+    return tokens;
+}
+
+static void check_token(const model & self, llama_token token) {
+    const int32_t n_vocab = llama_vocab_n_tokens(self.vocab());
+    if (token < 0 || token >= n_vocab) {
+        throw py::value_error("token id " + std::to_string(token) + " is out of range [0, " +
+                              std::to_string(n_vocab) + ")");
+    }
+}
+
+static py::bytes model_token_to_piece(const model & self, llama_token token, bool special) {
+    check_token(self, token);
+    std::vector<char> buf(64);
+    int32_t n = llama_token_to_piece(self.vocab(), token, buf.data(), (int32_t) buf.size(), 0, special);
+    if (n < 0) {
+        buf.resize(-n);
+        n = llama_token_to_piece(self.vocab(), token, buf.data(), (int32_t) buf.size(), 0, special);
+    }
+    return py::bytes(buf.data(), n < 0 ? 0 : n);
+}
+
+static py::bytes model_detokenize(const model & self, const std::vector<llama_token> & tokens, bool remove_special,
+                                  bool unparse_special) {
+    for (llama_token t : tokens) {
+        check_token(self, t);
+    }
+    std::vector<char> buf(tokens.size() * 8 + 16);
+    int32_t n = llama_detokenize(self.vocab(), tokens.data(), (int32_t) tokens.size(), buf.data(),
+                                 (int32_t) buf.size(), remove_special, unparse_special);
+    if (n < 0) {
+        buf.resize(-n);
+        n = llama_detokenize(self.vocab(), tokens.data(), (int32_t) tokens.size(), buf.data(),
+                             (int32_t) buf.size(), remove_special, unparse_special);
+    }
+    return py::bytes(buf.data(), n < 0 ? 0 : n);
+}
+
+static std::string model_desc(const model & self) {
+    char buf[256];
+    const int32_t n = llama_model_desc(self.get(), buf, sizeof(buf));
+    return std::string(buf, n < 0 ? 0 : std::min<size_t>(n, sizeof(buf) - 1));
+}
+
+void bind_model(py::module_ & m) {
+    py::class_<model, std::shared_ptr<model>>(m, "Model", "A loaded GGUF model (llama_model).")
+        .def(py::init(&model_load), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
+             py::arg("use_mlock") = false, py::arg("vocab_only") = false)
+        .def("close", &model::close, "Free the model now; later calls raise.")
+        .def_property_readonly("closed", &model::closed)
+        .def("n_layer", [](const model & s) { return llama_model_n_layer(s.get()); })
+        .def("n_embd", [](const model & s) { return llama_model_n_embd(s.get()); })
+        .def("n_ctx_train", [](const model & s) { return llama_model_n_ctx_train(s.get()); })
+        .def("n_vocab", [](const model & s) { return llama_vocab_n_tokens(s.vocab()); })
+        .def("n_params", [](const model & s) { return llama_model_n_params(s.get()); })
+        .def("size", [](const model & s) { return llama_model_size(s.get()); })
+        .def("desc", &model_desc)
+        .def("meta", &model_meta, py::arg("key"), "A metadata value as a string, or None.")
+        .def("metadata", &model_metadata, "All metadata as a dict of strings.")
+        .def("chat_template", [](const model & s) -> py::object {
+            const char * t = llama_model_chat_template(s.get(), nullptr);
+            return t ? py::object(py::str(t)) : py::object(py::none());
+        })
+        .def("token_bos", [](const model & s) { return llama_vocab_bos(s.vocab()); })
+        .def("token_eos", [](const model & s) { return llama_vocab_eos(s.vocab()); })
+        .def("token_nl", [](const model & s) { return llama_vocab_nl(s.vocab()); })
+        .def("add_bos", [](const model & s) { return llama_vocab_get_add_bos(s.vocab()); })
+        .def("add_eos", [](const model & s) { return llama_vocab_get_add_eos(s.vocab()); })
+        .def("is_eog", [](const model & s, llama_token t) { return llama_vocab_is_eog(s.vocab(), t); }, py::arg("token"))
+        .def("tokenize", &model_tokenize, py::arg("text"), py::arg("add_special") = true,
+             py::arg("parse_special") = false)
+        .def("token_to_piece", &model_token_to_piece, py::arg("token"), py::arg("special") = false)
+        .def("detokenize", &model_detokenize, py::arg("tokens"), py::arg("remove_special") = false,
+             py::arg("unparse_special") = false);
+}
+
+} // namespace rewire

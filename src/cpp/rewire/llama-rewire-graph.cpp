@@ -1,0 +1,201 @@
+// llama-rewire: building an overridden FFN activation out of ggml ops every backend has.
+#include "llama-rewire-graph.h"
+
+#include "llama-cparams.h"
+#include "llama-hparams.h"
+
+#include "ggml.h"
+
+std::shared_ptr<llama_rewire_state> llama_rewire_state_init(uint32_t n_layer) {
+    auto state = std::make_shared<llama_rewire_state>();
+    state->acts.assign(n_layer, llama_rewire_act{LLAMA_REWIRE_ACT_DEFAULT, 0.0f});
+    state->ffn.resize(n_layer);
+    return state;
+}
+
+// The longest composition below is elu(alpha) on a non-contiguous gated input: cont, relu, scale, elu,
+// scale, add, mul = 7 nodes. A layer can hold two FFNs (shared expert + routed experts).
+static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 8;
+
+uint32_t llama_rewire_max_extra_nodes(uint32_t n_layer) {
+    return 2 * REWIRE_MAX_NODES_PER_FFN * n_layer;
+}
+
+static void rewire_name(ggml_tensor * t, const char * what, int il) {
+    ggml_format_name(t, "ffn_rewire_%s-%d", what, il);
+}
+
+// The fused GLU op that computes act(a) * b in one kernel, if there is one for this activation.
+static bool rewire_glu_op(llama_rewire_act act, ggml_glu_op * op) {
+    switch (act.type) {
+        case LLAMA_REWIRE_ACT_SILU:       *op = GGML_GLU_OP_SWIGLU;      return true;
+        case LLAMA_REWIRE_ACT_GELU:       *op = GGML_GLU_OP_GEGLU;       return true;
+        case LLAMA_REWIRE_ACT_GELU_ERF:   *op = GGML_GLU_OP_GEGLU_ERF;   return true;
+        case LLAMA_REWIRE_ACT_GELU_QUICK: *op = GGML_GLU_OP_GEGLU_QUICK; return true;
+        case LLAMA_REWIRE_ACT_RELU:       *op = GGML_GLU_OP_REGLU;       return true;
+        case LLAMA_REWIRE_ACT_SWISH:
+            if (act.param == 1.0f) {
+                *op = GGML_GLU_OP_SWIGLU;
+                return true;
+            }
+            return false;
+        default:
+            return false;
+    }
+}
+
+static ggml_tensor * rewire_glu_split(ggml_context * ctx, ggml_glu_op op, ggml_tensor * a, ggml_tensor * b) {
+    switch (op) {
+        case GGML_GLU_OP_SWIGLU:      return ggml_swiglu_split(ctx, a, b);
+        case GGML_GLU_OP_GEGLU:       return ggml_geglu_split(ctx, a, b);
+        case GGML_GLU_OP_GEGLU_ERF:   return ggml_geglu_erf_split(ctx, a, b);
+        case GGML_GLU_OP_GEGLU_QUICK: return ggml_geglu_quick_split(ctx, a, b);
+        case GGML_GLU_OP_REGLU:       return ggml_reglu_split(ctx, a, b);
+        default:                      return nullptr; // not reached: rewire_glu_op only returns the above
+    }
+}
+
+// act(x) elementwise. x is contiguous (unary kernels on GPU backends require it).
+static ggml_tensor * rewire_unary(ggml_context * ctx, llama_rewire_act act, ggml_tensor * x, int il) {
+    const float p = act.param;
+    ggml_tensor * t = nullptr;
+    switch (act.type) {
+        case LLAMA_REWIRE_ACT_SILU:        return ggml_silu(ctx, x);
+        case LLAMA_REWIRE_ACT_GELU:        return ggml_gelu(ctx, x);
+        case LLAMA_REWIRE_ACT_GELU_ERF:    return ggml_gelu_erf(ctx, x);
+        case LLAMA_REWIRE_ACT_GELU_QUICK:  return ggml_gelu_quick(ctx, x);
+        case LLAMA_REWIRE_ACT_RELU:        return ggml_relu(ctx, x);
+        case LLAMA_REWIRE_ACT_TANH:        return ggml_tanh(ctx, x);
+        case LLAMA_REWIRE_ACT_SIGMOID:     return ggml_sigmoid(ctx, x);
+        case LLAMA_REWIRE_ACT_HARDSWISH:   return ggml_hardswish(ctx, x);
+        case LLAMA_REWIRE_ACT_HARDSIGMOID: return ggml_hardsigmoid(ctx, x);
+        case LLAMA_REWIRE_ACT_IDENTITY:    return x;
+        case LLAMA_REWIRE_ACT_LEAKY_RELU:  return ggml_leaky_relu(ctx, x, p, false);
+        case LLAMA_REWIRE_ACT_RELU2:
+            // relu(x)^2
+            t = ggml_relu(ctx, x);
+            rewire_name(t, "relu", il);
+            return ggml_sqr(ctx, t);
+        case LLAMA_REWIRE_ACT_ELU:
+            {
+                // ggml_elu has alpha = 1: elu(x) = x > 0 ? x : exp(x) - 1, so
+                // elu_alpha(x) = relu(x) + alpha (elu(x) - relu(x)) = (1 - alpha) relu(x) + alpha elu(x)
+                if (p == 1.0f) {
+                    return ggml_elu(ctx, x);
+                }
+                ggml_tensor * e = ggml_scale(ctx, ggml_elu(ctx, x), p);
+                rewire_name(e, "elu", il);
+                ggml_tensor * r = ggml_scale(ctx, ggml_relu(ctx, x), 1.0f - p);
+                rewire_name(r, "relu", il);
+                return ggml_add(ctx, e, r);
+            }
+        case LLAMA_REWIRE_ACT_SOFTPLUS:
+            // softplus_beta(x) = softplus(beta x) / beta
+            if (p == 1.0f) {
+                return ggml_softplus(ctx, x);
+            }
+            t = ggml_softplus(ctx, ggml_scale(ctx, x, p));
+            rewire_name(t, "softplus", il);
+            return ggml_scale(ctx, t, 1.0f / p);
+        case LLAMA_REWIRE_ACT_MISH:
+            // x tanh(softplus(x))
+            t = ggml_tanh(ctx, ggml_softplus(ctx, x));
+            rewire_name(t, "tanh_softplus", il);
+            return ggml_mul(ctx, x, t);
+        case LLAMA_REWIRE_ACT_SWISH:
+            // x sigmoid(beta x)
+            if (p == 1.0f) {
+                return ggml_silu(ctx, x);
+            }
+            t = ggml_sigmoid(ctx, ggml_scale(ctx, x, p));
+            rewire_name(t, "sigmoid", il);
+            return ggml_mul(ctx, x, t);
+        case LLAMA_REWIRE_ACT_DEFAULT:
+        case LLAMA_REWIRE_ACT_COUNT:
+            break;
+    }
+    return nullptr; // not reached: the table is validated before it is stored
+}
+
+static ggml_tensor * rewire_contiguous(ggml_context * ctx, ggml_tensor * t, int il) {
+    if (ggml_is_contiguous(t)) {
+        return t;
+    }
+    t = ggml_cont(ctx, t);
+    rewire_name(t, "cont", il);
+    return t;
+}
+
+static void rewire_record(const llama_hparams & hparams, llama_rewire_state & state, int il,
+                          llm_ffn_op_type type_op, llama_rewire_ffn_kind kind, bool gated, bool fused) {
+    llama_rewire_state::seen & s = state.ffn[il];
+    s.kinds |= kind;
+    s.op     = type_op;
+    s.gated  = gated || fused;
+    s.fused  = fused;
+    if (type_op == LLM_FFN_SILU && gated) {
+        const float limit = kind == LLAMA_REWIRE_FFN_MOE ? hparams.swiglu_clamp_exp[il] : hparams.swiglu_clamp_shexp[il];
+        s.clamped = s.clamped || limit > 1e-6f;
+    }
+}
+
+ggml_tensor * llama_rewire_build_ffn_act(
+        ggml_context        * ctx,
+        const llama_hparams & hparams,
+        const llama_cparams & cparams,
+        int                   il,
+        llm_ffn_op_type       type_op,
+        llama_rewire_ffn_kind kind,
+        ggml_tensor         * gate,
+        ggml_tensor         * up) {
+    llama_rewire_state * state = cparams.rewire.get();
+    if (state == nullptr || il < 0 || (size_t) il >= state->acts.size()) {
+        return nullptr;
+    }
+
+    const bool fused = up == nullptr &&
+        (type_op == LLM_FFN_SWIGLU || type_op == LLM_FFN_GEGLU || type_op == LLM_FFN_REGLU);
+    rewire_record(hparams, *state, il, type_op, kind, up != nullptr, fused);
+
+    const llama_rewire_act act = state->acts[il];
+    if (act.type == LLAMA_REWIRE_ACT_DEFAULT) {
+        return nullptr;
+    }
+
+    if (fused) {
+        // one tensor [2 n_ff, ...]: act(first half) * second half
+        ggml_glu_op op;
+        if (rewire_glu_op(act, &op)) {
+            return ggml_glu(ctx, gate, op, false);
+        }
+        const int64_t n_ff = gate->ne[0] / 2;
+        ggml_tensor * g = ggml_view_3d(ctx, gate, n_ff, gate->ne[1], gate->ne[2], gate->nb[1], gate->nb[2], 0);
+        ggml_tensor * u = ggml_view_3d(ctx, gate, n_ff, gate->ne[1], gate->ne[2], gate->nb[1], gate->nb[2],
+                                       n_ff * ggml_element_size(gate));
+        rewire_name(g, "gate", il);
+        rewire_name(u, "up", il);
+        gate = g;
+        up   = u;
+    }
+
+    if (up == nullptr) {
+        ggml_tensor * out = rewire_unary(ctx, act, rewire_contiguous(ctx, gate, il), il);
+        if (out == gate) {
+            // identity on a plain FFN: keep a node so that the layer still has a named activation
+            out = ggml_scale(ctx, gate, 1.0f);
+        }
+        return out;
+    }
+
+    ggml_glu_op op;
+    if (rewire_glu_op(act, &op)) {
+        // the fused kernels take strided views, like upstream's merged gate_up experts
+        return rewire_glu_split(ctx, op, gate, up);
+    }
+    ggml_tensor * x = rewire_contiguous(ctx, gate, il);
+    ggml_tensor * a = rewire_unary(ctx, act, x, il);
+    if (a != x) {
+        rewire_name(a, "act", il);
+    }
+    return ggml_mul(ctx, a, up);
+}

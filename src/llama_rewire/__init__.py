@@ -1,0 +1,1 @@
+"""llama-rewire: run GGUF models with their FFN activation functions rewired, per layer."""

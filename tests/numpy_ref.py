@@ -1,0 +1,269 @@
+"""Independent float64 numpy forward pass for the tiny models of ``tiny_models``.
+
+``forward(spec, tokens, acts)`` returns the logits of every position of one
+causal sequence (positions 0..n-1), with the FFN activation of each layer
+optionally overridden.  The math follows llama.cpp (commit 0c1e570) for the
+"llama" (dense and mixtral-style MoE), "gpt2" and "qwen2moe" architectures.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
+
+import numpy as np
+
+if TYPE_CHECKING:  # only for annotations: the spec is duck-typed
+    from tiny_models import ModelSpec
+
+Activation = Callable[[np.ndarray, Optional[float]], np.ndarray]
+# one entry of ``acts``: (name, param), a bare name, or None for the arch's default
+ActEntry = Union[Tuple[str, Optional[float]], str, None]
+
+# ---------------------------------------------------------------- activations
+
+_erf = np.vectorize(math.erf, otypes=[np.float64])
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """1 / (1 + exp(-x)), written overflow-free."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def _softplus(x: np.ndarray, beta: float | None) -> np.ndarray:
+    """log(1 + exp(beta x)) / beta, and x where beta x > 20 (torch's threshold)."""
+    beta = 1.0 if beta is None else beta
+    bx = beta * x
+    return np.where(bx > 20.0, x, np.logaddexp(0.0, bx) / beta)
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
+    return 0.5 * x * (1.0 + np.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * x**3)))
+
+
+def _hardsigmoid(x: np.ndarray) -> np.ndarray:
+    """min(1, max(0, (x + 3) / 6))."""
+    return np.clip((x + 3.0) / 6.0, 0.0, 1.0)
+
+
+def _param(p: float | None, default: float) -> float:
+    return default if p is None else float(p)
+
+
+ACTIVATIONS: dict[str, Activation] = {
+    "silu": lambda x, p: x * _sigmoid(x),
+    "gelu": lambda x, p: _gelu_tanh(x),
+    "gelu_erf": lambda x, p: 0.5 * x * (1.0 + _erf(x / math.sqrt(2.0))),
+    "gelu_quick": lambda x, p: x * _sigmoid(1.702 * x),
+    "relu": lambda x, p: np.maximum(x, 0.0),
+    "relu2": lambda x, p: np.maximum(x, 0.0) ** 2,
+    "leaky_relu": lambda x, p: np.where(x > 0, x, _param(p, 0.01) * x),
+    "elu": lambda x, p: np.where(x > 0, x, _param(p, 1.0) * np.expm1(np.minimum(x, 0.0))),
+    "tanh": lambda x, p: np.tanh(x),
+    "sigmoid": lambda x, p: _sigmoid(x),
+    "softplus": lambda x, p: _softplus(x, _param(p, 1.0)),
+    "mish": lambda x, p: x * np.tanh(_softplus(x, 1.0)),
+    "hardswish": lambda x, p: x * _hardsigmoid(x),
+    "hardsigmoid": lambda x, p: _hardsigmoid(x),
+    "swish": lambda x, p: x * _sigmoid(_param(p, 1.0) * x),
+    "identity": lambda x, p: x,
+}
+
+
+def resolve_act(spec: ModelSpec, act: ActEntry) -> Callable[[np.ndarray], np.ndarray]:
+    """Turn one entry of ``acts`` into a function; None / "default" = the arch's own."""
+    name, param = (act, None) if act is None or isinstance(act, str) else act
+    if name is None or name == "default":
+        name, param = spec.default_act, None
+    if name not in ACTIVATIONS:
+        raise KeyError(f"unknown activation {name!r}")
+    fn = ACTIVATIONS[name]
+    return lambda x: fn(x, param)
+
+
+# ---------------------------------------------------------------- building blocks
+
+def _f64(a: np.ndarray) -> np.ndarray:
+    return np.asarray(a, dtype=np.float64)
+
+
+def _linear(x: np.ndarray, w: np.ndarray, b: np.ndarray | None = None) -> np.ndarray:
+    """y = x W^T (+ b); W has numpy shape (n_out, n_in)."""
+    y = x @ _f64(w).T
+    return y if b is None else y + _f64(b)
+
+
+def _norm(spec: ModelSpec, x: np.ndarray, w: np.ndarray, b: np.ndarray | None) -> np.ndarray:
+    """RMSNorm: x / sqrt(mean(x^2) + eps) * w.
+    LayerNorm: (x - mean) / sqrt(var + eps) * w + b."""
+    if spec.norm == "rms":
+        y = x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + spec.norm_eps)
+    else:
+        c = x - x.mean(axis=-1, keepdims=True)
+        y = c / np.sqrt(np.mean(c * c, axis=-1, keepdims=True) + spec.norm_eps)
+    y = y * _f64(w)
+    return y if b is None else y + _f64(b)
+
+
+def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def _rope(spec: ModelSpec, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """Rotate pairs of x [n_tokens, n_heads, head_dim] by pos * base^(-2i/head_dim).
+
+    "norm" (llama): pair i is (x[2i], x[2i+1]); "neox" (qwen2): pair i is (x[i], x[i+d/2]).
+    (a, b) -> (a cos - b sin, a sin + b cos).
+    """
+    d = x.shape[-1]
+    theta = pos[:, None] * spec.rope_freq_base ** (-np.arange(0, d, 2) / d)  # [n_tokens, d/2]
+    cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
+    if spec.rope == "norm":
+        a, b = x[..., 0::2], x[..., 1::2]
+    else:
+        a, b = x[..., : d // 2], x[..., d // 2:]
+    ra, rb = a * cos - b * sin, a * sin + b * cos
+    out = np.empty_like(x)
+    if spec.rope == "norm":
+        out[..., 0::2], out[..., 1::2] = ra, rb
+    else:
+        out[..., : d // 2], out[..., d // 2:] = ra, rb
+    return out
+
+
+def _qkv(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Project to Q [T, n_head, hd], K and V [T, n_head_kv, hd] (fused or separate)."""
+    n_q, n_kv = spec.n_head * spec.head_dim, spec.n_head_kv * spec.head_dim
+    if "attn_qkv.weight" in layer:
+        qkv = _linear(h, layer["attn_qkv.weight"], layer.get("attn_qkv.bias"))
+        q, k, v = qkv[:, :n_q], qkv[:, n_q:n_q + n_kv], qkv[:, n_q + n_kv:]
+    else:
+        q = _linear(h, layer["attn_q.weight"], layer.get("attn_q.bias"))
+        k = _linear(h, layer["attn_k.weight"], layer.get("attn_k.bias"))
+        v = _linear(h, layer["attn_v.weight"], layer.get("attn_v.bias"))
+    t = h.shape[0]
+    return (q.reshape(t, spec.n_head, spec.head_dim),
+            k.reshape(t, spec.n_head_kv, spec.head_dim),
+            v.reshape(t, spec.n_head_kv, spec.head_dim))
+
+
+def _attention(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> np.ndarray:
+    """Causal multi-head attention; query head j reads kv head j // (n_head / n_head_kv)."""
+    t = h.shape[0]
+    q, k, v = _qkv(spec, layer, h)
+    if spec.rope is not None:
+        pos = np.arange(t, dtype=np.float64)
+        q, k = _rope(spec, q, pos), _rope(spec, k, pos)
+    group = spec.n_head // spec.n_head_kv
+    k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
+    # scores[head, i, j] = q_i . k_j / sqrt(head_dim), j <= i
+    scores = np.einsum("ihd,jhd->hij", q, k) / math.sqrt(spec.head_dim)
+    scores = np.where(np.tril(np.ones((t, t), dtype=bool)), scores, -np.inf)
+    out = np.einsum("hij,jhd->ihd", _softmax(scores), v).reshape(t, -1)
+    return _linear(out, layer["attn_output.weight"], layer.get("attn_output.bias"))
+
+
+def _mlp(x: np.ndarray, act: Callable[[np.ndarray], np.ndarray], up: np.ndarray, down: np.ndarray,
+         gate: np.ndarray | None = None, up_b: np.ndarray | None = None,
+         down_b: np.ndarray | None = None) -> np.ndarray:
+    """Gated: down(act(gate x) * (up x)).  Plain: down(act(up x + up_b)) + down_b."""
+    u = _linear(x, up, up_b)
+    a = act(u) if gate is None else act(_linear(x, gate)) * u
+    return _linear(a, down, down_b)
+
+
+def _dense_ffn(layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
+    return _mlp(h, act, layer["ffn_up.weight"], layer["ffn_down.weight"],
+                gate=layer.get("ffn_gate.weight"), up_b=layer.get("ffn_up.bias"),
+                down_b=layer.get("ffn_down.bias"))
+
+
+def _route(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Router: p = softmax(W_inp h) over all experts; keep the top n_expert_used.
+
+    Returns (expert ids [T, k], weights [T, k]).  With expert_weights_norm the kept
+    weights are divided by their sum (clamped below at 6.103515625e-5, as llama.cpp).
+    """
+    probs = _softmax(_linear(h, layer["ffn_gate_inp.weight"]))
+    ids = np.argsort(-probs, axis=-1, kind="stable")[:, : spec.n_expert_used]
+    w = np.take_along_axis(probs, ids, axis=-1)
+    if spec.expert_weights_norm:
+        w = w / np.maximum(w.sum(axis=-1, keepdims=True), 6.103515625e-5)
+    return ids, w
+
+
+def _moe_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
+    """sum_k w_k expert_{id_k}(h) (+ sigmoid(g . h) * shared_expert(h))."""
+    ids, w = _route(spec, layer, h)
+    out = np.zeros_like(h)
+    for t in range(h.shape[0]):
+        for e, we in zip(ids[t], w[t]):
+            out[t] += we * _mlp(h[t], act, layer["ffn_up_exps.weight"][e],
+                                layer["ffn_down_exps.weight"][e],
+                                gate=layer["ffn_gate_exps.weight"][e])
+    if "ffn_gate_inp_shexp.weight" in layer:
+        g = _sigmoid(h @ _f64(layer["ffn_gate_inp_shexp.weight"]))[:, None]
+        out += g * _mlp(h, act, layer["ffn_up_shexp.weight"], layer["ffn_down_shexp.weight"],
+                        gate=layer["ffn_gate_shexp.weight"])
+    return out
+
+
+def _embed(spec: ModelSpec, tokens: Sequence[int]) -> np.ndarray:
+    """Token embedding rows (+ learned position rows for gpt2)."""
+    ids = np.asarray(tokens, dtype=np.int64)
+    x = _f64(spec.tensors["token_embd.weight"])[ids]
+    if "position_embd.weight" in spec.tensors:
+        x = x + _f64(spec.tensors["position_embd.weight"])[: len(ids)]
+    return x
+
+
+# ---------------------------------------------------------------- forward
+
+def _blocks(spec: ModelSpec, tokens: Sequence[int],
+            acts: Sequence[ActEntry] | None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run all transformer blocks: x = x + attn(norm(x)); x = x + ffn(norm(x)).
+
+    Returns the final residual stream [T, n_embd] and each layer's FFN input norm(x).
+    """
+    if acts is not None and len(acts) != spec.n_layer:
+        raise ValueError(f"acts has {len(acts)} entries, model has {spec.n_layer} layers")
+    x = _embed(spec, tokens)
+    ffn_inputs = []
+    for il, layer in enumerate(spec.layers):
+        act = resolve_act(spec, None if acts is None else acts[il])
+        x = x + _attention(spec, layer, _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias")))
+        h = _norm(spec, x, layer["ffn_norm.weight"], layer.get("ffn_norm.bias"))
+        x = x + (_moe_ffn(spec, layer, h, act) if spec.n_expert else _dense_ffn(layer, h, act))
+        ffn_inputs.append(h)
+    return x, ffn_inputs
+
+
+def forward(spec: ModelSpec, tokens: Sequence[int],
+            acts: Sequence[ActEntry] | None = None) -> np.ndarray:
+    """Logits [n_tokens, n_vocab] (float64) for one causal sequence at positions 0..n-1.
+
+    ``acts[il]`` overrides the FFN activation of layer il (for gated FFNs the gate
+    activation, for MoE every expert and the shared expert, not the shared expert's
+    sigmoid gate); None or ("default", None) keeps the architecture's own activation.
+    """
+    x, _ = _blocks(spec, tokens, acts)
+    x = _norm(spec, x, spec.tensors["output_norm.weight"], spec.tensors.get("output_norm.bias"))
+    return _linear(x, spec.tensors["output.weight"])
+
+
+def router_margin(spec: ModelSpec, tokens: Sequence[int],
+                  acts: Sequence[ActEntry] | None = None) -> float:
+    """Smallest gap between the k-th and (k+1)-th router probability over all tokens and
+    layers (inf for dense models).  A gap near float32 precision (~1e-6) means llama.cpp
+    may select other experts than the reference."""
+    if not spec.n_expert or spec.n_expert_used >= spec.n_expert:
+        return math.inf
+    _, ffn_inputs = _blocks(spec, tokens, acts)
+    k = spec.n_expert_used
+    margins = []
+    for layer, h in zip(spec.layers, ffn_inputs):
+        p = -np.sort(-_softmax(_linear(h, layer["ffn_gate_inp.weight"])), axis=-1)  # descending
+        margins.append(float(np.min(p[:, k - 1] - p[:, k])))
+    return min(margins)
