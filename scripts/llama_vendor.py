@@ -133,7 +133,8 @@ def init_repo() -> None:
     """Make vendor/llama.cpp a git repository whose first commit, tagged `upstream`, is pristine."""
     git("init", "-q")
     git("add", "-A", "-f", ".")
-    git("commit", "-q", "--no-verify", "-m", f"llama.cpp {LLAMA_CPP_COMMIT} (from {SDIST_NAME} {SDIST_VERSION})")
+    message = f"llama.cpp {LLAMA_CPP_COMMIT} (from {SDIST_NAME} {SDIST_VERSION})"
+    git("commit", "-q", "--no-verify", "-m", message)
     git("tag", "upstream")
 
 
@@ -198,7 +199,9 @@ def status() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("command", choices=["fetch", "apply", "export", "status"])
     args = parser.parse_args(argv)
     try:

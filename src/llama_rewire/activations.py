@@ -183,7 +183,9 @@ def _layers_of_key(key: Any, n_layer: int) -> list[int] | None:
 
 def _split_top(text: str) -> list[str]:
     """Split on commas (and semicolons) that are not inside parentheses."""
-    parts, depth, cur = [], 0, []
+    parts: list[str] = []
+    cur: list[str] = []
+    depth = 0
     for ch in text:
         if ch == "(":
             depth += 1

@@ -97,8 +97,8 @@ class CompletionStream:
 
     def complete(self) -> dict[str, Any]:
         text = ""
-        for text in self._texts():
-            pass
+        for latest in self._texts():
+            text = latest
         out = self._chunk(self.echo_text + text, self.finish_reason)
         out["usage"] = self._usage()
         return out

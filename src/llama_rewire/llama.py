@@ -88,9 +88,10 @@ class Llama:
         self._n_vocab = self._model.n_vocab()
         self.metadata: dict[str, str] = self._model.metadata()
         self.n_tokens = 0
+        self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
+        self.scores: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
+        self._table: list[Activation] = []
         if vocab_only:
-            self.input_ids = np.zeros(0, dtype=np.intc)
-            self.scores = np.zeros((0, self._n_vocab), dtype=np.single)
             return
 
         n_ctx_eff = n_ctx if n_ctx > 0 else self._model.n_ctx_train()
@@ -108,10 +109,10 @@ class Llama:
             raise
         self._n_ctx = self._ctx.n_ctx()
         self._n_batch = self._ctx.n_batch()
-        self.input_ids: npt.NDArray[np.intc] = np.zeros(self._n_ctx, dtype=np.intc)
+        self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
         # calloc'd: only rows that are written take memory
-        self.scores: npt.NDArray[np.single] = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
-        self._table: list[Activation] = [_acts.DEFAULT] * self.n_layer()
+        self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+        self._table = [_acts.DEFAULT] * self.n_layer()
         if activations is not None:
             self.set_activations(activations)
 
@@ -141,7 +142,8 @@ class Llama:
     @property
     def ctx(self) -> _core.Context:
         if self._ctx is None:
-            raise RuntimeError("this Llama is closed" if self._model is None else "vocab_only model: no context")
+            closed = self._model is None
+            raise RuntimeError("this Llama is closed" if closed else "vocab_only model: no context")
         return self._ctx
 
     # -- model facts ------------------------------------------------------------------------------

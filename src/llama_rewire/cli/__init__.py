@@ -1,0 +1,31 @@
+"""The ``llama-rewire`` command: one module per subcommand, each with its own ``main(argv)``."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+SUBCOMMANDS = {
+    "info": "show a model's architecture, layers and each layer's own FFN activation",
+    "run": "complete a prompt with the original and the rewired model, side by side",
+}
+
+
+def usage() -> str:
+    lines = ["usage: llama-rewire <command> [options]", "", "commands:"]
+    lines += [f"  {name:6s} {text}" for name, text in SUBCOMMANDS.items()]
+    lines += ["", "Run 'llama-rewire <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if not args or args[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if args else 2
+    name, rest = args[0], args[1:]
+    if name not in SUBCOMMANDS:
+        print(f"llama-rewire: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(f"{__name__}.{name}")
+    return int(module.main(rest))
