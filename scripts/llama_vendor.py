@@ -80,6 +80,19 @@ def sha256_of(path: Path) -> str:
     return h.hexdigest()
 
 
+def pip_command() -> list[str]:
+    """This interpreter's pip, or the first pip on PATH (an isolated build env may hide pip)."""
+    import importlib.util
+
+    if importlib.util.find_spec("pip") is not None:
+        return [sys.executable, "-m", "pip"]
+    for name in ("pip3", "pip"):
+        found = shutil.which(name)
+        if found:
+            return [found]
+    raise VendorError("pip is needed to download llama.cpp and none was found")
+
+
 def download_sdist(dest: Path) -> Path:
     """Download the pinned sdist with pip (by name and version) and verify its sha256."""
     cached = os.environ.get("LLAMA_REWIRE_SDIST")
@@ -90,7 +103,7 @@ def download_sdist(dest: Path) -> Path:
         # --no-binary for this one package only: pip then reads its metadata with wheels of its
         # build requirements instead of building cmake from source.
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", SDIST_NAME,
+            [*pip_command(), "download", "--no-deps", "--no-binary", SDIST_NAME,
              "--dest", str(dest), f"{SDIST_NAME}=={SDIST_VERSION}"],
             check=True,
         )

@@ -3,7 +3,9 @@
 ``forward(spec, tokens, acts)`` returns the logits of every position of one
 causal sequence (positions 0..n-1), with the FFN activation of each layer
 optionally overridden.  The math follows llama.cpp (commit 0c1e570) for the
-"llama" (dense and mixtral-style MoE), "gpt2" and "qwen2moe" architectures.
+"llama" (dense and mixtral-style MoE), "gpt2", "qwen2moe", "phi3" (fused gate+up
+``ffn_up``) and "hy_v3" (merged ``ffn_gate_up_exps`` experts, Q/K norm, ungated
+shared expert) architectures.
 """
 
 from __future__ import annotations
@@ -153,6 +155,9 @@ def _attention(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> 
     """Causal multi-head attention; query head j reads kv head j // (n_head / n_head_kv)."""
     t = h.shape[0]
     q, k, v = _qkv(spec, layer, h)
+    if spec.qk_norm:  # RMSNorm over head_dim of every head, before RoPE
+        q = _norm(spec, q, layer["attn_q_norm.weight"], None)
+        k = _norm(spec, k, layer["attn_k_norm.weight"], None)
     if spec.rope is not None:
         pos = np.arange(t, dtype=np.float64)
         q, k = _rope(spec, q, pos), _rope(spec, k, pos)
@@ -174,7 +179,17 @@ def _mlp(x: np.ndarray, act: Callable[[np.ndarray], np.ndarray], up: np.ndarray,
     return _linear(a, down, down_b)
 
 
-def _dense_ffn(layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
+def _split_gate_up(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A fused gate+up weight (..., 2 n_ff, n_in) -> (gate, up): gate is the FIRST half of the
+    rows (ggml_swiglu / build_moe_ffn's views activate the first half of the output)."""
+    n_ff = w.shape[-2] // 2
+    return w[..., :n_ff, :], w[..., n_ff:, :]
+
+
+def _dense_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
+    if spec.fused_gate_up:  # phi3: act(first half of ffn_up x) * (second half)
+        gate, up = _split_gate_up(layer["ffn_up.weight"])
+        return _mlp(h, act, up, layer["ffn_down.weight"], gate=gate)
     return _mlp(h, act, layer["ffn_up.weight"], layer["ffn_down.weight"],
                 gate=layer.get("ffn_gate.weight"), up_b=layer.get("ffn_up.bias"),
                 down_b=layer.get("ffn_down.bias"))
@@ -195,18 +210,24 @@ def _route(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> tupl
 
 
 def _moe_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
-    """sum_k w_k expert_{id_k}(h) (+ sigmoid(g . h) * shared_expert(h))."""
+    """sum_k w_k expert_{id_k}(h) (+ g * shared_expert(h), g = sigmoid(ffn_gate_inp_shexp . h)
+    when the layer has that gate (qwen2moe), else g = 1 (hy_v3))."""
     ids, w = _route(spec, layer, h)
+    if "ffn_gate_up_exps.weight" in layer:  # merged experts: rows [gate; up] of every expert
+        gate_exps, up_exps = _split_gate_up(layer["ffn_gate_up_exps.weight"])
+    else:
+        gate_exps, up_exps = layer["ffn_gate_exps.weight"], layer["ffn_up_exps.weight"]
     out = np.zeros_like(h)
     for t in range(h.shape[0]):
         for e, we in zip(ids[t], w[t]):
-            out[t] += we * _mlp(h[t], act, layer["ffn_up_exps.weight"][e],
-                                layer["ffn_down_exps.weight"][e],
-                                gate=layer["ffn_gate_exps.weight"][e])
-    if "ffn_gate_inp_shexp.weight" in layer:
-        g = _sigmoid(h @ _f64(layer["ffn_gate_inp_shexp.weight"]))[:, None]
-        out += g * _mlp(h, act, layer["ffn_up_shexp.weight"], layer["ffn_down_shexp.weight"],
-                        gate=layer["ffn_gate_shexp.weight"])
+            out[t] += we * _mlp(h[t], act, up_exps[e], layer["ffn_down_exps.weight"][e],
+                                gate=gate_exps[e])
+    if "ffn_up_shexp.weight" in layer:
+        shared = _mlp(h, act, layer["ffn_up_shexp.weight"], layer["ffn_down_shexp.weight"],
+                      gate=layer["ffn_gate_shexp.weight"])
+        if "ffn_gate_inp_shexp.weight" in layer:
+            shared = _sigmoid(h @ _f64(layer["ffn_gate_inp_shexp.weight"]))[:, None] * shared
+        out += shared
     return out
 
 
@@ -235,7 +256,7 @@ def _blocks(spec: ModelSpec, tokens: Sequence[int],
         act = resolve_act(spec, None if acts is None else acts[il])
         x = x + _attention(spec, layer, _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias")))
         h = _norm(spec, x, layer["ffn_norm.weight"], layer.get("ffn_norm.bias"))
-        x = x + (_moe_ffn(spec, layer, h, act) if spec.n_expert else _dense_ffn(layer, h, act))
+        x = x + (_moe_ffn(spec, layer, h, act) if spec.n_expert else _dense_ffn(spec, layer, h, act))
         ffn_inputs.append(h)
     return x, ffn_inputs
 

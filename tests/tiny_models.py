@@ -36,13 +36,14 @@ _TT_NORMAL, _TT_UNKNOWN, _TT_CONTROL, _TT_BYTE = 1, 2, 3, 6
 class ModelSpec:
     """Everything the numpy reference needs to run one tiny model."""
 
-    arch: str                 # GGUF architecture: "llama", "gpt2" or "qwen2moe"
+    arch: str                 # GGUF architecture: "llama", "gpt2", "qwen2moe", "phi3" or "hy_v3"
     n_vocab: int
     n_embd: int
     n_layer: int
     n_head: int
     n_head_kv: int
-    n_ff: int                 # dense FFN width (llama/gpt2), expert width for MoE
+    n_ff: int                 # dense FFN width (llama/gpt2/phi3: the width of ONE half of a
+                              # fused gate+up), expert width for MoE
     n_ctx_train: int
     norm: str                 # "rms" (RMSNorm, weight only) or "layer" (LayerNorm with bias)
     norm_eps: float
@@ -54,6 +55,11 @@ class ModelSpec:
     n_expert_used: int = 0
     expert_weights_norm: bool = False  # renormalise the top-k softmax weights to sum 1
     n_ff_shexp: int = 0       # shared-expert width, 0 = no shared expert
+    # gate and up live in ONE tensor whose first half (rows) is the gate and second half the up:
+    # dense "ffn_up.weight" of shape (2 n_ff, n_embd) (phi3), or "ffn_gate_up_exps.weight" of
+    # shape (n_expert, 2 n_ff, n_embd) (merged experts); the FFN is act(first half) * second half
+    fused_gate_up: bool = False
+    qk_norm: bool = False     # RMSNorm (weights attn_q_norm / attn_k_norm) on every Q and K head, before RoPE
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     layers: list[dict[str, np.ndarray]] = field(default_factory=list)
 
@@ -325,9 +331,95 @@ def write_moe_shared(path: str | Path, seed: int = 0, n_layer: int = 2, n_embd: 
     return spec
 
 
+def write_phi3(path: str | Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
+               n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 256,
+               norm_eps: float = 1e-5, rope_freq_base: float = 10000.0) -> ModelSpec:
+    """phi3: RMSNorm, RoPE (neox), fused QKV (GQA, no bias), untied output, and ONE fused
+    gate+up tensor ``ffn_up.weight`` of shape (2 n_ff, n_embd): rows [gate; up].  llama.cpp
+    runs it as LLM_FFN_SWIGLU = ggml_swiglu: silu(first half) * second half."""
+    init = _Init(seed)
+    spec = ModelSpec(arch="phi3", n_vocab=SPM_VOCAB_SIZE, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
+                     norm="rms", norm_eps=norm_eps, rope="neox", rope_freq_base=rope_freq_base,
+                     default_act="silu", gated=True, fused_gate_up=True)
+    spec.tensors = _rms_head(init, spec.n_vocab, n_embd)
+    hd = n_embd // n_head
+    for _ in range(n_layer):
+        spec.layers.append({
+            "attn_norm.weight": init.norm_weight(n_embd),
+            "attn_qkv.weight": init.linear((n_head + 2 * n_head_kv) * hd, n_embd),  # rows: [Q; K; V]
+            "attn_output.weight": init.linear(n_embd, n_head * hd),
+            "ffn_norm.weight": init.norm_weight(n_embd),
+            "ffn_up.weight": np.concatenate([init.linear(n_ff, n_embd),    # gate
+                                             init.linear(n_ff, n_embd)]),  # up
+            "ffn_down.weight": init.linear(n_embd, n_ff),
+        })
+
+    def hparams(w: gguf.GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(norm_eps)
+        w.add_rope_freq_base(rope_freq_base)
+        w.add_rope_dimension_count(spec.head_dim)
+
+    _write(path, spec, _add_spm_vocab, hparams)
+    return spec
+
+
+def write_moe_merged(path: str | Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
+                     n_head: int = 4, n_head_kv: int = 2, n_ff_exp: int = 64,
+                     n_ff_shexp: int = 96, n_expert: int = 4, n_expert_used: int = 2,
+                     n_ctx_train: int = 256, norm_eps: float = 1e-5,
+                     rope_freq_base: float = 10000.0) -> ModelSpec:
+    """hy_v3 (the simplest architecture whose experts load a merged ``ffn_gate_up_exps``):
+    RMSNorm, separate Q/K/V (no bias), per-head RMSNorm of Q and K before RoPE (neox),
+    softmax router (set via expert_gating_func; the arch default is sigmoid), top-k with the
+    weights renormalised, SwiGLU experts whose gate and up are ONE tensor of shape
+    (n_expert, 2 n_ff_exp, n_embd) (rows [gate; up] per expert: build_moe_ffn splits it into two
+    non-contiguous views), plus an always-on, UNgated shared SwiGLU expert."""
+    init = _Init(seed)
+    spec = ModelSpec(arch="hy_v3", n_vocab=SPM_VOCAB_SIZE, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff_exp, n_ctx_train=n_ctx_train,
+                     norm="rms", norm_eps=norm_eps, rope="neox", rope_freq_base=rope_freq_base,
+                     default_act="silu", gated=True, n_expert=n_expert,
+                     n_expert_used=n_expert_used, expert_weights_norm=True,
+                     n_ff_shexp=n_ff_shexp, fused_gate_up=True, qk_norm=True)
+    spec.tensors = _rms_head(init, spec.n_vocab, n_embd)
+    hd = spec.head_dim
+    for _ in range(n_layer):
+        layer = _llama_attn(init, n_embd, n_head, n_head_kv, qkv_bias=False)
+        layer["attn_q_norm.weight"] = init.norm_weight(hd)
+        layer["attn_k_norm.weight"] = init.norm_weight(hd)
+        layer["ffn_norm.weight"] = init.norm_weight(n_embd)
+        layer["ffn_gate_inp.weight"] = init.linear(n_expert, n_embd)
+        layer["ffn_gate_up_exps.weight"] = np.concatenate(
+            [init.linear(n_ff_exp, n_embd, n_expert),   # gate of every expert
+             init.linear(n_ff_exp, n_embd, n_expert)],  # up of every expert
+            axis=1)
+        layer["ffn_down_exps.weight"] = init.linear(n_embd, n_ff_exp, n_expert)
+        layer["ffn_gate_shexp.weight"] = init.linear(n_ff_shexp, n_embd)
+        layer["ffn_up_shexp.weight"] = init.linear(n_ff_shexp, n_embd)
+        layer["ffn_down_shexp.weight"] = init.linear(n_embd, n_ff_shexp)
+        spec.layers.append(layer)
+
+    def hparams(w: gguf.GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(norm_eps)
+        w.add_rope_freq_base(rope_freq_base)
+        w.add_rope_dimension_count(hd)
+        w.add_expert_count(n_expert)
+        w.add_expert_used_count(n_expert_used)
+        w.add_expert_feed_forward_length(n_ff_exp)
+        w.add_expert_shared_feed_forward_length(n_ff_shexp)
+        w.add_expert_gating_func(gguf.ExpertGatingFuncType.SOFTMAX)
+        w.add_expert_weights_norm(True)
+
+    _write(path, spec, _add_spm_vocab, hparams)
+    return spec
+
+
 WRITERS = {
     "llama": write_llama,
     "gpt2": write_gpt2,
     "moe": write_moe,
     "moe_shared": write_moe_shared,
+    "phi3": write_phi3,
+    "moe_merged": write_moe_merged,
 }
