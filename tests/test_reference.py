@@ -10,6 +10,10 @@ import pytest
 
 from llama_rewire.activations import parse
 
+# dense gated (llama), plain GELU (gpt2), fused gate_up (phi3), MoE (mixtral-style llama), MoE with a
+# gated shared expert (qwen2moe), MoE with merged gate_up experts and a shared expert (hy_v3)
+KINDS = ["llama", "gpt2", "phi3", "moe", "moe_shared", "moe_merged"]
+
 TOKENS = [1, 17, 200, 45, 3, 99, 128, 64, 250, 12, 33, 7]
 
 ALL_ACTS = ["silu", "gelu", "gelu_erf", "gelu_quick", "relu", "relu2", "leaky_relu(0.05)", "elu(0.5)",
@@ -45,7 +49,7 @@ def rel_err(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(a - b).max() / np.abs(b).max())
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "moe", "moe_shared"])
+@pytest.mark.parametrize("kind", KINDS)
 def test_no_override_matches_reference(tiny: Any, tiny_llm: Any, kind: str) -> None:
     _, spec = tiny(kind)
     llm = tiny_llm(kind)
@@ -53,7 +57,7 @@ def test_no_override_matches_reference(tiny: Any, tiny_llm: Any, kind: str) -> N
     assert err < tolerance(spec, parse(None, spec.n_layer))
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "moe", "moe_shared"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("act", ALL_ACTS)
 def test_every_activation_matches_reference(tiny: Any, tiny_llm: Any, kind: str, act: str) -> None:
     _, spec = tiny(kind)
@@ -68,7 +72,7 @@ def test_every_activation_matches_reference(tiny: Any, tiny_llm: Any, kind: str,
     assert rel_err(got, reference(spec, other)) > 20 * tol
 
 
-@pytest.mark.parametrize("kind", ["llama", "gpt2", "moe", "moe_shared"])
+@pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize(
     "spec_text",
     ["0:relu, -1:mish", "0:gelu_erf, 1:leaky_relu(0.2)", "*:tanh, 1:default", "1:relu2, 0:swish(0.5)"],
@@ -131,3 +135,21 @@ def test_batched_eval_equals_token_by_token(tiny_llm: Any) -> None:
     for t in TOKENS:
         llm.eval([t])
     assert rel_err(np.array(llm.scores[: len(TOKENS)], dtype=np.float64), whole) < 1e-5
+
+
+@pytest.mark.parametrize(
+    ("kind", "act", "gated", "fused", "dense", "moe"),
+    [
+        ("llama", "silu", True, False, True, False),
+        ("gpt2", "gelu", False, False, True, False),
+        ("phi3", "silu", True, True, True, False),
+        ("moe", "silu", True, False, False, True),
+        ("moe_shared", "silu", True, False, True, True),
+        ("moe_merged", "silu", True, False, True, True),
+    ],
+)
+def test_describe_ffn(tiny_llm: Any, kind: str, act: str, gated: bool, fused: bool, dense: bool,
+                      moe: bool) -> None:
+    rows = tiny_llm(kind).describe_ffn()
+    assert rows == [{"layer": il, "act": act, "gated": gated, "fused": fused, "clamped": False,
+                     "dense": dense, "moe": moe} for il in range(len(rows))]

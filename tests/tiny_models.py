@@ -138,10 +138,10 @@ BPE_VOCAB_SIZE = 258
 
 # ---------------------------------------------------------------- writing
 
-def _write(path: str | Path, spec: ModelSpec, add_vocab, add_hparams) -> None:
+def _write(path: str | Path, spec: ModelSpec, add_vocab, add_hparams, name: str | None = None) -> None:
     """Write metadata, vocab and every tensor of ``spec`` to ``path``."""
     w = gguf.GGUFWriter(str(path), spec.arch)
-    w.add_name(f"tiny-{spec.arch}")
+    w.add_name(name or f"tiny-{spec.arch}")
     w.add_context_length(spec.n_ctx_train)
     w.add_embedding_length(spec.n_embd)
     w.add_block_count(spec.n_layer)
@@ -360,7 +360,9 @@ def write_phi3(path: str | Path, seed: int = 0, n_layer: int = 2, n_embd: int = 
         w.add_rope_freq_base(rope_freq_base)
         w.add_rope_dimension_count(spec.head_dim)
 
-    _write(path, spec, _add_spm_vocab, hparams)
+    # not "tiny-phi3": llama.cpp's vocab loader special-cases general.name containing "phi3" /
+    # "phi-3" and then requires an "<|endoftext|>" token (unordered_map::at otherwise)
+    _write(path, spec, _add_spm_vocab, hparams, name="tiny-phi-three")
     return spec
 
 
