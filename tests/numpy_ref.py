@@ -11,7 +11,8 @@ shared expert) architectures.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Callable, Optional, Sequence, Tuple, Union
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Callable, Optional, Union
 
 import numpy as np
 
@@ -20,7 +21,7 @@ if TYPE_CHECKING:  # only for annotations: the spec is duck-typed
 
 Activation = Callable[[np.ndarray, Optional[float]], np.ndarray]
 # one entry of ``acts``: (name, param), a bare name, or None for the arch's default
-ActEntry = Union[Tuple[str, Optional[float]], str, None]
+ActEntry = Union[tuple[str, Optional[float]], str, None]
 
 # ---------------------------------------------------------------- activations
 
@@ -254,7 +255,8 @@ def _blocks(spec: ModelSpec, tokens: Sequence[int],
     ffn_inputs = []
     for il, layer in enumerate(spec.layers):
         act = resolve_act(spec, None if acts is None else acts[il])
-        x = x + _attention(spec, layer, _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias")))
+        h = _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias"))
+        x = x + _attention(spec, layer, h)
         h = _norm(spec, x, layer["ffn_norm.weight"], layer.get("ffn_norm.bias"))
         x = x + (_moe_ffn(spec, layer, h, act) if spec.n_expert else _dense_ffn(spec, layer, h, act))
         ffn_inputs.append(h)

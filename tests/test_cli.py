@@ -35,7 +35,8 @@ def test_run_shows_both_completions(tiny: Any, capsys: pytest.CaptureFixture[str
     assert out["original"] != out["rewired"]
 
 
-def test_bad_input_is_one_line_and_exit_1(tiny: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_input_is_one_line_and_exit_1(tiny: Any, tmp_path: Path,
+                                          capsys: pytest.CaptureFixture[str]) -> None:
     path, _ = tiny("llama")
     assert main(["run", "-m", str(path), "--act", "0:bogus"]) == 1
     assert "unknown activation 'bogus'" in capsys.readouterr().err

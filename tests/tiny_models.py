@@ -24,9 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 import gguf
+import numpy as np
 
 # llama.cpp token types (llama_token_type in llama.h)
 _TT_NORMAL, _TT_UNKNOWN, _TT_CONTROL, _TT_BYTE = 1, 2, 3, 6
@@ -120,7 +119,7 @@ def _add_spm_vocab(w: gguf.GGUFWriter) -> int:
 
 def _add_bpe_vocab(w: gguf.GGUFWriter) -> int:
     """GPT-2 BPE vocab: the 256 byte tokens, one merge ("ĠĠ") and <|endoftext|>."""
-    tokens = _gpt2_byte_chars() + ["\u0120\u0120", "<|endoftext|>"]
+    tokens = [*_gpt2_byte_chars(), "ĠĠ", "<|endoftext|>"]
     types = [_TT_NORMAL] * 257 + [_TT_CONTROL]
     w.add_tokenizer_model("gpt2")
     w.add_tokenizer_pre("gpt-2")
@@ -152,18 +151,19 @@ def _write(path: str | Path, spec: ModelSpec, add_vocab, add_hparams, name: str 
     add_hparams(w)
     n_vocab = add_vocab(w)
     assert n_vocab == spec.n_vocab, (n_vocab, spec.n_vocab)
-    for name, arr in spec.tensors.items():
-        w.add_tensor(name, arr)
+    for tensor_name, arr in spec.tensors.items():
+        w.add_tensor(tensor_name, arr)
     for il, layer in enumerate(spec.layers):
-        for name, arr in layer.items():
-            w.add_tensor(f"blk.{il}.{name}", arr)
+        for tensor_name, arr in layer.items():
+            w.add_tensor(f"blk.{il}.{tensor_name}", arr)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
 
 
-def _llama_attn(init: _Init, n_embd: int, n_head: int, n_head_kv: int, qkv_bias: bool) -> dict[str, np.ndarray]:
+def _llama_attn(init: _Init, n_embd: int, n_head: int, n_head_kv: int,
+                qkv_bias: bool) -> dict[str, np.ndarray]:
     """Separate Q/K/V/O projections (GQA: K and V have n_head_kv heads)."""
     hd = n_embd // n_head
     t = {
