@@ -134,3 +134,13 @@ def test_closed_objects_raise_instead_of_crashing(tiny: Any) -> None:
     ctx2.close()
     model.close()
     llm.close()  # twice is fine
+
+
+@pytest.mark.real_model
+def test_trained_window_of_a_large_vocab_model_does_not_exhaust_memory(gemma_path: Any) -> None:
+    """n_ctx=0 (the trained 32k window) x a 262k vocabulary would be a 34 GB scores matrix."""
+    with Llama(str(gemma_path), n_ctx=0, n_batch=64, verbose=False) as llm:
+        assert llm.n_ctx() == 32768
+        llm.eval(llm.tokenize(b"Hello"))
+        assert llm.last_logits.shape == (262144,)
+        assert np.isfinite(llm.last_logits).all()

@@ -32,7 +32,7 @@ def real(request: pytest.FixtureRequest) -> Iterator[tuple[str, Llama]]:
 def last_logits(llm: Llama, tokens: list[int]) -> np.ndarray:
     llm.reset()
     llm.eval(tokens)
-    return np.array(llm.scores[len(tokens) - 1])
+    return np.array(llm.last_logits)
 
 
 def test_describe_ffn_reports_the_architecture_activation(real: tuple[str, Llama]) -> None:

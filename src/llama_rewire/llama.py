@@ -26,6 +26,9 @@ GGML_TYPE_F16 = 1
 
 PromptType = Union[str, Sequence[int]]
 
+# scores is calloc'd with one row per context position unless that would exceed this (virtual) size
+_MAX_SPARSE_SCORES_BYTES = 4 << 30
+
 
 class Llama:
     """A GGUF model and one inference context, with a rewirable FFN activation per layer.
@@ -110,8 +113,13 @@ class Llama:
         self._n_ctx = self._ctx.n_ctx()
         self._n_batch = self._ctx.n_batch()
         self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
-        # calloc'd: only rows that are written take memory
-        self.scores = np.zeros((self._n_ctx, self._n_vocab), dtype=np.single)
+        # calloc'd: only the rows that are written take memory. Without logits_all only the last
+        # token's row is written; a window too large to address (e.g. n_ctx=0 on a long-context model
+        # with a large vocabulary) then keeps that row alone, in row 0 (see last_logits).
+        rows = self._n_ctx
+        if not logits_all and self._n_ctx * self._n_vocab * 4 > _MAX_SPARSE_SCORES_BYTES:
+            rows = 1
+        self.scores = np.zeros((rows, self._n_vocab), dtype=np.single)
         self._table = [_acts.DEFAULT] * self.n_layer()
         if activations is not None:
             self.set_activations(activations)
@@ -170,6 +178,13 @@ class Llama:
         return int(self.model.token_nl())
 
     @property
+    def last_logits(self) -> npt.NDArray[np.single]:
+        """The logits of the last evaluated token."""
+        if self.n_tokens == 0:
+            raise RuntimeError("no token has been evaluated")
+        return self.scores[min(self.n_tokens, len(self.scores)) - 1]
+
+    @property
     def _scores(self) -> npt.NDArray[np.single]:
         return self.scores[: self.n_tokens]
 
@@ -223,7 +238,7 @@ class Llama:
             if self._logits_all:
                 self.scores[n_past : n_past + len(batch)] = logits
             else:
-                self.scores[n_past + len(batch) - 1] = logits[-1]
+                self.scores[min(n_past + len(batch), len(self.scores)) - 1] = logits[-1]
             self.n_tokens = n_past + len(batch)
 
     def set_seed(self, seed: int) -> None:
