@@ -75,13 +75,20 @@ ACTIVATIONS: dict[str, Activation] = {
 
 
 def resolve_act(spec: ModelSpec, act: ActEntry) -> Callable[[np.ndarray], np.ndarray]:
-    """Turn one entry of ``acts`` into a function; None / "default" = the arch's own."""
-    name, param = (act, None) if act is None or isinstance(act, str) else act
+    """Turn one entry of ``acts`` into a function; None / "default" = the arch's own.
+
+    An entry is a name, (name, param) or (name, param, threshold): with a threshold t > 0 the
+    activation a is kept where |a| > t and set to 0 elsewhere.
+    """
+    name, param, *rest = (act, None) if act is None or isinstance(act, str) else act
+    threshold = float(rest[0]) if rest else 0.0
     if name is None or name == "default":
         name, param = spec.default_act, None
     if name not in ACTIVATIONS:
         raise KeyError(f"unknown activation {name!r}")
     fn = ACTIVATIONS[name]
+    if threshold > 0:
+        return lambda x: np.where(np.abs(a := fn(x, param)) > threshold, a, 0.0)
     return lambda x: fn(x, param)
 
 
@@ -274,6 +281,33 @@ def forward(spec: ModelSpec, tokens: Sequence[int],
     x, _ = _blocks(spec, tokens, acts)
     x = _norm(spec, x, spec.tensors["output_norm.weight"], spec.tensors.get("output_norm.bias"))
     return _linear(x, spec.tensors["output.weight"])
+
+
+def dense_ffn_tensors(spec: ModelSpec, tokens: Sequence[int],
+                      acts: Sequence[ActEntry] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+    """For a dense (non-MoE) model: per layer (act output, ffn_down input), each [T, n_ff].
+
+    For a gated FFN the act output is act(gate x) and the down input act(gate x) * (up x); for a plain
+    FFN both are act(up x + b).
+    """
+    if spec.n_expert:
+        raise ValueError("dense models only")
+    _, ffn_inputs = _blocks(spec, tokens, acts)
+    out = []
+    for il, (layer, h) in enumerate(zip(spec.layers, ffn_inputs)):
+        act = resolve_act(spec, None if acts is None else acts[il])
+        if spec.fused_gate_up:
+            gate_w, up_w = _split_gate_up(layer["ffn_up.weight"])
+        else:
+            gate_w, up_w = layer.get("ffn_gate.weight"), layer["ffn_up.weight"]
+        u = _linear(h, up_w, None if spec.fused_gate_up else layer.get("ffn_up.bias"))
+        if gate_w is None:
+            a = act(u)
+            out.append((a, a))
+        else:
+            a = act(_linear(h, gate_w))
+            out.append((a, a * u))
+    return out
 
 
 def router_margin(spec: ModelSpec, tokens: Sequence[int],

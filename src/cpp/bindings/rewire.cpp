@@ -19,12 +19,12 @@ namespace rewire {
     }
 }
 
-static void rewire_set(py::handle ctx, const std::vector<std::pair<int32_t, float>> & table) {
+static void rewire_set(py::handle ctx, const std::vector<std::tuple<int32_t, float, float>> & table) {
     llama_context * c = context_ptr(ctx);
     std::vector<llama_rewire_act> acts;
     acts.reserve(table.size());
-    for (const auto & [type, param] : table) {
-        acts.push_back(llama_rewire_act{(llama_rewire_act_type) type, param});
+    for (const auto & [type, param, threshold] : table) {
+        acts.push_back(llama_rewire_act{(llama_rewire_act_type) type, param, threshold});
     }
     int32_t bad = -1;
     int32_t rc;
@@ -37,16 +37,16 @@ static void rewire_set(py::handle ctx, const std::vector<std::pair<int32_t, floa
     }
 }
 
-static std::vector<std::pair<int32_t, float>> rewire_get(py::handle ctx) {
+static std::vector<std::tuple<int32_t, float, float>> rewire_get(py::handle ctx) {
     llama_context * c = context_ptr(ctx);
     std::vector<llama_rewire_act> acts(llama_rewire_n_layer(c));
     const int32_t rc = llama_rewire_get(c, acts.data(), (int32_t) acts.size());
     if (rc != LLAMA_REWIRE_OK) {
         rewire_throw(rc, -1);
     }
-    std::vector<std::pair<int32_t, float>> out;
+    std::vector<std::tuple<int32_t, float, float>> out;
     for (const auto & a : acts) {
-        out.emplace_back((int32_t) a.type, a.param);
+        out.emplace_back((int32_t) a.type, a.param, a.threshold);
     }
     return out;
 }
@@ -73,12 +73,13 @@ void bind_rewire(py::module_ & m) {
         names.append(llama_rewire_act_name((llama_rewire_act_type) i));
     }
     m.attr("ACT_NAMES") = py::tuple(names);
-    m.def("act_check", [](int32_t type, float param) {
-        return llama_rewire_act_check(llama_rewire_act{(llama_rewire_act_type) type, param});
-    }, py::arg("type"), py::arg("param"), "0 if (type, param) is a valid table entry, else a negative llama_rewire_status.");
+    m.def("act_check", [](int32_t type, float param, float threshold) {
+        return llama_rewire_act_check(llama_rewire_act{(llama_rewire_act_type) type, param, threshold});
+    }, py::arg("type"), py::arg("param"), py::arg("threshold") = 0.0f,
+       "0 if (type, param, threshold) is a valid table entry, else a negative llama_rewire_status.");
     m.def("rewire_n_layer", [](py::handle ctx) { return llama_rewire_n_layer(context_ptr(ctx)); }, py::arg("ctx"));
     m.def("rewire_set", &rewire_set, py::arg("ctx"), py::arg("table"),
-          "Replace the table: one (type, param) per layer, or [] to restore every layer.");
+          "Replace the table: one (type, param, threshold) per layer, or [] to restore every layer.");
     m.def("rewire_get", &rewire_get, py::arg("ctx"));
     m.def("rewire_describe", &rewire_describe, py::arg("ctx"), py::arg("layer"));
 }

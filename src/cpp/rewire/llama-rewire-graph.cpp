@@ -8,14 +8,15 @@
 
 std::shared_ptr<llama_rewire_state> llama_rewire_state_init(uint32_t n_layer) {
     auto state = std::make_shared<llama_rewire_state>();
-    state->acts.assign(n_layer, llama_rewire_act{LLAMA_REWIRE_ACT_DEFAULT, 0.0f});
+    state->acts.assign(n_layer, llama_rewire_act{LLAMA_REWIRE_ACT_DEFAULT, 0.0f, 0.0f});
     state->ffn.resize(n_layer);
     return state;
 }
 
-// The longest composition below is elu(alpha) on a non-contiguous gated input: cont, relu, scale, elu,
-// scale, add, mul = 7 nodes. A layer can hold two FFNs (shared expert + routed experts).
-static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 8;
+// The longest composition below is elu(alpha) with a threshold on a non-contiguous gated input: cont,
+// relu, scale, elu, scale, add, abs, scale_bias, step, mul, mul = 11 nodes. A layer can hold two FFNs
+// (shared expert + routed experts).
+static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 12;
 
 uint32_t llama_rewire_max_extra_nodes(uint32_t n_layer) {
     return 2 * REWIRE_MAX_NODES_PER_FFN * n_layer;
@@ -27,6 +28,9 @@ static void rewire_name(ggml_tensor * t, const char * what, int il) {
 
 // The fused GLU op that computes act(a) * b in one kernel, if there is one for this activation.
 static bool rewire_glu_op(llama_rewire_act act, ggml_glu_op * op) {
+    if (act.threshold > 0.0f) {
+        return false; // the activation must exist as a tensor of its own to be thresholded
+    }
     switch (act.type) {
         case LLAMA_REWIRE_ACT_SILU:       *op = GGML_GLU_OP_SWIGLU;      return true;
         case LLAMA_REWIRE_ACT_GELU:       *op = GGML_GLU_OP_GEGLU;       return true;
@@ -117,6 +121,25 @@ static ggml_tensor * rewire_unary(ggml_context * ctx, llama_rewire_act act, ggml
     return nullptr; // not reached: the table is validated before it is stored
 }
 
+// a where |a| > t, else 0:  a * step(|a| - t)
+static ggml_tensor * rewire_threshold(ggml_context * ctx, ggml_tensor * a, float t, int il) {
+    ggml_tensor * keep = ggml_step(ctx, ggml_scale_bias(ctx, ggml_abs(ctx, a), 1.0f, -t));
+    rewire_name(keep, "keep", il);
+    return ggml_mul(ctx, a, keep);
+}
+
+// act(x), thresholded if asked, as a node named ffn_rewire_act-<il> (observers look for that name)
+static ggml_tensor * rewire_activation(ggml_context * ctx, llama_rewire_act act, ggml_tensor * x, int il) {
+    ggml_tensor * a = rewire_unary(ctx, act, x, il);
+    if (act.threshold > 0.0f) {
+        a = rewire_threshold(ctx, a, act.threshold, il);
+    } else if (a == x) {
+        a = ggml_scale(ctx, x, 1.0f); // identity: keep a node of its own
+    }
+    rewire_name(a, "act", il);
+    return a;
+}
+
 static ggml_tensor * rewire_contiguous(ggml_context * ctx, ggml_tensor * t, int il) {
     if (ggml_is_contiguous(t)) {
         return t;
@@ -179,12 +202,7 @@ ggml_tensor * llama_rewire_build_ffn_act(
     }
 
     if (up == nullptr) {
-        ggml_tensor * out = rewire_unary(ctx, act, rewire_contiguous(ctx, gate, il), il);
-        if (out == gate) {
-            // identity on a plain FFN: keep a node so that the layer still has a named activation
-            out = ggml_scale(ctx, gate, 1.0f);
-        }
-        return out;
+        return rewire_activation(ctx, act, rewire_contiguous(ctx, gate, il), il);
     }
 
     ggml_glu_op op;
@@ -192,10 +210,6 @@ ggml_tensor * llama_rewire_build_ffn_act(
         // the fused kernels take strided views, like upstream's merged gate_up experts
         return rewire_glu_split(ctx, op, gate, up);
     }
-    ggml_tensor * x = rewire_contiguous(ctx, gate, il);
-    ggml_tensor * a = rewire_unary(ctx, act, x, il);
-    if (a != x) {
-        rewire_name(a, "act", il);
-    }
+    ggml_tensor * a = rewire_activation(ctx, act, rewire_contiguous(ctx, gate, il), il);
     return ggml_mul(ctx, a, up);
 }

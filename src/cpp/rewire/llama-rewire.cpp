@@ -53,6 +53,10 @@ int32_t llama_rewire_act_check(struct llama_rewire_act act) {
     if ((int) act.type < 0 || act.type >= LLAMA_REWIRE_ACT_COUNT) {
         return LLAMA_REWIRE_ERR_ACT;
     }
+    if (!std::isfinite(act.threshold) || act.threshold < 0.0f ||
+        (act.type == LLAMA_REWIRE_ACT_DEFAULT && act.threshold != 0.0f)) {
+        return LLAMA_REWIRE_ERR_PARAM;
+    }
     const float p = act.param;
     switch (act.type) {
         case LLAMA_REWIRE_ACT_LEAKY_RELU:
@@ -84,7 +88,8 @@ static bool rewire_same(const std::vector<llama_rewire_act> & a, const std::vect
             return false;
         }
         // the parameter only matters for the activations that take one
-        if (a[i].type != LLAMA_REWIRE_ACT_DEFAULT && a[i].param != b[i].param) {
+        if (a[i].type != LLAMA_REWIRE_ACT_DEFAULT &&
+            (a[i].param != b[i].param || a[i].threshold != b[i].threshold)) {
             return false;
         }
     }
@@ -104,7 +109,7 @@ int32_t llama_context::rewire_set(const llama_rewire_act * acts, int32_t n_acts,
         return LLAMA_REWIRE_ERR_ARG;
     }
 
-    std::vector<llama_rewire_act> next(n_layer, llama_rewire_act{LLAMA_REWIRE_ACT_DEFAULT, 0.0f});
+    std::vector<llama_rewire_act> next(n_layer, llama_rewire_act{LLAMA_REWIRE_ACT_DEFAULT, 0.0f, 0.0f});
     for (int32_t il = 0; il < n_acts; ++il) {
         const int32_t rc = llama_rewire_act_check(acts[il]);
         if (rc != LLAMA_REWIRE_OK) {

@@ -9,6 +9,9 @@
 //   plain FFN:  down(act(up(x)))                the override replaces the one activation
 //   fused GLU:  one gate_up tensor is split in halves, act(first half) * second half
 //
+// An overridden activation is a graph node named "ffn_rewire_act-<layer>" unless it runs as a fused GLU
+// kernel (silu, gelu, gelu_erf, gelu_quick, relu without threshold): observers (cb_eval) can read it.
+//
 // The weights are never touched.
 
 #ifndef LLAMA_REWIRE_H
@@ -43,9 +46,12 @@ extern "C" {
         LLAMA_REWIRE_ACT_COUNT,
     };
 
+    // One table entry. With threshold t > 0 the activation is sparsified: a = act(x) is kept where
+    // |a| > t and set to 0 elsewhere (CATS-style thresholding; t finite, >= 0; not with DEFAULT).
     struct llama_rewire_act {
         enum llama_rewire_act_type type;
-        float                      param; // ignored by activations without a parameter
+        float                      param;     // ignored by activations without a parameter
+        float                      threshold; // 0: no thresholding
     };
 
     // Return codes of the functions below.
@@ -54,7 +60,7 @@ extern "C" {
         LLAMA_REWIRE_ERR_ARG          = -1, // null pointer, or n_acts is neither 0 nor the layer count
         LLAMA_REWIRE_ERR_LAYER        = -2, // layer index out of range
         LLAMA_REWIRE_ERR_ACT          = -3, // unknown activation type
-        LLAMA_REWIRE_ERR_PARAM        = -4, // NaN, infinite or out-of-range parameter
+        LLAMA_REWIRE_ERR_PARAM        = -4, // NaN, infinite or out-of-range parameter or threshold
         LLAMA_REWIRE_ERR_UNREACHABLE  = -5, // the layer has no FFN that the hook can reach (e.g. rwkv)
         LLAMA_REWIRE_ERR_RESERVE      = -6, // the new graph could not be reserved; the old table is kept
     };
