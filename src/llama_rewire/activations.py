@@ -12,6 +12,8 @@ Thresholded (sparse) activations: ``"silu@0.05"`` (or ``{"name": "silu", "thresh
 act(x) where |act(x)| > 0.05 and sets it to 0 elsewhere (CATS-style); the threshold is finite, >= 0, and
 needs an explicit activation (not ``default``).
 
+A path to a profile file (.json / .toml, see :mod:`llama_rewire.profile`) holds a spec too.
+
 ``"*"`` sets every layer first, wherever it stands; then the explicit layers and ranges apply in order,
 later entries overriding earlier ones. ``"default"`` restores a layer's own activation.
 
@@ -41,12 +43,14 @@ default         the architecture's own activation
 from __future__ import annotations
 
 import math
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Union
 
 from . import _core
+from .profile import is_profile_path, profile_spec
 
 # name -> (parameter name, default value)
 PARAMS: dict[str, tuple[str, float]] = {
@@ -84,7 +88,7 @@ class Activation:
 
 DEFAULT = Activation("default")
 
-Spec = Union[None, str, Mapping[Any, Any]]
+Spec = Union[None, str, Mapping[Any, Any], "os.PathLike[str]"]
 
 _CALL = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(?:\(\s*([^()]*?)\s*\))?\s*$")
 _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-|\.\.)\s*(-?\d+)\s*$")
@@ -249,6 +253,8 @@ def parse(spec: Spec, n_layer: int) -> list[Activation]:
     table = [DEFAULT] * n_layer
     if spec is None:
         return table
+    if is_profile_path(spec):
+        spec = profile_spec(spec)  # type: ignore[arg-type]
     if isinstance(spec, str):
         entries = _string_entries(spec)
     elif isinstance(spec, Mapping):

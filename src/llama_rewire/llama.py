@@ -187,7 +187,8 @@ class Llama:
         """The logits of the last evaluated token."""
         if self.n_tokens == 0:
             raise RuntimeError("no token has been evaluated")
-        return self.scores[min(self.n_tokens, len(self.scores)) - 1]
+        row: npt.NDArray[np.single] = self.scores[min(self.n_tokens, len(self.scores)) - 1]
+        return row
 
     @property
     def _scores(self) -> npt.NDArray[np.single]:
@@ -268,7 +269,8 @@ class Llama:
     def ffn_stats(self, kind: str = "down_in") -> FfnStats:
         """Per-layer activation statistics since the last reset (needs ``observe_ffn=True``).
 
-        kind: ``"down_in"`` (the input of ffn_down) or ``"act"`` (an overridden activation itself).
+        kind: ``"down_in"`` (the input of ffn_down), ``"act"`` (an overridden activation itself) or
+        ``"act_raw"`` (a thresholded activation before thresholding).
         """
         if kind not in KINDS:
             raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")

@@ -7,7 +7,8 @@ until ``reset_ffn_stats()``. Two kinds of tensor are observed per layer:
   the way llama.cpp's imatrix tool finds it: the operand of the matmul whose weight is
   ``blk.N.ffn_down*``. Always available, dense and MoE (routed experts: the used experts' rows).
 - ``"act"``: the activation act(gate) itself, available for layers whose activation is overridden with a
-  composed (non-fused) activation or a threshold.
+  composed (non-fused) activation or a threshold (then after thresholding).
+- ``"act_raw"``: for a thresholded activation, act(gate) before thresholding.
 
 A model created without ``observe_ffn`` has no callback in its graph and pays nothing.
 """
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-KINDS = {"down_in": 0, "act": 1}
+KINDS = {"down_in": 0, "act": 1, "act_raw": 2}
 
 
 @dataclass

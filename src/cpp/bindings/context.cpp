@@ -122,7 +122,7 @@ public:
     // the statistics of one kind (0: ffn_down input, 1: overridden activation) as numpy arrays
     py::dict ffn_stats(int kind) const {
         if (kind < 0 || kind >= ffn_observer::N_KINDS) {
-            throw py::value_error("kind must be 0 (ffn_down input) or 1 (activation)");
+            throw py::value_error("kind must be 0 (ffn_down input), 1 (activation) or 2 (before threshold)");
         }
         const ffn_observer & obs = observer();
         const std::vector<act_stats> stats = obs.snapshot(kind);

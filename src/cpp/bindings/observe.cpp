@@ -49,6 +49,9 @@ bool ffn_observer::target(const ggml_tensor * t, int * kind, int * layer, const 
     } else if (std::sscanf(t->name, "ffn_rewire_act-%d", &il) == 1) {
         *kind = 1;
         *data = t;
+    } else if (std::sscanf(t->name, "ffn_rewire_raw-%d", &il) == 1) {
+        *kind = 2;
+        *data = t;
     } else {
         return false;
     }

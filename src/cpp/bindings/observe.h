@@ -21,10 +21,11 @@ struct act_stats {
 
 // Observes, per layer, the input of ffn_down (the FFN activation times up, as the down projection sees
 // it: the tensor llama.cpp's imatrix tool reads) and, where an override builds it as a node of its own,
-// the activation itself ("ffn_rewire_act-<layer>").
+// the activation itself ("ffn_rewire_act-<layer>"), and for a thresholded one the activation before
+// thresholding ("ffn_rewire_raw-<layer>").
 class ffn_observer {
 public:
-    static constexpr int N_KINDS = 2; // 0: ffn_down input, 1: activation
+    static constexpr int N_KINDS = 3; // 0: ffn_down input, 1: activation, 2: activation before threshold
 
     ffn_observer(int32_t n_layer, float eps, int32_t n_bins, float log10_min, float log10_max);
 

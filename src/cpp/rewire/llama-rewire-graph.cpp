@@ -14,7 +14,7 @@ std::shared_ptr<llama_rewire_state> llama_rewire_state_init(uint32_t n_layer) {
 }
 
 // The longest composition below is elu(alpha) with a threshold on a non-contiguous gated input: cont,
-// relu, scale, elu, scale, add, abs, scale_bias, step, mul, mul = 11 nodes. A layer can hold two FFNs
+// relu, scale, elu, scale, add, abs, scale_bias, step, mul, mul = 11 nodes (identity: cont, scale, ...). A layer can hold two FFNs
 // (shared expert + routed experts).
 static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 12;
 
@@ -132,6 +132,10 @@ static ggml_tensor * rewire_threshold(ggml_context * ctx, ggml_tensor * a, float
 static ggml_tensor * rewire_activation(ggml_context * ctx, llama_rewire_act act, ggml_tensor * x, int il) {
     ggml_tensor * a = rewire_unary(ctx, act, x, il);
     if (act.threshold > 0.0f) {
+        if (a == x) {
+            a = ggml_scale(ctx, x, 1.0f); // identity: a node of its own to be named
+        }
+        rewire_name(a, "raw", il); // before thresholding
         a = rewire_threshold(ctx, a, act.threshold, il);
     } else if (a == x) {
         a = ggml_scale(ctx, x, 1.0f); // identity: keep a node of its own

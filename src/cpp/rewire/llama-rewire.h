@@ -11,6 +11,7 @@
 //
 // An overridden activation is a graph node named "ffn_rewire_act-<layer>" unless it runs as a fused GLU
 // kernel (silu, gelu, gelu_erf, gelu_quick, relu without threshold): observers (cb_eval) can read it.
+// A thresholded one is also available before thresholding, as "ffn_rewire_raw-<layer>".
 //
 // The weights are never touched.
 

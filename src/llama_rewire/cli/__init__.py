@@ -8,12 +8,17 @@ import sys
 SUBCOMMANDS = {
     "info": "show a model's architecture, layers and each layer's own FFN activation",
     "run": "complete a prompt with the original and the rewired model, side by side",
+    "perplexity": "perplexity over a text in fixed windows, as llama.cpp's llama-perplexity computes it",
+    "compare": "the original and the rewired model on a text: perplexity of both, KL, top-1 agreement",
+    "sweep": "an activation on each layer (or group) alone: dPPL and KL against the original, table and plot",
+    "stats": "per-layer FFN activation statistics over a text, with a histogram plot",
+    "calibrate": "per-layer thresholds for a target activation sparsity, written as a profile",
 }
 
 
 def usage() -> str:
     lines = ["usage: llama-rewire <command> [options]", "", "commands:"]
-    lines += [f"  {name:6s} {text}" for name, text in SUBCOMMANDS.items()]
+    lines += [f"  {name:10s} {text}" for name, text in SUBCOMMANDS.items()]
     lines += ["", "Run 'llama-rewire <command> --help' for a command's options."]
     return "\n".join(lines)
 

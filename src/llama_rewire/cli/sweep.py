@@ -1,0 +1,47 @@
+"""``llama-rewire sweep``: how sensitive is each layer? One activation on each layer (or group) alone.
+
+For each layer i (or group of --group K layers), run "i:ACT" against the original on the same windows and
+report dPPL, KL and top-1 agreement; --cumulative applies ACT to the first k layers instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from .common import run_guarded
+from .perplexity import add_eval_args, emit, header, open_for, show_progress
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="llama-rewire sweep", description=__doc__.split("\n\n")[0])
+    add_eval_args(p, act_required=True,
+                  act_help="the one activation applied in turn, e.g. relu or leaky_relu(0.05)",
+                  output_help="also write the result: CSV if FILE ends in .csv, else JSON",
+                  plot_help="also write a plot of dPPL and KL by layer (PNG)")
+    p.add_argument("--group", type=int, default=1, metavar="K", help="sweep groups of K consecutive layers")
+    p.add_argument("--cumulative", action="store_true", help="apply ACT to the first k layers, k = 1, 2...")
+    p.add_argument("--layers", default=None, help='sweep only these layers, e.g. "0-11" (default: all)')
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    def body() -> int:
+        from ..eval import sweep
+        from ..eval.plot import plot_sweep
+        from ..eval.sweep import sweep_act
+
+        sweep_act(args.act)  # a bad activation fails before the model loads
+        llm, text = open_for(args)
+        with llm:
+            result = sweep(llm, text, args.act, args.ctx, group=args.group, cumulative=args.cumulative,
+                           layers=args.layers, max_windows=args.max_windows, progress=show_progress(args))
+        if args.plot:
+            plot_sweep(result, args.plot)
+        mode = "the first k layers" if args.cumulative else f"groups of {args.group}" if args.group > 1 else \
+            "each layer alone"
+        lines = [*header(result, args.text), f"act:     {result.act} on {mode}", "", result.table()]
+        return emit(result, args, lines)
+
+    return run_guarded(body)

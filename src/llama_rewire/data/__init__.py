@@ -1,0 +1,1 @@
+"""Data files shipped with llama-rewire (see README.md here)."""
