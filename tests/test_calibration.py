@@ -104,7 +104,7 @@ def test_stats_and_calibrate_commands(tiny: Any, tmp_path: Path, capsys: pytest.
                  "-o", str(profile), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["target_sparsity"] == 0.4
     assert main(["stats", str(path), "--text", str(text), "--ctx", "64", "--act", str(profile),
-                 "--kind", "act", "--json"]) == 0
+                 "--kind", "act", "--plot", "", "--json"]) == 0
     zeros = [row["zero_frac"] for row in json.loads(capsys.readouterr().out)["layers"]]
     assert all(abs(z - 0.4) < 0.05 for z in zeros), zeros
     assert main(["calibrate", str(path), "--sparsity", "2", "--text", str(text)]) == 1

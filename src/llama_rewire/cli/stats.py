@@ -19,7 +19,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="down_in: the input of ffn_down (default); act: the overridden activation")
     p.add_argument("--eps", type=float, default=1e-3, help="report the fraction with |x| < eps")
     p.add_argument("--ctx", type=int, default=512, help="window size in tokens (default 512)")
-    p.add_argument("--plot", default=None, help="write a magnitude histogram per layer to this PNG")
+    p.add_argument("--plot", default="ffn_stats.png",
+                   help="magnitude histograms per layer, as a PNG (default ffn_stats.png; '' for none)")
     p.add_argument("-o", "--output", default=None, help="write the table as JSON")
     p.add_argument("-t", "--threads", type=int, default=None, help="CPU threads")
     p.add_argument("--json", action="store_true", help="print one JSON object")
