@@ -1,0 +1,580 @@
+"""Speed of llama-rewire next to llama-cpp-python and llama.cpp's own llama-bench, on the same model.
+
+    python benchmarks/bench.py setup                 # build llama-bench, create the llama-cpp-python venv
+    python benchmarks/bench.py run [-t 2] [--reps 5] # measure, print the table, write benchmarks/RESULTS.md
+
+For each model and one thread count it measures prompt processing (pp: tokens/s over a 512-token prompt)
+and generation (tg: tokens/s over 128 greedy tokens), the median of ``--reps`` rounds, for: llama-rewire
+with no override, with an override that keeps a fused GLU kernel, with composed activations (mish,
+relu2); llama-cpp-python 0.3.36 (its own virtual environment); and llama-bench built from the same
+patched llama.cpp tree (the native ceiling). Each configuration runs in its own process (bench_worker.py,
+or llama-bench), whose peak RSS is reported; this process imports neither numpy nor a model, as a child's
+peak RSS counts its parent's. It also measures the machine's read bandwidth (the decode ceiling is
+bandwidth / weight bytes, as every weight is read once per token) and the time from ``set_activations``
+to the end of the first decode after it, next to loading a new model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+WORKER = HERE / "bench_worker.py"
+DEFAULT_VENV = HERE / ".venv-lcpp"
+DEFAULT_BUILD = ROOT / "build" / "bench"
+LCPP_REQUIREMENT = "llama-cpp-python==0.3.36"
+DEFAULT_MODELS = ("smollm2", "gemma3-270m")
+COMPOSED = ("mish", "relu2")
+N_PROMPT, N_GEN, N_BATCH = 512, 128, 512
+
+# (numerator, denominator, metric, goal): the issue's targets, as the median of the per-round ratios
+TARGETS = (
+    ("none", "lcpp", "tg", 1.00),
+    ("none", "llama-bench", "tg", 0.97),
+    ("none", "lcpp", "pp", 0.98),
+    ("none", "llama-bench", "pp", 0.98),
+    ("fused", "none", "pp", 0.97),
+    ("fused", "none", "tg", 0.97),
+    *((c, "none", m, 0.93) for c in COMPOSED for m in ("pp", "tg")),
+)
+SWITCH_GOAL_MS = 20.0
+BUSY_CORES = 0.2  # other processes' average use of the cores above which a run is flagged as noisy
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def venv_python(venv: Path) -> Path:
+    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
+
+
+def llama_bench_path(build_dir: Path) -> Path | None:
+    for candidate in (build_dir / "bin" / "llama-bench", build_dir / "bin" / "llama-bench.exe"):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def echo_run(cmd: Sequence[str | Path], **kwargs: Any) -> None:
+    print("+", shlex.join(str(c) for c in cmd), flush=True)
+    subprocess.run([str(c) for c in cmd], check=True, **kwargs)
+
+
+def build_llama_bench(build_dir: Path) -> Path:
+    """Configure our CMake project with llama.cpp's tools and build the llama-bench target."""
+    pybind11_dir = subprocess.run(
+        [sys.executable, "-m", "pybind11", "--cmakedir"], check=True, capture_output=True, text=True
+    ).stdout.strip()
+    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
+    echo_run(["cmake", "-S", ROOT, "-B", build_dir, *generator, "-DCMAKE_BUILD_TYPE=Release",
+              "-DLLAMA_REWIRE_BUILD_LLAMA_BENCH=ON", f"-Dpybind11_DIR={pybind11_dir}"])  # fmt: skip
+    echo_run(["cmake", "--build", build_dir, "--target", "llama-bench"])
+    path = llama_bench_path(build_dir)
+    if path is None:
+        raise SystemExit(f"llama-bench was built but not found under {build_dir}/bin")
+    return path
+
+
+def create_lcpp_venv(venv: Path) -> Path:
+    """A virtual environment with llama-cpp-python (compiled from its sdist: about 10 minutes)."""
+    echo_run([sys.executable, "-m", "venv", venv])
+    python = venv_python(venv)
+    echo_run([python, "-m", "pip", "install", LCPP_REQUIREMENT])
+    return python
+
+
+def setup(args: argparse.Namespace) -> int:
+    if not args.skip_llama_bench:
+        print("llama-bench:", build_llama_bench(args.build_dir))
+    if not args.skip_lcpp:
+        print("llama-cpp-python:", create_lcpp_venv(args.venv))
+    return 0
+
+
+# --------------------------------------------------------------------------- measuring
+
+PAUSE_S = 0.1  # between runs: lets the previous process's OpenMP threads stop spinning
+
+
+@dataclass
+class Config:
+    key: str  # none, fused, a composed name, lcpp, llama-bench
+    label: str  # its row in the table
+    short: str  # its name in the ratios
+    cmd: list[str]  # `bench_worker.py serve ...`, or llama-bench for one run of each test
+    native: bool = False  # llama-bench: one process per round
+
+
+@dataclass
+class Samples:
+    pp: list[float] = field(default_factory=list)  # tokens/s, one per round
+    tg: list[float] = field(default_factory=list)
+    rss_kb: int = 0
+
+
+def rss_kb(usage: Any) -> int:
+    """ru_maxrss in KiB (Linux reports KiB, macOS bytes)."""
+    return int(usage.ru_maxrss // 1024 if sys.platform == "darwin" else usage.ru_maxrss)
+
+
+def run_child(cmd: Sequence[str]) -> tuple[str, int]:
+    """Run cmd; return its stdout and its peak RSS (KiB). Raises with its stderr if it fails."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([str(c) for c in cmd], stdout=out, stderr=err, cwd=ROOT)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        if proc.returncode != 0:
+            raise RuntimeError(failure(cmd, proc.returncode, err))
+        return out.read().decode(), rss_kb(usage)
+
+
+def failure(cmd: Sequence[str], code: int | None, err: IO[bytes]) -> str:
+    err.seek(0)
+    tail = err.read().decode(errors="replace").strip().splitlines()[-20:]
+    return f"{shlex.join(str(c) for c in cmd)} failed ({code}):\n" + "\n".join(tail)
+
+
+class Worker:
+    """A `bench_worker.py serve` process: loaded and warmed up once, then asked for one run at a time."""
+
+    def __init__(self, cmd: list[str]) -> None:
+        self.cmd = cmd
+        self.err = tempfile.TemporaryFile()  # noqa: SIM115 (closed by close or kill)
+        self.proc = subprocess.Popen(
+            cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, cwd=ROOT, text=True
+        )
+        self._answer()  # {"ready": true}, after the warm-up
+
+    def _answer(self) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            if line.startswith("{"):
+                return json.loads(line)  # type: ignore[no-any-return]
+        raise RuntimeError(failure(self.cmd, self.proc.wait(), self.err))
+
+    def ask(self, what: str) -> float:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(what + "\n")
+        self.proc.stdin.flush()
+        return float(self._answer()[what])
+
+    def close(self) -> int:
+        """Stop the process; its peak RSS in KiB."""
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        _, status, usage = os.wait4(self.proc.pid, 0)
+        self.proc.returncode = os.waitstatus_to_exitcode(status)
+        if self.proc.returncode != 0:
+            raise RuntimeError(failure(self.cmd, self.proc.returncode, self.err))
+        self.err.close()
+        return rss_kb(usage)
+
+    def kill(self) -> None:
+        if self.proc.returncode is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.err.close()
+
+
+def parse_llama_bench(stdout: str) -> tuple[list[float], list[float]]:
+    """The pp and tg samples (tokens/s) of `llama-bench -o json`."""
+    pp: list[float] = []
+    tg: list[float] = []
+    for test in json.loads(stdout):
+        if test["n_prompt"] > 0 and test["n_gen"] == 0:
+            pp += [float(x) for x in test["samples_ts"]]
+        elif test["n_gen"] > 0 and test["n_prompt"] == 0:
+            tg += [float(x) for x in test["samples_ts"]]
+    return pp, tg
+
+
+def worker_json(*args: str) -> dict[str, Any]:
+    """Run a bench_worker.py subcommand under this Python; its JSON result."""
+    stdout, _ = run_child([sys.executable, str(WORKER), *args])
+    return json.loads(stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
+def read_bandwidth(threads: int) -> float:
+    """The machine's read bandwidth in GB/s (measured in a child: see bench_worker.bandwidth)."""
+    return float(worker_json("bandwidth", "--threads", str(threads))["gbps"])
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    path: Path
+    description: str
+    size: int  # weight bytes (llama_model_size): what each generated token reads
+    n_params: int
+    native_act: str
+
+
+def model_info(name: str, threads: int) -> ModelInfo:
+    """Fetch the model (llama_rewire.models.fetch) and describe it, in a child process."""
+    d = worker_json("info", "--model", name, "--threads", str(threads))
+    return ModelInfo(name=name, path=Path(d["path"]), description=d["description"], size=int(d["size"]),
+                     n_params=int(d["n_params"]), native_act=d["native_act"])  # fmt: skip
+
+
+def fused_override(native_act: str) -> str:
+    """An override that maps to another fused GLU op: SwiGLU -> GeGLU, anything else -> SwiGLU."""
+    return "*:gelu" if native_act == "silu" else "*:silu"
+
+
+def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
+    t, model = str(args.threads), str(info.path)
+    serve = [str(WORKER), "serve", "--model", model, "--threads", t, "--tg-method", args.tg_method]
+    rewire = [sys.executable, *serve, "--backend", "rewire"]
+    fused = fused_override(info.native_act)
+    out = [
+        Config("none", "llama-rewire, no override", "no override", rewire),
+        Config("fused", f"llama-rewire, `{fused}` (fused GLU)", f"`{fused}`", [*rewire, "--act", fused]),
+    ]
+    out += [Config(c, f"llama-rewire, `*:{c}` (composed)", f"`*:{c}`", [*rewire, "--act", f"*:{c}"])
+            for c in COMPOSED]  # fmt: skip
+    if args.lcpp_python:
+        label = f"llama-cpp-python {args.lcpp_version}"
+        out.append(Config("lcpp", label, "llama-cpp-python", [args.lcpp_python, *serve, "--backend", "lcpp"]))
+    if args.llama_bench:
+        cmd = [args.llama_bench, "-m", model, "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
+               "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", "0", "-o", "json"]  # fmt: skip
+        out.append(Config("llama-bench", "llama-bench (same llama.cpp)", "llama-bench", cmd, native=True))
+    return out
+
+
+def measure_switch(info: ModelInfo, spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    return worker_json("switch", "--backend", "rewire", "--model", str(info.path), "--threads",
+                       str(args.threads), "--reps", str(max(args.reps, 5)), "--act", spec)  # fmt: skip
+
+
+@dataclass
+class ModelResult:
+    info: ModelInfo
+    configs: list[Config]
+    samples: dict[str, Samples]
+    switch: dict[str, dict[str, Any]]
+
+
+class CpuMeter:
+    """CPU time used by other processes than this one and its children since the meter started
+    (Linux: /proc/stat), and the time stolen by the hypervisor: the noise in the numbers."""
+
+    def __init__(self) -> None:
+        self.wall0, self.own0, self.machine0 = time.monotonic(), self.own(), self.machine()
+
+    @staticmethod
+    def own() -> float:
+        me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    @staticmethod
+    def machine() -> tuple[float, float] | None:
+        """(busy, stolen) CPU seconds since boot, all CPUs."""
+        try:
+            user, nice, system, _idle, _iowait, irq, softirq, steal = (
+                int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]
+            )
+        except (OSError, ValueError):
+            return None
+        hz = os.sysconf("SC_CLK_TCK")
+        return (user + nice + system + irq + softirq) / hz, steal / hz
+
+    def others(self) -> tuple[float, float] | None:
+        """(average number of cores other processes kept busy, stolen share of the CPU time)."""
+        now = self.machine()
+        if now is None or self.machine0 is None:
+            return None
+        wall = max(time.monotonic() - self.wall0, 1e-9)
+        busy = now[0] - self.machine0[0] - (self.own() - self.own0)
+        stolen = (now[1] - self.machine0[1]) / (wall * (os.cpu_count() or 1))
+        return max(busy, 0.0) / wall, stolen
+
+
+def describe_noise(others: tuple[float, float] | None) -> str:
+    if others is None:
+        return "unknown"
+    flag = " (**busy: redo on a quiet machine**)" if others[0] > BUSY_CORES else ""
+    return f"{others[0]:.2f} cores on average{flag}, CPU steal {others[1]:.1%}"
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
+    """`reps` rounds; each round runs every configuration once (pp then tg), in an order rotated from one
+    round to the next, so that the machine's drifts hit them alike and ratios can be taken per round."""
+    todo = configs(info, args)
+    samples = {c.key: Samples() for c in todo}
+    workers: dict[str, Worker] = {}
+    try:
+        for c in todo:
+            if not c.native:
+                log(f"  [{info.name}] loading: {c.label}")
+                workers[c.key] = Worker(c.cmd)
+        for r in range(args.reps):
+            log(f"  [{info.name}] round {r + 1}/{args.reps}")
+            for c in todo[r % len(todo) :] + todo[: r % len(todo)]:
+                time.sleep(PAUSE_S)
+                s = samples[c.key]
+                if c.native:
+                    stdout, kb = run_child(c.cmd)
+                    pp, tg = parse_llama_bench(stdout)
+                    s.pp += pp
+                    s.tg += tg
+                    s.rss_kb = max(s.rss_kb, kb)
+                else:
+                    s.pp.append(workers[c.key].ask("pp"))
+                    s.tg.append(workers[c.key].ask("tg"))
+        for key in list(workers):
+            samples[key].rss_kb = workers.pop(key).close()
+    finally:
+        for w in workers.values():
+            w.kill()
+    switch = {}
+    for spec in (fused_override(info.native_act), f"*:{COMPOSED[0]}"):
+        log(f"  [{info.name}] changing the wiring: {spec}")
+        switch[spec] = measure_switch(info, spec, args)
+    return ModelResult(info, todo, samples, switch)
+
+
+# --------------------------------------------------------------------------- reporting
+
+
+def median(xs: Sequence[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def fmt_rate(xs: Sequence[float]) -> str:
+    if not xs:
+        return "-"
+    m = median(xs)
+    spread = (max(xs) - min(xs)) / 2 / m * 100 if len(xs) > 1 else 0.0
+    return f"{m:,.1f} ±{spread:.0f}%"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def mem_total_gib() -> float | None:
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemTotal:"):
+                return int(line.split()[1]) / (1 << 20)
+    except OSError:
+        pass
+    return None
+
+
+def llama_cpp_commit() -> str:
+    text = (ROOT / "scripts" / "llama_vendor.py").read_text()
+    found = re.search(r'^LLAMA_CPP_COMMIT = "(\w+)"', text, re.M)
+    return found.group(1) if found else "?"
+
+
+def ratio_rows(res: ModelResult) -> list[str]:
+    """The targets, each as the median over rounds of (numerator / denominator) within a round."""
+    rows = [
+        "| ratio of per-round speeds | median | middle half of the rounds | goal | met |",
+        "|---|---:|---:|---:|:---:|",
+    ]
+    short = {c.key: c.short for c in res.configs}
+    for num, den, metric, goal in TARGETS:
+        if num not in res.samples or den not in res.samples:
+            continue
+        pairs = zip(getattr(res.samples[num], metric), getattr(res.samples[den], metric))
+        ratios = [a / b for a, b in pairs]
+        ratio = median(ratios)
+        q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratio, ratio, ratio)
+        met = "yes" if ratio >= goal else "**no**"
+        rows.append(f"| {metric}: {short[num]} / {short[den]} | {ratio:.3f} | {q1:.2f} - {q3:.2f} "
+                    f"| ≥ {goal:.2f} | {met} |")  # fmt: skip
+    return rows
+
+
+def switch_rows(res: ModelResult) -> list[str]:
+    rows = [
+        "Changing the wiring, in ms (median). A decode is one token at position 0 and its argmax "
+        "(`set_activations` drops the KV cache; so does a new `Llama`).",
+        "",
+        "| new wiring | `set_activations` | `set_activations` + first decode | decode, no change "
+        f"| new `Llama` + first decode | goal: first decode < {SWITCH_GOAL_MS:.0f} ms |",
+        "|---|---:|---:|---:|---:|:---:|",
+    ]
+    for spec, sw in res.switch.items():
+        first = median(sw["switch_ms"])
+        met = "yes" if first < SWITCH_GOAL_MS else "**no**"
+        rows.append(f"| `{spec}` ↔ default | {median(sw['set_ms']):.1f} | {first:.1f} "
+                    f"| {median(sw['plain_ms']):.1f} | {median(sw['reload_ms']):.0f} | {met} |")  # fmt: skip
+    return rows
+
+
+def model_section(res: ModelResult, bandwidth: float) -> list[str]:
+    info = res.info
+    ceiling = bandwidth * 1e9 / info.size
+    lines = [
+        f"### {info.description}",
+        "",
+        f"`{info.path.name}`: {info.size / 1e6:.1f} MB of weights, {info.n_params / 1e6:.0f} M parameters, "
+        f"FFN activation `{info.native_act}`. Decode ceiling: {bandwidth:.1f} GB/s / {info.size / 1e6:.1f} "
+        f"MB per token = **{ceiling:,.0f} tokens/s**.",
+        "",
+        f"| configuration | pp{N_PROMPT} (t/s) | tg{N_GEN} (t/s) | tg / ceiling | peak RSS (MiB) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for c in res.configs:
+        s = res.samples[c.key]
+        frac = f"{median(s.tg) / ceiling:.2f}" if s.tg else "-"
+        lines.append(f"| {c.label} | {fmt_rate(s.pp)} | {fmt_rate(s.tg)} | {frac} | {s.rss_kb / 1024:.0f} |")
+    return [*lines, "", *ratio_rows(res), "", *switch_rows(res), ""]
+
+
+def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: float, started: str,
+           noise: tuple[str, str]) -> str:  # fmt: skip
+    mem = mem_total_gib()
+    loop = "`generate(temperature=0)`" if args.tg_method == "generate" else "`eval` + numpy argmax"
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `benchmarks/bench.py run`; do not edit by hand.",
+        "",
+        f"- Date: {started}",
+        f"- Machine: {cpu_model()}, {os.cpu_count()} logical cores"
+        + (f", {mem:.0f} GiB RAM" if mem else "") + f"; {platform.platform()}",
+        f"- Other processes' CPU use: before the run (3 s) {noise[0]}; during the run {noise[1]}",
+        f"- Threads: {args.threads} everywhere (n_threads = n_threads_batch); "
+        f"n_batch = n_ubatch = {N_BATCH}; no flash attention; CPU only",
+        f"- llama.cpp {llama_cpp_commit()} (vendored, patched) for llama-rewire and llama-bench; "
+        f"llama-cpp-python {args.lcpp_version or '(not measured)'} with its own build of the same llama.cpp",
+        f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads",
+        f"- pp{N_PROMPT}: one `eval` of {N_PROMPT} random tokens from an empty cache. tg{N_GEN}: {N_GEN} "
+        f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "
+        "without sampling).",
+        f"- Each cell: median of {args.reps} rounds (±: half the min-max range). A round runs each "
+        "configuration once, in an order rotated from round to round; each Python configuration stays "
+        "loaded in its own process, llama-bench runs once per round.",
+        "",
+        "## Results",
+        "",
+    ]  # fmt: skip
+    for res in results:
+        lines += model_section(res, bandwidth)
+    lines += [
+        "## Reproduce",
+        "",
+        "```sh",
+        "pip install -e .                   # llama-rewire",
+        "python benchmarks/bench.py setup   # build/bench/bin/llama-bench, benchmarks/.venv-lcpp",
+        f"python benchmarks/bench.py run -t {args.threads} --reps {args.reps}"
+        + (f" --tg-method {args.tg_method}" if args.tg_method != "generate" else "")
+        + f" --models {' '.join(args.models)}",
+        "```",
+        "",
+        "The models are fetched with `llama_rewire.models.fetch`. Run on an otherwise idle machine: "
+        "with other processes on its cores, OpenMP's spin-waiting threads lose far more than their share.",
+        "",
+    ]  # fmt: skip
+    return "\n".join(lines)
+
+
+def lcpp_version(python: str) -> str:
+    code = "import llama_cpp; print(llama_cpp.__version__)"
+    return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.lcpp_python is None and venv_python(DEFAULT_VENV).exists():
+        args.lcpp_python = str(venv_python(DEFAULT_VENV))
+    if args.llama_bench is None:
+        found = llama_bench_path(DEFAULT_BUILD)
+        args.llama_bench = str(found) if found else None
+    for what, value in (("llama-cpp-python", args.lcpp_python), ("llama-bench", args.llama_bench)):
+        if not value:
+            log(f"note: {what} not found, its row is left out (see `python benchmarks/bench.py setup`)")
+    args.lcpp_version = lcpp_version(args.lcpp_python) if args.lcpp_python else None
+
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    idle = CpuMeter()
+    time.sleep(3)
+    before = idle.others()
+    log(f"other processes before the run: {describe_noise(before)}")
+    meter = CpuMeter()
+    bandwidth = read_bandwidth(args.threads)
+    log(f"read bandwidth: {bandwidth:.1f} GB/s")
+    results = [bench_model(model_info(name, args.threads), args) for name in args.models]
+    during = meter.others()
+    log(f"other processes during the run: {describe_noise(during)}")
+    text = report(results, args, bandwidth, started, (describe_noise(before), describe_noise(during)))
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text)
+        log(f"wrote {args.out}")
+    if args.json:
+        raw = [{"model": r.info.name, "size": r.info.size, "bandwidth_gbps": bandwidth,
+                "samples": {k: vars(s) for k, s in r.samples.items()}, "switch": r.switch}
+               for r in results]  # fmt: skip
+        Path(args.json).write_text(json.dumps(raw, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("setup", help="build llama-bench and the llama-cpp-python venv")
+    p.add_argument(
+        "--build-dir", type=Path, default=DEFAULT_BUILD, help="CMake build directory for llama-bench"
+    )
+    p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="virtual environment for llama-cpp-python")
+    p.add_argument("--skip-llama-bench", action="store_true", help="do not build llama-bench")
+    p.add_argument("--skip-lcpp", action="store_true", help=f"do not install {LCPP_REQUIREMENT}")
+    p.set_defaults(func=setup)
+
+    p = sub.add_parser("run", help="measure, print the table and write it to --out")
+    p.add_argument("-t", "--threads", type=int, default=2, help="threads for every configuration (2)")
+    p.add_argument("--reps", type=int, default=5, help="rounds: runs of each configuration (5)")
+    p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="names for models.fetch")
+    p.add_argument("--lcpp-python", help=f"a Python with llama-cpp-python ({DEFAULT_VENV.relative_to(ROOT)})")
+    p.add_argument("--llama-bench", help=f"the llama-bench binary ({DEFAULT_BUILD.relative_to(ROOT)}/bin)")
+    p.add_argument(
+        "--tg-method",
+        choices=["generate", "eval"],
+        default="generate",
+        help="generation loop of both Python libraries: generate(temperature=0) or eval + argmax",
+    )
+    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="markdown output ('' for none)")
+    p.add_argument("--json", help="also write the raw samples here")
+    p.set_defaults(func=run)
+
+    args = parser.parse_args(argv)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
