@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import numpy_ref
 import pytest
+from checks import logits_of, rel_err
 
 from llama_rewire.activations import parse
 
@@ -40,13 +41,7 @@ def reference(spec: Any, table: list[Any]) -> np.ndarray:
 
 
 def run(llm: Any) -> np.ndarray:
-    llm.reset()
-    llm.eval(TOKENS)
-    return np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
+    return logits_of(llm, TOKENS)
 
 
 @pytest.mark.parametrize("kind", KINDS)

@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import numpy_ref
 import pytest
+from checks import logits_of, rel_err
 
 from llama_rewire import _core
 from llama_rewire.activations import Activation, parse, parse_activation
@@ -18,13 +19,7 @@ FUSED = {"default", "silu", "gelu", "gelu_erf", "gelu_quick", "relu"}
 
 
 def run(llm: Any) -> np.ndarray:
-    llm.reset()
-    llm.eval(TOKENS)
-    return np.array(llm.scores[: len(TOKENS)], dtype=np.float64)
-
-
-def rel_err(a: np.ndarray, b: np.ndarray) -> float:
-    return float(np.abs(a - b).max() / np.abs(b).max())
+    return logits_of(llm, TOKENS)
 
 
 def test_threshold_syntax() -> None:

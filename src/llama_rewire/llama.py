@@ -95,6 +95,7 @@ class Llama:
         self._n_vocab = self._model.n_vocab()
         self.metadata: dict[str, str] = self._model.metadata()
         self.n_tokens = 0
+        self._n_cached = 0  # positions the KV cache may hold (>= n_tokens)
         self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
         self.scores: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
         self._table: list[Activation] = []
@@ -234,11 +235,15 @@ class Llama:
                 f"Requested tokens ({self.n_tokens + len(toks)}) exceed context window of {self._n_ctx}"
             )
         ctx = self.ctx
-        # whatever the cache holds beyond n_tokens is stale (reset(), prefix reuse)
-        ctx.memory_seq_rm(self.n_tokens, -1)
+        # whatever the cache holds beyond n_tokens is stale (reset(), prefix reuse); in the common case
+        # of appending (generation) there is nothing to remove, so skip the call on that hot path
+        if self._n_cached > self.n_tokens:
+            ctx.memory_seq_rm(self.n_tokens, -1)
+        self._n_cached = self.n_tokens
         for start in range(0, len(toks), self._n_batch):
             batch = toks[start : start + self._n_batch]
             n_past = self.n_tokens
+            self._n_cached = n_past + len(batch)  # also if the decode fails half-way
             logits = ctx.decode(batch, n_past, self._logits_all)
             self.input_ids[n_past : n_past + len(batch)] = batch
             if self._logits_all:
