@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from llama_rewire.completion import stop_holdback, valid_utf8_prefix
+from llama_rewire._completion import stop_holdback, valid_utf8_prefix
 
 PROMPT = "hello world"
 

@@ -50,6 +50,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from . import _core
+from .errors import ActivationSpecError
 from .profile import is_profile_path, profile_spec
 
 # name -> (parameter name, default value)
@@ -96,22 +97,22 @@ _RANGE = re.compile(r"^\s*(-?\d+)\s*(?:-|\.\.)\s*(-?\d+)\s*$")
 
 def _check_param(name: str, value: float, where: str) -> float:
     if not math.isfinite(value):
-        raise ValueError(f"{where}: the parameter of {name} must be finite, got {value}")
+        raise ActivationSpecError(f"{where}: the parameter of {name} must be finite, got {value}")
     rc = _core.act_check(_TYPE_OF[name], value)
     if rc != 0:
         rule = {"elu": "alpha must be >= 0", "softplus": "beta must be > 0"}.get(name, "out of range")
-        raise ValueError(f"{where}: bad parameter {value:g} for {name} ({rule})")
+        raise ActivationSpecError(f"{where}: bad parameter {value:g} for {name} ({rule})")
     return value
 
 
 def _check_threshold(name: str, value: Any, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{where}: a threshold must be a number, got {value!r}")
+        raise ActivationSpecError(f"{where}: a threshold must be a number, got {value!r}")
     t = float(value)
     if not math.isfinite(t) or t < 0:
-        raise ValueError(f"{where}: a threshold must be finite and >= 0, got {value!r}")
+        raise ActivationSpecError(f"{where}: a threshold must be finite and >= 0, got {value!r}")
     if name == "default" and t > 0:
-        raise ValueError(f"{where}: a threshold needs an explicit activation, not 'default'")
+        raise ActivationSpecError(f"{where}: a threshold needs an explicit activation, not 'default'")
     return t
 
 
@@ -127,35 +128,35 @@ def parse_activation(value: Any, where: str = "activation") -> Activation:
     if isinstance(value, Mapping):
         return _parse_activation_dict(value, where)
     if not isinstance(value, str):
-        raise ValueError(f"{where}: an activation is a name or a dict, got {type(value).__name__}")
+        raise ActivationSpecError(f"{where}: an activation is a name or a dict, got {type(value).__name__}")
     body, at, tail = value.rpartition("@")
     if at:
         try:
             t = float(tail)
         except ValueError:
-            raise ValueError(f"{where}: a threshold must be a number, got {tail.strip()!r}") from None
+            raise ActivationSpecError(f"{where}: a threshold must be a number, got {tail.strip()!r}") from None
         base = parse_activation(body, where)
         return Activation(base.name, base.param, _check_threshold(base.name, t, where))
     m = _CALL.match(value)
     if not m:
-        raise ValueError(f"{where}: cannot parse activation {value!r}")
+        raise ActivationSpecError(f"{where}: cannot parse activation {value!r}")
     name, arg = m.group(1).lower(), m.group(2)
     if name not in _TYPE_OF:
         raise _unknown(name, where)
     if arg is None:
         return Activation(name, PARAMS[name][1] if name in PARAMS else None)
     if name not in PARAMS:
-        raise ValueError(f"{where}: {name} takes no parameter, got {value!r}")
+        raise ActivationSpecError(f"{where}: {name} takes no parameter, got {value!r}")
     try:
         p = float(arg)
     except ValueError:
-        raise ValueError(f"{where}: the parameter of {name} must be a number, got {arg!r}") from None
+        raise ActivationSpecError(f"{where}: the parameter of {name} must be a number, got {arg!r}") from None
     return Activation(name, _check_param(name, p, where))
 
 
 def _parse_activation_dict(value: Mapping[Any, Any], where: str) -> Activation:
     if "name" not in value or not isinstance(value["name"], str):
-        raise ValueError(f"{where}: an activation dict needs a 'name' string, got {dict(value)!r}")
+        raise ActivationSpecError(f"{where}: an activation dict needs a 'name' string, got {dict(value)!r}")
     name = value["name"].lower()
     if name not in _TYPE_OF:
         raise _unknown(name, where)
@@ -163,26 +164,26 @@ def _parse_activation_dict(value: Mapping[Any, Any], where: str) -> Activation:
     rest = {k: v for k, v in value.items() if k not in ("name", "threshold")}
     if name not in PARAMS:
         if rest:
-            raise ValueError(f"{where}: {name} takes no parameter, got {sorted(rest)}")
+            raise ActivationSpecError(f"{where}: {name} takes no parameter, got {sorted(rest)}")
         return Activation(name, None, threshold)
     pname, default = PARAMS[name]
     accepted = (pname, "param", *PARAM_ALIASES.get(name, ()))
     extra = [k for k in rest if k not in accepted]
     if extra:
-        raise ValueError(f"{where}: unknown parameter(s) {extra} for {name} (expected {pname!r})")
+        raise ActivationSpecError(f"{where}: unknown parameter(s) {extra} for {name} (expected {pname!r})")
     given = [rest[k] for k in accepted if k in rest]
     if len(given) > 1:
-        raise ValueError(f"{where}: the parameter of {name} is given twice")
+        raise ActivationSpecError(f"{where}: the parameter of {name} is given twice")
     p = given[0] if given else default
     if isinstance(p, bool) or not isinstance(p, (int, float)):
-        raise ValueError(f"{where}: the parameter {pname!r} of {name} must be a number, got {p!r}")
+        raise ActivationSpecError(f"{where}: the parameter {pname!r} of {name} must be a number, got {p!r}")
     return Activation(name, _check_param(name, float(p), where), threshold)
 
 
 def _layer(index: int, n_layer: int, where: str) -> int:
     il = index + n_layer if index < 0 else index
     if not 0 <= il < n_layer:
-        raise ValueError(f"{where}: layer {index} is out of range (the model has {n_layer} layers)")
+        raise ActivationSpecError(f"{where}: layer {index} is out of range (the model has {n_layer} layers)")
     return il
 
 
@@ -190,12 +191,12 @@ def _layers_of_key(key: Any, n_layer: int) -> list[int] | None:
     """The layers a key names; None for '*'."""
     where = f"layer key {key!r}"
     if isinstance(key, bool):
-        raise ValueError(f"{where}: not a layer")
+        raise ActivationSpecError(f"{where}: not a layer")
     if isinstance(key, int):
         return [_layer(key, n_layer, where)]
     if isinstance(key, range):
         if len(key) == 0:
-            raise ValueError(f"{where}: empty range")
+            raise ActivationSpecError(f"{where}: empty range")
         return [_layer(i, n_layer, where) for i in key]
     if isinstance(key, str):
         k = key.strip()
@@ -208,9 +209,9 @@ def _layers_of_key(key: Any, n_layer: int) -> list[int] | None:
             a = _layer(int(m.group(1)), n_layer, where)
             b = _layer(int(m.group(2)), n_layer, where)
             if a > b:
-                raise ValueError(f"{where}: range goes backwards ({a} > {b})")
+                raise ActivationSpecError(f"{where}: range goes backwards ({a} > {b})")
             return list(range(a, b + 1))
-    raise ValueError(f"{where}: a layer key is an int, a range, '*', or 'a-b'")
+    raise ActivationSpecError(f"{where}: a layer key is an int, a range, '*', or 'a-b'")
 
 
 def _split_top(text: str) -> list[str]:
@@ -241,7 +242,7 @@ def _string_entries(spec: str) -> list[tuple[Any, Any]]:
             entries.append(("*", part))
             continue
         if not key.strip():
-            raise ValueError(f"spec entry {part!r}: missing layer before ':'")
+            raise ActivationSpecError(f"spec entry {part!r}: missing layer before ':'")
         entries.append((key.strip(), value.strip()))
     return entries
 
@@ -249,7 +250,7 @@ def _string_entries(spec: str) -> list[tuple[Any, Any]]:
 def parse(spec: Spec, n_layer: int) -> list[Activation]:
     """Resolve a spec into one Activation per layer (``default`` where the spec says nothing)."""
     if n_layer <= 0:
-        raise ValueError("the model has no layers")
+        raise ActivationSpecError("the model has no layers")
     table = [DEFAULT] * n_layer
     if spec is None:
         return table
@@ -260,7 +261,7 @@ def parse(spec: Spec, n_layer: int) -> list[Activation]:
     elif isinstance(spec, Mapping):
         entries = list(spec.items())
     else:
-        raise ValueError(f"an activation spec is a dict or a string, got {type(spec).__name__}")
+        raise ActivationSpecError(f"an activation spec is a dict or a string, got {type(spec).__name__}")
 
     resolved = []
     for key, value in entries:

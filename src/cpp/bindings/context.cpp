@@ -24,7 +24,7 @@ public:
         if (ptr_ == nullptr) {
             throw std::runtime_error("failed to create a llama_context (see the log above for the cause)");
         }
-        batch_ = llama_batch_init((int32_t) llama_n_batch(ptr_), 0, 1);
+        batch_ = llama_batch_init((int32_t) llama_n_batch(ptr_), 0, (int32_t) llama_n_seq_max(ptr_));
         model_->context_opened();
     }
     ~context() { close(); }
@@ -36,6 +36,10 @@ public:
             llama_batch_free(batch_);
             llama_free(ptr_);
             ptr_ = nullptr;
+            for (llama_adapter_lora * a : loras_) {
+                llama_adapter_lora_free(a);
+            }
+            loras_.clear();
             model_->context_closed();
         }
     }
@@ -49,8 +53,9 @@ public:
     const std::shared_ptr<model> & get_model() const { return model_; }
 
     // Decode tokens of sequence 0 at positions pos0, pos0+1, ... Returns the logits of every token
-    // ([n, n_vocab]) when all_logits, else of the last one ([1, n_vocab]).
-    py::array_t<float> decode(const std::vector<llama_token> & tokens, int32_t pos0, bool all_logits) {
+    // ([n, n_vocab]) when all_logits, else of the last one ([1, n_vocab]); None when not copy (they stay
+    // in the context: logits_ith, or a sampler, reads them).
+    py::object decode(const std::vector<llama_token> & tokens, int32_t pos0, bool all_logits, bool copy) {
         llama_context * ctx = get();
         const int32_t n = (int32_t) tokens.size();
         const int32_t n_batch = (int32_t) llama_n_batch(ctx);
@@ -84,12 +89,9 @@ public:
             py::gil_scoped_release release;
             rc = llama_decode(ctx, batch_);
         }
-        if (rc != 0) {
-            std::string why = rc == 1  ? "no KV cache slot for the batch (context full)"
-                            : rc == 2  ? "aborted"
-                            : rc == -1 ? "invalid batch"
-                                       : "compute error";
-            throw decode_error("llama_decode failed with code " + std::to_string(rc) + ": " + why);
+        check_rc(rc);
+        if (!copy) {
+            return py::none();
         }
         const int32_t n_out = all_logits ? n : 1;
         py::array_t<float> out({(py::ssize_t) n_out, (py::ssize_t) n_vocab});
@@ -104,9 +106,122 @@ public:
         return out;
     }
 
-    // Remove positions [p0, p1) of sequence 0 from the memory (p1 < 0: to the end).
-    bool memory_seq_rm(int32_t p0, int32_t p1) {
-        return llama_memory_seq_rm(llama_get_memory(get()), 0, p0, p1);
+    // Decode a batch of several sequences: token i of sequence seq[i] at position pos[i]; every token is
+    // an output (embeddings of each sequence, or of each token, are then read with embeddings_*).
+    void decode_batch(const std::vector<llama_token> & tokens, const std::vector<int32_t> & pos,
+                      const std::vector<int32_t> & seq) {
+        llama_context * ctx = get();
+        const int32_t n = (int32_t) tokens.size();
+        const int32_t n_vocab = llama_vocab_n_tokens(model_->vocab());
+        if (n == 0 || pos.size() != tokens.size() || seq.size() != tokens.size()) {
+            throw py::value_error("decode_batch: tokens, pos and seq must be non-empty and of equal length");
+        }
+        if (n > (int32_t) llama_n_batch(ctx)) {
+            throw py::value_error("decode_batch: " + std::to_string(n) + " tokens exceed n_batch = " +
+                                  std::to_string(llama_n_batch(ctx)));
+        }
+        for (int32_t i = 0; i < n; ++i) {
+            if (tokens[i] < 0 || tokens[i] >= n_vocab) {
+                throw py::value_error("decode_batch: token id " + std::to_string(tokens[i]) + " is out of range");
+            }
+            if (seq[i] < 0 || seq[i] >= (int32_t) llama_n_seq_max(ctx)) {
+                throw py::value_error("decode_batch: sequence id " + std::to_string(seq[i]) + " is out of range [0, " +
+                                      std::to_string(llama_n_seq_max(ctx)) + ")");
+            }
+            if (pos[i] < 0 || pos[i] >= (int32_t) llama_n_ctx(ctx)) {
+                throw py::value_error("decode_batch: position " + std::to_string(pos[i]) + " is out of range");
+            }
+        }
+        batch_.n_tokens = n;
+        for (int32_t i = 0; i < n; ++i) {
+            batch_.token[i]     = tokens[i];
+            batch_.pos[i]       = pos[i];
+            batch_.n_seq_id[i]  = 1;
+            batch_.seq_id[i][0] = seq[i];
+            batch_.logits[i]    = true;
+        }
+        int32_t rc = 0;
+        {
+            py::gil_scoped_release release;
+            rc = llama_decode(ctx, batch_);
+        }
+        check_rc(rc);
+    }
+
+    // The logits of output i of the last decode (-1: the last output), copied.
+    py::array_t<float> logits_ith(int32_t i) const {
+        const float * row = llama_get_logits_ith(get(), i);
+        if (row == nullptr) {
+            throw py::value_error("no logits for output " + std::to_string(i) + " of the last decode");
+        }
+        return copy_row(row, llama_vocab_n_tokens(model_->vocab()));
+    }
+
+    // The pooled embedding of a sequence of the last decode (pooling type other than none).
+    py::array_t<float> embeddings_seq(int32_t seq) const {
+        const float * row = llama_get_embeddings_seq(get(), seq);
+        if (row == nullptr) {
+            throw py::value_error("no pooled embedding for sequence " + std::to_string(seq));
+        }
+        return copy_row(row, n_embd_out());
+    }
+
+    // The embedding of output i of the last decode (pooling type none).
+    py::array_t<float> embeddings_ith(int32_t i) const {
+        const float * row = llama_get_embeddings_ith(get(), i);
+        if (row == nullptr) {
+            throw py::value_error("no embedding for output " + std::to_string(i));
+        }
+        return copy_row(row, n_embd_out());
+    }
+
+    // Remove positions [p0, p1) of a sequence (-1: all) from the memory (p1 < 0: to the end).
+    bool memory_seq_rm(int32_t p0, int32_t p1, int32_t seq) {
+        return llama_memory_seq_rm(llama_get_memory(get()), seq, p0, p1);
+    }
+
+    // The whole state (KV cache, logits, RNG) as bytes, and back.
+    py::bytes state_get() const {
+        llama_context * ctx = get();
+        std::string buf;
+        {
+            py::gil_scoped_release release;
+            buf.resize(llama_state_get_size(ctx));
+            const size_t n = llama_state_get_data(ctx, (uint8_t *) buf.data(), buf.size());
+            buf.resize(n);
+        }
+        return py::bytes(buf);
+    }
+
+    void state_set(const py::bytes & data) {
+        llama_context * ctx = get();
+        const std::string buf = data;
+        size_t n = 0;
+        {
+            py::gil_scoped_release release;
+            n = llama_state_set_data(ctx, (const uint8_t *) buf.data(), buf.size());
+        }
+        if (n == 0) {
+            throw py::value_error("the state does not fit this context (another model or context size?)");
+        }
+    }
+
+    // Load a LoRA adapter file and apply it with a scale (kept until the context is closed).
+    void lora_add(const std::string & path, float scale) {
+        llama_context * ctx = get();
+        llama_adapter_lora * a = nullptr;
+        {
+            py::gil_scoped_release release;
+            a = llama_adapter_lora_init(model_->get(), path.c_str());
+        }
+        if (a == nullptr) {
+            throw model_load_error("failed to load the LoRA adapter: " + path);
+        }
+        loras_.push_back(a);
+        lora_scales_.push_back(scale);
+        if (llama_set_adapters_lora(ctx, loras_.data(), loras_.size(), lora_scales_.data()) != 0) {
+            throw std::runtime_error("failed to apply the LoRA adapter: " + path);
+        }
     }
 
     void memory_clear() { llama_memory_clear(llama_get_memory(get()), true); }
@@ -154,17 +269,73 @@ public:
     }
 
 private:
+    static void check_rc(int32_t rc) {
+        if (rc != 0) {
+            std::string why = rc == 1  ? "no KV cache slot for the batch (context full)"
+                            : rc == 2  ? "aborted"
+                            : rc == -1 ? "invalid batch"
+                                       : "compute error";
+            throw decode_error("llama_decode failed with code " + std::to_string(rc) + ": " + why);
+        }
+    }
+
+    int32_t n_embd_out() const { return llama_model_n_embd_out(model_->get()); }
+
+    static py::array_t<float> copy_row(const float * row, int32_t n) {
+        py::array_t<float> out(n);
+        std::memcpy(out.mutable_data(), row, sizeof(float) * n);
+        return out;
+    }
+
     std::shared_ptr<model> model_;
+    std::vector<llama_adapter_lora *> loras_;
+    std::vector<float> lora_scales_;
     std::unique_ptr<ffn_observer> observer_;
     llama_context * ptr_ = nullptr;
     llama_batch batch_{};
 };
 
+// Optional context parameters by llama_context_params field name (rope and pooling settings).
+static void set_extra_params(llama_context_params & p, const py::dict & extra) {
+    for (const auto & item : extra) {
+        const std::string key = py::str(item.first);
+        const py::handle v = item.second;
+        if (key == "rope_scaling_type") {
+            p.rope_scaling_type = (llama_rope_scaling_type) v.cast<int>();
+        } else if (key == "pooling_type") {
+            p.pooling_type = (enum llama_pooling_type) v.cast<int>();
+        } else if (key == "attention_type") {
+            p.attention_type = (llama_attention_type) v.cast<int>();
+        } else if (key == "rope_freq_base") {
+            p.rope_freq_base = v.cast<float>();
+        } else if (key == "rope_freq_scale") {
+            p.rope_freq_scale = v.cast<float>();
+        } else if (key == "yarn_ext_factor") {
+            p.yarn_ext_factor = v.cast<float>();
+        } else if (key == "yarn_attn_factor") {
+            p.yarn_attn_factor = v.cast<float>();
+        } else if (key == "yarn_beta_fast") {
+            p.yarn_beta_fast = v.cast<float>();
+        } else if (key == "yarn_beta_slow") {
+            p.yarn_beta_slow = v.cast<float>();
+        } else if (key == "yarn_orig_ctx") {
+            p.yarn_orig_ctx = v.cast<uint32_t>();
+        } else if (key == "swa_full") {
+            p.swa_full = v.cast<bool>();
+        } else if (key == "kv_unified") {
+            p.kv_unified = v.cast<bool>();
+        } else {
+            throw py::value_error("unknown context parameter: " + key);
+        }
+    }
+}
+
 static std::unique_ptr<context> context_new(std::shared_ptr<model> mdl, uint32_t n_ctx, uint32_t n_batch,
                                             uint32_t n_ubatch, int32_t n_threads, int32_t n_threads_batch,
                                             int type_k, int type_v, int flash_attn, bool embeddings,
                                             bool offload_kqv, bool observe_ffn, float eps, int32_t n_bins,
-                                            float log10_min, float log10_max) {
+                                            float log10_min, float log10_max, uint32_t n_seq_max,
+                                            const py::dict & extra) {
     if (!mdl) {
         throw py::value_error("model is None");
     }
@@ -173,7 +344,7 @@ static std::unique_ptr<context> context_new(std::shared_ptr<model> mdl, uint32_t
     p.n_ctx           = n_ctx;
     p.n_batch         = n_batch;
     p.n_ubatch        = n_ubatch;
-    p.n_seq_max       = 1;
+    p.n_seq_max       = std::max(1u, n_seq_max);
     p.n_threads       = n_threads > 0 ? n_threads : hw;
     p.n_threads_batch = n_threads_batch > 0 ? n_threads_batch : p.n_threads;
     p.flash_attn_type = (llama_flash_attn_type) flash_attn;
@@ -185,6 +356,7 @@ static std::unique_ptr<context> context_new(std::shared_ptr<model> mdl, uint32_t
     if (type_v >= 0) {
         p.type_v = (ggml_type) type_v;
     }
+    set_extra_params(p, extra);
     std::unique_ptr<ffn_observer> observer;
     if (observe_ffn) {
         if (!(eps >= 0.0f) || n_bins < 1 || n_bins > 100000 || !(log10_min < log10_max)) {
@@ -206,7 +378,7 @@ void bind_context(py::module_ & m) {
              py::arg("type_k") = -1, py::arg("type_v") = -1, py::arg("flash_attn") = 0,
              py::arg("embeddings") = false, py::arg("offload_kqv") = true, py::arg("observe_ffn") = false,
              py::arg("eps") = 1e-3f, py::arg("n_bins") = 400, py::arg("log10_min") = -8.0f,
-             py::arg("log10_max") = 4.0f)
+             py::arg("log10_max") = 4.0f, py::arg("n_seq_max") = 1, py::arg("extra") = py::dict())
         .def("close", &context::close, "Free the context now; later calls raise.")
         .def_property_readonly("closed", &context::closed)
         .def_property_readonly("model", &context::get_model)
@@ -215,8 +387,18 @@ void bind_context(py::module_ & m) {
         .def("n_ubatch", [](const context & c) { return llama_n_ubatch(c.get()); })
         .def("set_n_threads", [](const context & c, int32_t n, int32_t nb) { llama_set_n_threads(c.get(), n, nb); },
              py::arg("n_threads"), py::arg("n_threads_batch"))
-        .def("decode", &context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false)
-        .def("memory_seq_rm", &context::memory_seq_rm, py::arg("p0"), py::arg("p1") = -1)
+        .def("n_seq_max", [](const context & c) { return llama_n_seq_max(c.get()); })
+        .def("pooling_type", [](const context & c) { return (int) llama_pooling_type(c.get()); })
+        .def("decode", &context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false,
+             py::arg("copy") = true)
+        .def("decode_batch", &context::decode_batch, py::arg("tokens"), py::arg("pos"), py::arg("seq"))
+        .def("logits_ith", &context::logits_ith, py::arg("i") = -1)
+        .def("embeddings_seq", &context::embeddings_seq, py::arg("seq"))
+        .def("embeddings_ith", &context::embeddings_ith, py::arg("i"))
+        .def("memory_seq_rm", &context::memory_seq_rm, py::arg("p0"), py::arg("p1") = -1, py::arg("seq") = 0)
+        .def("state_get", &context::state_get)
+        .def("state_set", &context::state_set, py::arg("data"))
+        .def("lora_add", &context::lora_add, py::arg("path"), py::arg("scale") = 1.0f)
         .def("memory_clear", &context::memory_clear)
         .def("ffn_stats", &context::ffn_stats, py::arg("kind") = 0,
              "Per-layer statistics of kind 0 (ffn_down input) or 1 (overridden activation) since the last reset.")

@@ -25,6 +25,16 @@ class decode_error : public std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Raised for a GBNF grammar that does not parse, or a token it rejects (a ValueError).
+class grammar_error : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
+// Raised when a chat template cannot render the messages or parse the output (a ValueError).
+class chat_error : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 // Raised for a closed model or context (a RuntimeError).
 class closed_error : public std::runtime_error {
     using std::runtime_error::runtime_error;
@@ -73,5 +83,7 @@ void bind_model(py::module_ & m);
 void bind_context(py::module_ & m);
 void bind_sampler(py::module_ & m);
 void bind_rewire(py::module_ & m);
+void bind_chat(py::module_ & m);
+void bind_log(py::module_ & m);
 
 } // namespace rewire

@@ -1,14 +1,70 @@
 // Model: loading, metadata and the vocabulary.
 #include "core.h"
 
+#include <cstdio>
 #include <vector>
 
 namespace rewire {
 
+// GGUF metadata overrides: {key: bool | int | float | str}, terminated by an empty key.
+static std::vector<llama_model_kv_override> kv_overrides_from(const py::dict & d) {
+    std::vector<llama_model_kv_override> out;
+    for (const auto & item : d) {
+        const std::string key = py::str(item.first);
+        if (key.empty() || key.size() >= 128) {
+            throw py::value_error("kv_overrides: keys must have 1 to 127 characters: '" + key + "'");
+        }
+        llama_model_kv_override o{};
+        std::snprintf(o.key, sizeof(o.key), "%s", key.c_str());
+        const py::handle v = item.second;
+        if (py::isinstance<py::bool_>(v)) {
+            o.tag = LLAMA_KV_OVERRIDE_TYPE_BOOL;
+            o.val_bool = v.cast<bool>();
+        } else if (py::isinstance<py::int_>(v)) {
+            o.tag = LLAMA_KV_OVERRIDE_TYPE_INT;
+            o.val_i64 = v.cast<int64_t>();
+        } else if (py::isinstance<py::float_>(v)) {
+            o.tag = LLAMA_KV_OVERRIDE_TYPE_FLOAT;
+            o.val_f64 = v.cast<double>();
+        } else if (py::isinstance<py::str>(v)) {
+            const std::string sv = v.cast<std::string>();
+            if (sv.size() >= 128) {
+                throw py::value_error("kv_overrides: string values must be shorter than 128 bytes: '" + key + "'");
+            }
+            o.tag = LLAMA_KV_OVERRIDE_TYPE_STR;
+            std::snprintf(o.val_str, sizeof(o.val_str), "%s", sv.c_str());
+        } else {
+            throw py::value_error("kv_overrides: the value of '" + key + "' must be a bool, int, float or str");
+        }
+        out.push_back(o);
+    }
+    if (!out.empty()) {
+        out.push_back(llama_model_kv_override{});
+    }
+    return out;
+}
+
 static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_layers, bool use_mmap,
-                                         bool use_mlock, bool vocab_only) {
+                                         bool use_mlock, bool vocab_only, int main_gpu, int split_mode,
+                                         const std::vector<float> & tensor_split, const py::dict & kv_overrides) {
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
+    params.main_gpu     = main_gpu;
+    if (split_mode >= 0) {
+        params.split_mode = (llama_split_mode) split_mode;
+    }
+    std::vector<float> split(std::max<size_t>(llama_max_devices(), tensor_split.size()), 0.0f);
+    std::copy(tensor_split.begin(), tensor_split.end(), split.begin());
+    if (!tensor_split.empty()) {
+        if (tensor_split.size() > llama_max_devices()) {
+            throw py::value_error("tensor_split has more entries than devices (" + std::to_string(llama_max_devices()) + ")");
+        }
+        params.tensor_split = split.data();
+    }
+    const std::vector<llama_model_kv_override> overrides = kv_overrides_from(kv_overrides);
+    if (!overrides.empty()) {
+        params.kv_overrides = overrides.data();
+    }
     params.load_mode    = use_mmap && use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK
                         : use_mlock             ? LLAMA_LOAD_MODE_MLOCK
                         : use_mmap              ? LLAMA_LOAD_MODE_MMAP
@@ -131,7 +187,9 @@ static std::string model_desc(const model & self) {
 void bind_model(py::module_ & m) {
     py::class_<model, std::shared_ptr<model>>(m, "Model", "A loaded GGUF model (llama_model).")
         .def(py::init(&model_load), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
-             py::arg("use_mlock") = false, py::arg("vocab_only") = false)
+             py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("main_gpu") = 0,
+             py::arg("split_mode") = -1, py::arg("tensor_split") = std::vector<float>(),
+             py::arg("kv_overrides") = py::dict())
         .def("close", &model::close, "Free the model now; later calls raise.")
         .def_property_readonly("closed", &model::closed)
         .def("n_layer", [](const model & s) { return llama_model_n_layer(s.get()); })
@@ -151,6 +209,19 @@ void bind_model(py::module_ & m) {
         .def("token_eos", [](const model & s) { return llama_vocab_eos(s.vocab()); })
         .def("token_nl", [](const model & s) { return llama_vocab_nl(s.vocab()); })
         .def("add_bos", [](const model & s) { return llama_vocab_get_add_bos(s.vocab()); })
+        .def("vocab_type", [](const model & s) { return (int) llama_vocab_type(s.vocab()); })
+        .def("n_cls_out", [](const model & s) { return llama_model_n_cls_out(s.get()); })
+        .def("has_encoder", [](const model & s) { return llama_model_has_encoder(s.get()); })
+        .def("has_decoder", [](const model & s) { return llama_model_has_decoder(s.get()); })
+        .def("n_embd_out", [](const model & s) { return llama_model_n_embd_out(s.get()); })
+        .def("token_text", [](const model & s, llama_token t) {
+            check_token(s, t);
+            return py::bytes(llama_vocab_get_text(s.vocab(), t));
+        }, py::arg("token"))
+        .def("token_is_control", [](const model & s, llama_token t) {
+            check_token(s, t);
+            return llama_vocab_is_control(s.vocab(), t);
+        }, py::arg("token"))
         .def("add_eos", [](const model & s) { return llama_vocab_get_add_eos(s.vocab()); })
         .def("is_eog", [](const model & s, llama_token t) { return llama_vocab_is_eog(s.vocab(), t); }, py::arg("token"))
         .def("tokenize", &model_tokenize, py::arg("text"), py::arg("add_special") = true,

@@ -1,30 +1,6 @@
 // llama_rewire._core: thin wrappers shaped like llama.h.
 #include "core.h"
 
-#include <atomic>
-#include <cstdio>
-
-namespace rewire {
-
-// Log lines at or above this level reach stderr; the rest are dropped. Set from Python (verbose).
-static std::atomic<int> g_log_level{GGML_LOG_LEVEL_ERROR};
-static std::atomic<int> g_log_last{GGML_LOG_LEVEL_NONE};
-
-static void log_callback(ggml_log_level level, const char * text, void * /*user_data*/) {
-    // continuation lines take the level of the line they continue
-    if (level == GGML_LOG_LEVEL_CONT) {
-        level = (ggml_log_level) g_log_last.load();
-    } else {
-        g_log_last = level;
-    }
-    if ((int) level >= g_log_level.load()) {
-        std::fputs(text, stderr);
-        std::fflush(stderr);
-    }
-}
-
-} // namespace rewire
-
 PYBIND11_MODULE(_core, m) {
     using namespace rewire;
     m.doc() = "llama.cpp with per-layer FFN activation overrides (thin bindings)";
@@ -32,24 +8,60 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<model_load_error>(m, "ModelLoadError", PyExc_ValueError);
     py::register_exception<decode_error>(m, "DecodeError", PyExc_RuntimeError);
     py::register_exception<closed_error>(m, "ClosedError", PyExc_RuntimeError);
+    py::register_exception<grammar_error>(m, "GrammarError", PyExc_ValueError);
+    py::register_exception<chat_error>(m, "ChatFormatError", PyExc_ValueError);
 
-    llama_log_set(log_callback, nullptr);
+    bind_log(m);
     llama_backend_init();
 
-    m.def("set_log_level", [](int level) { g_log_level = level; },
-          py::arg("level"),
-          "Messages of llama.cpp at or above this ggml_log_level (0 none .. 4 error) go to stderr; 5 silences all.");
     m.def("system_info", []() { return std::string(llama_print_system_info()); });
     m.def("supports_gpu_offload", []() { return llama_supports_gpu_offload(); });
 
-    m.attr("LOG_LEVEL_DEBUG") = (int) GGML_LOG_LEVEL_DEBUG;
-    m.attr("LOG_LEVEL_INFO")  = (int) GGML_LOG_LEVEL_INFO;
-    m.attr("LOG_LEVEL_WARN")  = (int) GGML_LOG_LEVEL_WARN;
-    m.attr("LOG_LEVEL_ERROR") = (int) GGML_LOG_LEVEL_ERROR;
-    m.attr("LOG_LEVEL_SILENT") = (int) GGML_LOG_LEVEL_ERROR + 1;
+    // the enum values users pass to Llama(...), as llama_cpp exposes them
+    m.attr("LLAMA_VOCAB_TYPE_NONE") = (int) LLAMA_VOCAB_TYPE_NONE;
+    m.attr("LLAMA_VOCAB_TYPE_SPM") = (int) LLAMA_VOCAB_TYPE_SPM;
+    m.attr("LLAMA_VOCAB_TYPE_BPE") = (int) LLAMA_VOCAB_TYPE_BPE;
+    m.attr("LLAMA_VOCAB_TYPE_WPM") = (int) LLAMA_VOCAB_TYPE_WPM;
+    m.attr("LLAMA_VOCAB_TYPE_UGM") = (int) LLAMA_VOCAB_TYPE_UGM;
+    m.attr("LLAMA_VOCAB_TYPE_RWKV") = (int) LLAMA_VOCAB_TYPE_RWKV;
+    m.attr("LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED") = (int) LLAMA_ROPE_SCALING_TYPE_UNSPECIFIED;
+    m.attr("LLAMA_ROPE_SCALING_TYPE_NONE") = (int) LLAMA_ROPE_SCALING_TYPE_NONE;
+    m.attr("LLAMA_ROPE_SCALING_TYPE_LINEAR") = (int) LLAMA_ROPE_SCALING_TYPE_LINEAR;
+    m.attr("LLAMA_ROPE_SCALING_TYPE_YARN") = (int) LLAMA_ROPE_SCALING_TYPE_YARN;
+    m.attr("LLAMA_ROPE_SCALING_TYPE_LONGROPE") = (int) LLAMA_ROPE_SCALING_TYPE_LONGROPE;
+    m.attr("LLAMA_POOLING_TYPE_UNSPECIFIED") = (int) LLAMA_POOLING_TYPE_UNSPECIFIED;
+    m.attr("LLAMA_POOLING_TYPE_NONE") = (int) LLAMA_POOLING_TYPE_NONE;
+    m.attr("LLAMA_POOLING_TYPE_MEAN") = (int) LLAMA_POOLING_TYPE_MEAN;
+    m.attr("LLAMA_POOLING_TYPE_CLS") = (int) LLAMA_POOLING_TYPE_CLS;
+    m.attr("LLAMA_POOLING_TYPE_LAST") = (int) LLAMA_POOLING_TYPE_LAST;
+    m.attr("LLAMA_POOLING_TYPE_RANK") = (int) LLAMA_POOLING_TYPE_RANK;
+    m.attr("LLAMA_ATTENTION_TYPE_UNSPECIFIED") = (int) LLAMA_ATTENTION_TYPE_UNSPECIFIED;
+    m.attr("LLAMA_ATTENTION_TYPE_CAUSAL") = (int) LLAMA_ATTENTION_TYPE_CAUSAL;
+    m.attr("LLAMA_ATTENTION_TYPE_NON_CAUSAL") = (int) LLAMA_ATTENTION_TYPE_NON_CAUSAL;
+    m.attr("LLAMA_FLASH_ATTN_TYPE_AUTO") = (int) LLAMA_FLASH_ATTN_TYPE_AUTO;
+    m.attr("LLAMA_FLASH_ATTN_TYPE_DISABLED") = (int) LLAMA_FLASH_ATTN_TYPE_DISABLED;
+    m.attr("LLAMA_FLASH_ATTN_TYPE_ENABLED") = (int) LLAMA_FLASH_ATTN_TYPE_ENABLED;
+    m.attr("LLAMA_SPLIT_MODE_NONE") = (int) LLAMA_SPLIT_MODE_NONE;
+    m.attr("LLAMA_SPLIT_MODE_LAYER") = (int) LLAMA_SPLIT_MODE_LAYER;
+    m.attr("LLAMA_SPLIT_MODE_ROW") = (int) LLAMA_SPLIT_MODE_ROW;
+    m.attr("GGML_TYPE_F32") = (int) GGML_TYPE_F32;
+    m.attr("GGML_TYPE_F16") = (int) GGML_TYPE_F16;
+    m.attr("GGML_TYPE_Q4_0") = (int) GGML_TYPE_Q4_0;
+    m.attr("GGML_TYPE_Q4_1") = (int) GGML_TYPE_Q4_1;
+    m.attr("GGML_TYPE_Q5_0") = (int) GGML_TYPE_Q5_0;
+    m.attr("GGML_TYPE_Q5_1") = (int) GGML_TYPE_Q5_1;
+    m.attr("GGML_TYPE_Q8_0") = (int) GGML_TYPE_Q8_0;
+    m.attr("GGML_TYPE_Q2_K") = (int) GGML_TYPE_Q2_K;
+    m.attr("GGML_TYPE_Q3_K") = (int) GGML_TYPE_Q3_K;
+    m.attr("GGML_TYPE_Q4_K") = (int) GGML_TYPE_Q4_K;
+    m.attr("GGML_TYPE_Q5_K") = (int) GGML_TYPE_Q5_K;
+    m.attr("GGML_TYPE_Q6_K") = (int) GGML_TYPE_Q6_K;
+    m.attr("GGML_TYPE_IQ4_NL") = (int) GGML_TYPE_IQ4_NL;
+    m.attr("GGML_TYPE_BF16") = (int) GGML_TYPE_BF16;
 
     bind_model(m);
     bind_context(m);
     bind_sampler(m);
     bind_rewire(m);
+    bind_chat(m);
 }

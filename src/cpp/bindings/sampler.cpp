@@ -1,29 +1,117 @@
-// Sampler: llama.cpp's sampler chain (top-k, top-p, min-p, temperature, then seeded draw or greedy).
+// Sampler: llama.cpp's sampler chain plus an optional grammar, configured like llama-cpp-python's.
+//
+// Order: logit bias, repetition penalties, then either greedy (temperature <= 0), mirostat (1 or 2) or
+// top-k, typical, top-p, min-p, temperature and a seeded draw. A grammar is checked against the token
+// the chain picks; only when that token is not allowed is the grammar applied to every candidate and the
+// chain run again (the same result as filtering first, at a fraction of the cost).
 #include "core.h"
+
+#include <cmath>
+#include <vector>
 
 namespace rewire {
 
+struct sampler_params {
+    float    temperature      = 0.8f;
+    int32_t  top_k            = 40;
+    float    top_p            = 0.95f;
+    float    min_p            = 0.05f;
+    float    typical_p        = 1.0f;
+    int32_t  min_keep         = 1;
+    float    repeat_penalty   = 1.0f;
+    float    frequency_penalty = 0.0f;
+    float    presence_penalty = 0.0f;
+    int32_t  penalty_last_n   = 64;
+    int32_t  mirostat_mode    = 0;
+    float    mirostat_tau     = 5.0f;
+    float    mirostat_eta     = 0.1f;
+    uint32_t seed             = 0xFFFFFFFFu;
+};
+
+static void check_finite(const char * name, float v) {
+    if (!std::isfinite(v)) {
+        throw py::value_error(std::string(name) + " must be a finite number");
+    }
+}
+
 class sampler {
 public:
-    sampler(float temperature, int32_t top_k, float top_p, float min_p, uint32_t seed) {
+    sampler(std::shared_ptr<model> mdl, const sampler_params & p, const std::vector<std::pair<llama_token, float>> & logit_bias,
+            const std::string & grammar, bool grammar_lazy, const std::vector<std::string> & trigger_patterns,
+            const std::vector<llama_token> & trigger_tokens)
+        : model_(std::move(mdl)) {
+        const llama_vocab * vocab = model_->vocab();
+        n_vocab_ = llama_vocab_n_tokens(vocab);
+        validate(p, logit_bias);
+
         chain_ = llama_sampler_chain_init(llama_sampler_chain_default_params());
-        if (temperature <= 0.0f) {
-            llama_sampler_chain_add(chain_, llama_sampler_init_greedy());
-            return;
+        if (!logit_bias.empty()) {
+            std::vector<llama_logit_bias> bias;
+            for (const auto & [tok, b] : logit_bias) {
+                bias.push_back({tok, b});
+            }
+            add(llama_sampler_init_logit_bias(n_vocab_, (int32_t) bias.size(), bias.data()));
         }
-        if (top_k > 0) {
-            llama_sampler_chain_add(chain_, llama_sampler_init_top_k(top_k));
+        if (p.repeat_penalty != 1.0f || p.frequency_penalty != 0.0f || p.presence_penalty != 0.0f) {
+            add(llama_sampler_init_penalties(n_vocab_, p.penalty_last_n, p.repeat_penalty, p.frequency_penalty,
+                                             p.presence_penalty));
         }
-        if (top_p < 1.0f) {
-            llama_sampler_chain_add(chain_, llama_sampler_init_top_p(top_p, 1));
+        if (p.temperature <= 0.0f) {
+            add(llama_sampler_init_greedy());
+        } else if (p.mirostat_mode == 1) {
+            add(llama_sampler_init_temp(p.temperature));
+            add(llama_sampler_init_mirostat(n_vocab_, p.seed, p.mirostat_tau, p.mirostat_eta, 100));
+        } else if (p.mirostat_mode == 2) {
+            add(llama_sampler_init_temp(p.temperature));
+            add(llama_sampler_init_mirostat_v2(p.seed, p.mirostat_tau, p.mirostat_eta));
+        } else {
+            const size_t keep = (size_t) std::max(1, p.min_keep);
+            if (p.top_k > 0) {
+                add(llama_sampler_init_top_k(p.top_k));
+            }
+            if (p.typical_p < 1.0f) {
+                add(llama_sampler_init_typical(p.typical_p, keep));
+            }
+            if (p.top_p < 1.0f) {
+                add(llama_sampler_init_top_p(p.top_p, keep));
+            }
+            if (p.min_p > 0.0f) {
+                add(llama_sampler_init_min_p(p.min_p, keep));
+            }
+            add(llama_sampler_init_temp(p.temperature));
+            add(llama_sampler_init_dist(p.seed));
         }
-        if (min_p > 0.0f) {
-            llama_sampler_chain_add(chain_, llama_sampler_init_min_p(min_p, 1));
+
+        if (!grammar.empty()) {
+            std::vector<const char *> patterns;
+            for (const auto & s : trigger_patterns) {
+                patterns.push_back(s.c_str());
+            }
+            for (llama_token t : trigger_tokens) {
+                if (t < 0 || t >= n_vocab_) {
+                    throw py::value_error("grammar trigger token " + std::to_string(t) + " is out of range");
+                }
+            }
+            {
+                py::gil_scoped_release release;
+                grammar_ = grammar_lazy
+                    ? llama_sampler_init_grammar_lazy_patterns(vocab, grammar.c_str(), "root", patterns.data(),
+                                                               patterns.size(), trigger_tokens.data(),
+                                                               trigger_tokens.size())
+                    : llama_sampler_init_grammar(vocab, grammar.c_str(), "root");
+            }
+            if (grammar_ == nullptr) {
+                throw grammar_error("failed to parse the grammar (see the log for the position)");
+            }
         }
-        llama_sampler_chain_add(chain_, llama_sampler_init_temp(temperature));
-        llama_sampler_chain_add(chain_, llama_sampler_init_dist(seed));
+        cur_.resize(n_vocab_);
     }
-    ~sampler() { llama_sampler_free(chain_); }
+    ~sampler() {
+        llama_sampler_free(chain_);
+        if (grammar_) {
+            llama_sampler_free(grammar_);
+        }
+    }
     sampler(const sampler &) = delete;
     sampler & operator=(const sampler &) = delete;
 
@@ -33,24 +121,189 @@ public:
         llama_token t;
         {
             py::gil_scoped_release release;
-            t = llama_sampler_sample(chain_, c, idx);
+            const float * logits = llama_get_logits_ith(c, idx);
+            if (logits == nullptr) {
+                t = LLAMA_TOKEN_NULL;
+            } else {
+                t = pick(logits);
+            }
+        }
+        if (t == LLAMA_TOKEN_NULL) {
+            throw py::value_error("no logits for output " + std::to_string(idx) + " of the last decode");
+        }
+        accept(t, true);
+        return t;
+    }
+
+    // Sample from logits given by the caller (e.g. after Python logits processors), and accept it.
+    llama_token sample_logits(const py::array_t<float, py::array::c_style | py::array::forcecast> & logits) {
+        if (logits.ndim() != 1 || logits.shape(0) != n_vocab_) {
+            throw py::value_error("logits must be a 1-D array of n_vocab = " + std::to_string(n_vocab_) + " floats");
+        }
+        const float * data = logits.data();
+        llama_token t;
+        {
+            py::gil_scoped_release release;
+            t = pick(data);
+        }
+        accept(t, true);
+        return t;
+    }
+
+    // Record a token: penalties see it; the grammar only when with_grammar (prompt tokens bypass it).
+    void accept(llama_token token, bool with_grammar) {
+        if (token < 0 || token >= n_vocab_) {
+            throw py::value_error("token id " + std::to_string(token) + " is out of range");
+        }
+        llama_sampler_accept(chain_, token);
+        if (grammar_ && with_grammar) {
+            try {
+                llama_sampler_accept(grammar_, token);
+            } catch (const std::exception & e) {
+                throw grammar_error(std::string("the grammar does not accept this token: ") + e.what());
+            }
+        }
+    }
+
+    void reset() {
+        llama_sampler_reset(chain_);
+        if (grammar_) {
+            llama_sampler_reset(grammar_);
+        }
+    }
+
+    bool has_grammar() const { return grammar_ != nullptr; }
+
+private:
+    void add(llama_sampler * s) { llama_sampler_chain_add(chain_, s); }
+
+    void validate(const sampler_params & p, const std::vector<std::pair<llama_token, float>> & logit_bias) const {
+        check_finite("temperature", p.temperature);
+        check_finite("top_p", p.top_p);
+        check_finite("min_p", p.min_p);
+        check_finite("typical_p", p.typical_p);
+        check_finite("frequency_penalty", p.frequency_penalty);
+        check_finite("presence_penalty", p.presence_penalty);
+        check_finite("mirostat_tau", p.mirostat_tau);
+        check_finite("mirostat_eta", p.mirostat_eta);
+        if (!(p.repeat_penalty > 0.0f) || !std::isfinite(p.repeat_penalty)) {
+            throw py::value_error("repeat_penalty must be a finite number > 0");
+        }
+        if (p.penalty_last_n < -1) {
+            throw py::value_error("penalty_last_n must be >= -1");
+        }
+        if (p.mirostat_mode < 0 || p.mirostat_mode > 2) {
+            throw py::value_error("mirostat_mode must be 0, 1 or 2");
+        }
+        for (const auto & [tok, b] : logit_bias) {
+            if (tok < 0 || tok >= n_vocab_) {
+                throw py::value_error("logit_bias: token id " + std::to_string(tok) + " is out of range [0, " +
+                                      std::to_string(n_vocab_) + ")");
+            }
+            if (std::isnan(b)) {
+                throw py::value_error("logit_bias: a bias must not be NaN");
+            }
+        }
+    }
+
+    void fill(const float * logits) {
+        for (llama_token i = 0; i < n_vocab_; ++i) {
+            cur_[i] = {i, logits[i], 0.0f};
+        }
+    }
+
+    // Runs without the GIL.
+    llama_token pick(const float * logits) {
+        fill(logits);
+        llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
+        llama_sampler_apply(chain_, &arr);
+        llama_token t = arr.data[arr.selected].id;
+        if (grammar_) {
+            llama_token_data one = {t, 1.0f, 0.0f};
+            llama_token_data_array single = {&one, 1, -1, false};
+            llama_sampler_apply(grammar_, &single);
+            if (std::isinf(single.data[0].logit) && single.data[0].logit < 0) {
+                fill(logits);
+                arr = {cur_.data(), cur_.size(), -1, false};
+                llama_sampler_apply(grammar_, &arr);
+                llama_sampler_apply(chain_, &arr);
+                t = arr.data[arr.selected].id;
+            }
         }
         return t;
     }
 
-    void reset() { llama_sampler_reset(chain_); }
-
-private:
-    llama_sampler * chain_ = nullptr;
+    std::shared_ptr<model>         model_;
+    llama_sampler *                chain_   = nullptr;
+    llama_sampler *                grammar_ = nullptr;
+    int32_t                        n_vocab_ = 0;
+    std::vector<llama_token_data>  cur_;
 };
 
+// Whether gbnf parses as a grammar with a "root" rule (token references need the model's vocab).
+static bool grammar_check(py::object mdl, const std::string & gbnf) {
+    const llama_vocab * vocab = mdl.is_none() ? nullptr : mdl.cast<model &>().vocab();
+    llama_sampler * s = nullptr;
+    {
+        py::gil_scoped_release release;
+        try {
+            s = llama_sampler_init_grammar(vocab, gbnf.c_str(), "root");
+        } catch (const std::exception &) {
+            s = nullptr;
+        }
+    }
+    if (s == nullptr) {
+        return false;
+    }
+    llama_sampler_free(s);
+    return true;
+}
+
 void bind_sampler(py::module_ & m) {
-    py::class_<sampler>(m, "Sampler", "A llama.cpp sampler chain.")
-        .def(py::init<float, int32_t, float, float, uint32_t>(), py::arg("temperature") = 0.8f,
-             py::arg("top_k") = 40, py::arg("top_p") = 0.95f, py::arg("min_p") = 0.05f,
-             py::arg("seed") = 0xFFFFFFFFu)
+    py::class_<sampler>(m, "Sampler", "A llama.cpp sampler chain with an optional GBNF grammar.")
+        .def(py::init([](std::shared_ptr<model> mdl, float temperature, int32_t top_k, float top_p, float min_p,
+                         float typical_p, int32_t min_keep, float repeat_penalty, float frequency_penalty,
+                         float presence_penalty, int32_t penalty_last_n, int32_t mirostat_mode, float mirostat_tau,
+                         float mirostat_eta, uint32_t seed, const std::vector<std::pair<llama_token, float>> & logit_bias,
+                         const std::string & grammar, bool grammar_lazy,
+                         const std::vector<std::string> & trigger_patterns,
+                         const std::vector<llama_token> & trigger_tokens) {
+                 if (!mdl) {
+                     throw py::value_error("model is None");
+                 }
+                 sampler_params p;
+                 p.temperature = temperature;
+                 p.top_k = top_k;
+                 p.top_p = top_p;
+                 p.min_p = min_p;
+                 p.typical_p = typical_p;
+                 p.min_keep = min_keep;
+                 p.repeat_penalty = repeat_penalty;
+                 p.frequency_penalty = frequency_penalty;
+                 p.presence_penalty = presence_penalty;
+                 p.penalty_last_n = penalty_last_n;
+                 p.mirostat_mode = mirostat_mode;
+                 p.mirostat_tau = mirostat_tau;
+                 p.mirostat_eta = mirostat_eta;
+                 p.seed = seed;
+                 return std::make_unique<sampler>(std::move(mdl), p, logit_bias, grammar, grammar_lazy,
+                                                  trigger_patterns, trigger_tokens);
+             }),
+             py::arg("model"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f,
+             py::arg("min_p") = 0.05f, py::arg("typical_p") = 1.0f, py::arg("min_keep") = 1,
+             py::arg("repeat_penalty") = 1.0f, py::arg("frequency_penalty") = 0.0f,
+             py::arg("presence_penalty") = 0.0f, py::arg("penalty_last_n") = 64, py::arg("mirostat_mode") = 0,
+             py::arg("mirostat_tau") = 5.0f, py::arg("mirostat_eta") = 0.1f, py::arg("seed") = 0xFFFFFFFFu,
+             py::arg("logit_bias") = std::vector<std::pair<llama_token, float>>(), py::arg("grammar") = "",
+             py::arg("grammar_lazy") = false, py::arg("trigger_patterns") = std::vector<std::string>(),
+             py::arg("trigger_tokens") = std::vector<llama_token>())
         .def("sample", &sampler::sample, py::arg("ctx"), py::arg("idx") = -1)
-        .def("reset", &sampler::reset);
+        .def("sample_logits", &sampler::sample_logits, py::arg("logits"))
+        .def("accept", &sampler::accept, py::arg("token"), py::arg("grammar") = true)
+        .def("reset", &sampler::reset)
+        .def_property_readonly("has_grammar", &sampler::has_grammar);
+    m.def("grammar_check", &grammar_check, py::arg("model"), py::arg("gbnf"),
+          "Whether the GBNF text parses and has a 'root' rule.");
 }
 
 } // namespace rewire

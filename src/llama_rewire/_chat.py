@@ -1,0 +1,159 @@
+"""Chat with the template stored in the GGUF, rendered by llama.cpp's own Jinja engine.
+
+Without tools, the rendered prompt goes through the generic formatter handler of
+:mod:`llama_rewire.llama_chat_format` (which also handles ``response_format`` and generic tool calls).
+When the template itself knows how to call tools (e.g. Qwen, Llama 3.x, Hermes), llama.cpp gives a
+grammar, its triggers and a parser for the model's tool-call syntax: those are used instead, and the
+output is parsed into ``tool_calls``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
+
+from . import _core
+
+if TYPE_CHECKING:
+    from .llama import Llama
+
+DEFAULT_TEMPLATE_FORMAT = "chat_template.default"
+
+
+def templates_of(llama: Llama) -> _core.ChatTemplates:
+    if llama._chat_templates is None:
+        llama._chat_templates = _core.ChatTemplates(llama.model)
+    return llama._chat_templates
+
+
+def _tool_choice_text(tool_choice: Any) -> str:
+    if tool_choice is None:
+        return "auto"
+    if isinstance(tool_choice, str):
+        if tool_choice not in ("auto", "none", "required"):
+            raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or a named tool, got {tool_choice!r}")
+        return tool_choice
+    return "required"
+
+
+def _named_tools(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str, Any]]:
+    """The tools the model may call: one when tool_choice names it."""
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name")
+        chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
+        if not chosen:
+            raise ValueError(f"tool_choice names an unknown tool: {name!r}")
+        return chosen
+    return tools
+
+
+class TemplateChatHandler:
+    """The handler for ``chat_format=None`` on a model whose GGUF carries a chat template."""
+
+    def render(self, llama: Llama, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
+               tool_choice: Any = None, add_generation_prompt: bool = True) -> _core.ChatRender:
+        return templates_of(llama).apply(
+            json.dumps(messages), tools=json.dumps(tools) if tools else "",
+            tool_choice=_tool_choice_text(tool_choice) if tools else "auto",
+            add_generation_prompt=add_generation_prompt)
+
+    def __call__(self, *, llama: Llama, messages: list[dict[str, Any]], functions: Any = None,
+                 function_call: Any = None, tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
+                 stream: bool = False, **kwargs: Any) -> Any:
+        from . import llama_chat_format
+
+        if functions and not tools:  # the legacy form of tools
+            tools = [{"type": "function", "function": f} for f in functions]
+            if isinstance(function_call, dict):
+                tool_choice = {"type": "function", "function": {"name": function_call.get("name")}}
+            elif function_call is not None:
+                tool_choice = function_call
+        if tools and tool_choice != "none":
+            render = self.render(llama, messages, tools=_named_tools(tools, tool_choice), tool_choice=tool_choice)
+            if render.grammar:
+                return _native_tool_completion(llama, render, stream=stream, **kwargs)
+
+        def formatter(*, messages: list[dict[str, Any]], **_: Any) -> Any:
+            r = self.render(llama, messages)
+            return llama_chat_format.ChatFormatterResponse(
+                prompt=r.prompt.decode("utf-8", errors="replace"), stop=list(r.additional_stops))
+
+        handler = llama_chat_format.chat_formatter_to_chat_completion_handler(formatter)
+        return handler(llama=llama, messages=messages, tools=tools, tool_choice=tool_choice, stream=stream,
+                       **kwargs)
+
+
+def _native_tool_completion(llama: Llama, render: _core.ChatRender, *, stream: bool, stop: Any = None,
+                            response_format: Any = None, grammar: Any = None, logprobs: Any = None,
+                            top_logprobs: Any = None, max_tokens: int | None = None,
+                            model: str | None = None, **kwargs: Any) -> Any:
+    """Generate under the template's tool-call grammar and parse the output into a chat message."""
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    lazy = None
+    if render.grammar_lazy:
+        patterns, tokens = [], []
+        for kind, value, token in render.grammar_triggers:
+            if kind == "token":
+                tokens.append(int(token))
+            elif kind == "word":
+                patterns.append(_regex_escape(value))
+            elif kind == "pattern_full":
+                patterns.append(("" if value.startswith("^") else "^") + value + ("" if value.endswith("$") else "$"))
+            else:
+                patterns.append(value)
+        lazy = (patterns, tokens)
+    sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_KEYS}
+    out = llama.create_completion(
+        prompt=render.prompt.decode("utf-8", errors="replace"), max_tokens=max_tokens, stream=False,
+        stop=stops + list(render.additional_stops), grammar=render.grammar, _grammar_lazy=lazy,
+        model=model, **sampling)
+    assert isinstance(out, dict)
+    text = out["choices"][0]["text"]
+    message = json.loads(render.parse(text, False))
+    tool_calls = message.get("tool_calls") or []
+    for call in tool_calls:
+        call.setdefault("id", f"call_{uuid.uuid4().hex[:24]}")
+        call.setdefault("type", "function")
+    msg: dict[str, Any] = {"role": "assistant", "content": message.get("content") or None}
+    if tool_calls:
+        msg["tool_calls"] = tool_calls
+    finish = "tool_calls" if tool_calls else out["choices"][0]["finish_reason"]
+    result = {
+        "id": "chat" + out["id"], "object": "chat.completion", "created": int(time.time()),
+        "model": out["model"],
+        "choices": [{"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}],
+        "usage": out["usage"],
+    }
+    if not stream:
+        return result
+    return _as_chunks(result)
+
+
+def _as_chunks(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    base = {"id": result["id"], "object": "chat.completion.chunk", "created": result["created"],
+            "model": result["model"]}
+    msg = result["choices"][0]["message"]
+    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
+    delta: dict[str, Any] = {}
+    if msg.get("content"):
+        delta["content"] = msg["content"]
+    if msg.get("tool_calls"):
+        delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]
+    if delta:
+        yield {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+    yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
+                                "finish_reason": result["choices"][0]["finish_reason"]}]}
+
+
+_SAMPLING_KEYS = {
+    "temperature", "top_p", "top_k", "min_p", "typical_p", "seed", "frequency_penalty", "presence_penalty",
+    "repeat_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta", "logits_processor", "logit_bias",
+    "tfs_z", "stopping_criteria",
+}
+
+
+def _regex_escape(s: str) -> str:
+    return "".join("\\" + c if c in r".^$*+?()[]{}|\/-" else c for c in s)

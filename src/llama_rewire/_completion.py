@@ -1,0 +1,229 @@
+"""The completion engine behind ``Llama.create_completion``: sampled tokens to OpenAI-shaped results.
+
+One ``CompletionRun`` is one call. It pulls tokens from the model's step generator, builds the text
+(holding back an incomplete UTF-8 character, and in streaming the tail that could still become a stop
+string), stops at end-of-generation, a stop string, a stopping criterion or the token limit, and
+collects logprobs when asked for.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    from .llama import Llama
+
+
+def valid_utf8_prefix(data: bytes) -> str:
+    """data as text, holding back a multi-byte character that is split at the end."""
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        if e.reason == "unexpected end of data":
+            return data[: e.start].decode("utf-8", errors="replace")
+        return data.decode("utf-8", errors="replace")
+
+
+def stop_holdback(text: str, stops: list[str]) -> int:
+    """How many trailing characters of text could be the start of a stop string."""
+    longest = 0
+    for stop in stops:
+        for n in range(min(len(stop) - 1, len(text)), longest, -1):
+            if text.endswith(stop[:n]):
+                longest = n
+                break
+    return longest
+
+
+def log_softmax(logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+    x = logits.astype(np.float64)
+    m = float(np.max(x))
+    out: npt.NDArray[np.single] = (x - m - math.log(float(np.sum(np.exp(x - m))))).astype(np.single)
+    return out
+
+
+class CompletionIterator:
+    """A stream of chunks; ``close()`` stops the generation, ``usage`` is set once it is exhausted."""
+
+    def __init__(self, gen: Iterator[dict[str, Any]], run: CompletionRun) -> None:
+        self._gen = gen
+        self._run = run
+
+    def __iter__(self) -> CompletionIterator:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._gen)
+
+    def close(self) -> None:
+        close = getattr(self._gen, "close", None)
+        if close is not None:
+            close()
+
+    @property
+    def usage(self) -> dict[str, int] | None:
+        return self._run.usage() if self._run.done else None
+
+
+class CompletionRun:
+    """One completion over a step generator of (token, raw logits or None) pairs."""
+
+    def __init__(self, llama: Llama, steps: Iterator[tuple[int, npt.NDArray[np.single] | None]], *,
+                 prompt_tokens: list[int], limit: int, stops: list[str], meta: dict[str, Any],
+                 echo_text: str, logprobs: int | None,
+                 stopping_criteria: Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool] | None,
+                 prompt_logprobs: dict[str, Any] | None = None, on_finish: Callable[[], None] | None = None
+                 ) -> None:
+        self.llama = llama
+        self.steps = steps
+        self.prompt_tokens = prompt_tokens
+        self.limit = limit
+        self.stops = [s for s in stops if s]
+        self.meta = meta
+        self.echo_text = echo_text
+        self.n_logprobs = logprobs
+        self.stopping_criteria = stopping_criteria
+        self.prompt_logprobs = prompt_logprobs
+        self.on_finish = on_finish
+        self.completion_tokens: list[int] = []
+        self.pieces: list[str] = []               # text of each completion token (for logprobs)
+        self.token_logprobs: list[float] = []
+        self.top_logprobs: list[dict[str, float]] = []
+        self.finish_reason = "length"
+        self.done = False
+
+    # -- the token loop ---------------------------------------------------------------------------
+
+    def _record_logprobs(self, token: int, logits: npt.NDArray[np.single] | None, piece: str) -> None:
+        if self.n_logprobs is None or logits is None:
+            return
+        lp = log_softmax(logits)
+        k = max(0, int(self.n_logprobs))
+        top: dict[str, float] = {}
+        if k > 0:
+            idx = np.argpartition(-lp, min(k, len(lp) - 1))[:k]
+            for i in idx[np.argsort(-lp[idx])]:
+                top[self.llama.detokenize([int(i)]).decode("utf-8", errors="replace")] = float(lp[i])
+        top[piece] = float(lp[token])
+        self.token_logprobs.append(float(lp[token]))
+        self.top_logprobs.append(top)
+
+    def _texts(self) -> Iterator[str]:
+        """Yield the completion text so far after each token; sets finish_reason."""
+        data = b""
+        model = self.llama.model
+        try:
+            while len(self.completion_tokens) < self.limit:
+                token, logits = next(self.steps)
+                if model.is_eog(token):
+                    self.finish_reason = "stop"
+                    break
+                self.completion_tokens.append(token)
+                piece_bytes = model.token_to_piece(token, special=False)
+                data += piece_bytes
+                piece = piece_bytes.decode("utf-8", errors="replace")
+                self.pieces.append(piece)
+                self._record_logprobs(token, logits, piece)
+                text = valid_utf8_prefix(data)
+                cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+                if cut >= 0:
+                    self.finish_reason = "stop"
+                    yield text[:cut]
+                    return
+                if self.stopping_criteria is not None and self.stopping_criteria(
+                        self.llama._input_ids, self.llama.last_logits):
+                    self.finish_reason = "stop"
+                    yield text
+                    return
+                yield text
+            yield data.decode("utf-8", errors="replace")
+        finally:
+            close = getattr(self.steps, "close", None)
+            if close is not None:
+                close()
+            if not self.done:
+                self.done = True
+                if self.on_finish is not None:
+                    self.on_finish()
+
+    # -- results ----------------------------------------------------------------------------------
+
+    def usage(self) -> dict[str, int]:
+        n_prompt, n_completion = len(self.prompt_tokens), len(self.completion_tokens)
+        return {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
+                "total_tokens": n_prompt + n_completion}
+
+    def _logprobs(self, first: int, last: int, offset: int, with_prompt: bool) -> dict[str, Any] | None:
+        """The logprobs object for completion tokens [first, last), text offsets starting at offset."""
+        if self.n_logprobs is None:
+            return None
+        tokens: list[str] = []
+        token_logprobs: list[float | None] = []
+        top: list[dict[str, float] | None] = []
+        offsets: list[int] = []
+        if with_prompt and self.prompt_logprobs is not None:
+            for key in ("tokens", "token_logprobs", "top_logprobs"):
+                {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top}[key].extend(
+                    self.prompt_logprobs[key])
+            pos = 0
+            for piece in self.prompt_logprobs["tokens"]:
+                offsets.append(pos)
+                pos += len(piece)
+            offset = pos
+        n = min(last, len(self.token_logprobs))
+        for i in range(first, n):
+            tokens.append(self.pieces[i])
+            token_logprobs.append(self.token_logprobs[i])
+            top.append(self.top_logprobs[i])
+            offsets.append(offset)
+            offset += len(self.pieces[i])
+        return {"tokens": tokens, "text_offset": offsets, "token_logprobs": token_logprobs,
+                "top_logprobs": top}
+
+    def _chunk(self, text: str, finish_reason: str | None, logprobs: dict[str, Any] | None) -> dict[str, Any]:
+        return {**self.meta,
+                "choices": [{"text": text, "index": 0, "logprobs": logprobs, "finish_reason": finish_reason}]}
+
+    def chunks(self) -> Iterator[dict[str, Any]]:
+        """Streaming: text pieces as they become final, then a last chunk with the finish reason."""
+        sent = 0          # characters of the completion text sent
+        sent_tokens = 0   # completion tokens whose logprobs were sent
+        text_offset = len(self.echo_text)
+        if self.echo_text:
+            yield self._chunk(self.echo_text, None, self._logprobs(0, 0, 0, with_prompt=True))
+        text = ""
+        for text in self._texts():
+            ready = len(text) - stop_holdback(text, self.stops)
+            if ready > sent:
+                n_tok = len(self.completion_tokens)
+                yield self._chunk(text[sent:ready], None,
+                                  self._logprobs(sent_tokens, n_tok, text_offset + sent, with_prompt=False))
+                sent, sent_tokens = ready, n_tok
+        if len(text) > sent:
+            yield self._chunk(text[sent:], None, self._logprobs(
+                sent_tokens, len(self.completion_tokens), text_offset + sent, with_prompt=False))
+        yield self._chunk("", self.finish_reason, None)
+
+    def complete(self) -> dict[str, Any]:
+        text = ""
+        for latest in self._texts():
+            text = latest
+        logprobs = self._logprobs(0, len(self.completion_tokens), len(self.echo_text),
+                                  with_prompt=bool(self.echo_text))
+        if logprobs is not None:
+            # tokens cut by a stop string are not part of the text
+            self._trim_logprobs(logprobs, len(self.echo_text) + len(text))
+        out = self._chunk(self.echo_text + text, self.finish_reason, logprobs)
+        out["usage"] = self.usage()
+        return out
+
+    @staticmethod
+    def _trim_logprobs(logprobs: dict[str, Any], text_len: int) -> None:
+        keep = sum(1 for off in logprobs["text_offset"] if off < text_len)
+        for key in ("tokens", "text_offset", "token_logprobs", "top_logprobs"):
+            del logprobs[key][keep:]

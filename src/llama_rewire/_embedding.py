@@ -1,0 +1,71 @@
+"""Embeddings: several texts per decode, one sequence each, pooled as the model defines."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from .llama import Llama
+
+POOLING_NONE = 0
+
+
+def _normalized(v: np.ndarray[Any, Any]) -> list[float]:
+    norm = float(np.linalg.norm(v))
+    return [float(x) for x in (v / norm if norm > 0 else v)]
+
+
+def embed(llama: Llama, input: str | list[str], *, normalize: bool, truncate: bool) -> tuple[Any, int]:
+    """(embeddings, prompt token count): one vector per text, or one per token without pooling."""
+    texts = [input] if isinstance(input, str) else input
+    if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
+        raise TypeError("input must be a string or a non-empty list of strings")
+    ctx = llama.ctx
+    n_batch = int(ctx.n_batch())
+    n_seq_max = int(ctx.n_seq_max())
+    pooled = int(ctx.pooling_type()) != POOLING_NONE
+
+    encoded: list[list[int]] = []
+    for text in texts:
+        tokens = llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        if not tokens:
+            raise ValueError("cannot embed an empty text: it has no tokens")
+        if len(tokens) > n_batch:
+            if not truncate:
+                raise ValueError(f"a text of {len(tokens)} tokens exceeds n_batch = {n_batch}; "
+                                 "pass truncate=True or a larger n_batch")
+            tokens = tokens[:n_batch]
+        encoded.append(tokens)
+
+    out: list[Any] = []
+    batch: list[list[int]] = []
+
+    def flush() -> None:
+        flat, pos, seq = [], [], []
+        for s, toks in enumerate(batch):
+            flat += toks
+            pos += list(range(len(toks)))
+            seq += [s] * len(toks)
+        ctx.memory_clear()
+        ctx.decode_batch(flat, pos, seq)
+        start = 0
+        for s, toks in enumerate(batch):
+            if pooled:
+                v = ctx.embeddings_seq(s)
+                out.append(_normalized(v) if normalize else [float(x) for x in v])
+            else:
+                rows = [ctx.embeddings_ith(start + i) for i in range(len(toks))]
+                out.append([_normalized(r) if normalize else [float(x) for x in r] for r in rows])
+            start += len(toks)
+        batch.clear()
+
+    for tokens in encoded:
+        if batch and (sum(map(len, batch)) + len(tokens) > n_batch or len(batch) >= n_seq_max):
+            flush()
+        batch.append(tokens)
+    flush()
+    ctx.memory_clear()
+    n_tokens = sum(map(len, encoded))
+    return (out[0] if isinstance(input, str) else out), n_tokens
