@@ -51,6 +51,7 @@ def both(request: pytest.FixtureRequest) -> Iterator[Llama]:
 
 # -- sampling -------------------------------------------------------------------------------------
 
+
 def test_seeded_sampling_is_reproducible_and_seeds_differ(both: Llama) -> None:
     kw: dict[str, Any] = {"max_tokens": 16, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "min_p": 0.0}
     a = text_of(both(PROMPT, seed=7, **kw))
@@ -133,7 +134,9 @@ def test_logit_bias_and_logits_processor_steer_the_choice(llm: Llama) -> None:
         masked[target] = 0.0
         return masked
 
-    out = llm(PROMPT, max_tokens=3, temperature=0.7, seed=1, logits_processor=LogitsProcessorList([only_target]))
+    out = llm(
+        PROMPT, max_tokens=3, temperature=0.7, seed=1, logits_processor=LogitsProcessorList([only_target])
+    )
     assert out["usage"]["completion_tokens"] == 3
     assert text_of(out) == " banana banana banana"
     assert calls == sorted(calls) and len(calls) == 3
@@ -153,6 +156,7 @@ def test_stopping_criteria_stop_the_generation(llm: Llama) -> None:
 
 
 # -- logprobs -------------------------------------------------------------------------------------
+
 
 def test_logprobs_match_a_log_softmax_of_the_logits(smollm2_path: Path) -> None:
     with Llama(str(smollm2_path), n_ctx=256, logits_all=True, verbose=False) as m:
@@ -175,19 +179,35 @@ def test_logprobs_match_a_log_softmax_of_the_logits(smollm2_path: Path) -> None:
 
 # -- grammars -------------------------------------------------------------------------------------
 
+
 def test_json_grammar_output_parses(llm: Llama) -> None:
-    out = llm("A short JSON object with the name and color of a cat:", max_tokens=200, temperature=0.0,
-              grammar=LlamaGrammar.from_string(JSON_GBNF))
+    out = llm(
+        "A short JSON object with the name and color of a cat:",
+        max_tokens=200,
+        temperature=0.0,
+        grammar=LlamaGrammar.from_string(JSON_GBNF),
+    )
     assert out["choices"][0]["finish_reason"] == "stop"
     assert isinstance(json.loads(text_of(out)), dict)
 
 
 def test_json_schema_output_parses_and_follows_the_schema(both: Llama) -> None:
-    schema = {"type": "object", "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                                                "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3}},
-              "required": ["name", "age", "tags"], "additionalProperties": False}
-    out = both("A person, as JSON:", max_tokens=100, temperature=0.0,
-               grammar=LlamaGrammar.from_json_schema(json.dumps(schema)))
+    schema = {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string"},
+            "age": {"type": "integer"},
+            "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+        },
+        "required": ["name", "age", "tags"],
+        "additionalProperties": False,
+    }
+    out = both(
+        "A person, as JSON:",
+        max_tokens=100,
+        temperature=0.0,
+        grammar=LlamaGrammar.from_json_schema(json.dumps(schema)),
+    )
     doc = json.loads(text_of(out))
     assert set(doc) == {"name", "age", "tags"}
     assert isinstance(doc["name"], str) and isinstance(doc["age"], int) and isinstance(doc["tags"], list)
@@ -212,6 +232,7 @@ def test_bad_grammars_raise(bad: str) -> None:
 
 # -- caches and rewiring --------------------------------------------------------------------------
 
+
 def test_prompt_cache_reuses_states_and_rewiring_clears_it(smollm2_path: Path) -> None:
     with Llama(str(smollm2_path), n_ctx=256, verbose=False) as m:
         cache = LlamaRAMCache(capacity_bytes=1 << 30)
@@ -232,7 +253,10 @@ def test_prompt_cache_reuses_states_and_rewiring_clears_it(smollm2_path: Path) -
 
 # -- embeddings -----------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("pooling", [llama_rewire.LLAMA_POOLING_TYPE_MEAN, llama_rewire.LLAMA_POOLING_TYPE_NONE])
+
+@pytest.mark.parametrize(
+    "pooling", [llama_rewire.LLAMA_POOLING_TYPE_MEAN, llama_rewire.LLAMA_POOLING_TYPE_NONE]
+)
 def test_embeddings_of_a_batch_equal_embeddings_one_by_one(smollm2_path: Path, pooling: int) -> None:
     texts = ["hello world", "The quick brown fox jumps over the lazy dog.", "a", "Paris is in France"]
     with Llama(str(smollm2_path), n_ctx=512, embedding=True, pooling_type=pooling, verbose=False) as m:
@@ -262,8 +286,10 @@ def test_embed_needs_embedding_true(llm: Llama) -> None:
 
 # -- logging --------------------------------------------------------------------------------------
 
+
 def test_verbose_false_is_silent_and_verbose_logs_to_python_logging(
-        smollm2_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture) -> None:
+    smollm2_path: Path, capfd: pytest.CaptureFixture[str], caplog: pytest.LogCaptureFixture
+) -> None:
     with Llama(str(smollm2_path), n_ctx=128, verbose=False) as m:
         m(PROMPT, max_tokens=2)
     captured = capfd.readouterr()
@@ -271,8 +297,10 @@ def test_verbose_false_is_silent_and_verbose_logs_to_python_logging(
     logger = logging.getLogger("llama_rewire")
     logger.addHandler(caplog.handler)
     try:
-        with caplog.at_level(logging.DEBUG, logger="llama_rewire"), \
-                Llama(str(smollm2_path), n_ctx=128, verbose=True) as m:
+        with (
+            caplog.at_level(logging.DEBUG, logger="llama_rewire"),
+            Llama(str(smollm2_path), n_ctx=128, verbose=True) as m,
+        ):
             m(PROMPT, max_tokens=2)
     finally:
         logger.removeHandler(caplog.handler)
@@ -282,6 +310,7 @@ def test_verbose_false_is_silent_and_verbose_logs_to_python_logging(
 
 
 # -- request errors -------------------------------------------------------------------------------
+
 
 def test_context_overflow_is_raised_eagerly_even_when_streaming(smollm2_path: Path) -> None:
     with Llama(str(smollm2_path), n_ctx=64, verbose=False) as m:
@@ -293,19 +322,23 @@ def test_context_overflow_is_raised_eagerly_even_when_streaming(smollm2_path: Pa
         assert text_of(m(PROMPT, max_tokens=2, temperature=0.0))
 
 
-@pytest.mark.parametrize("kwargs, exc", [
-    ({"temperature": float("nan")}, ValueError),
-    ({"repeat_penalty": 0.0}, ValueError),
-    ({"mirostat_mode": 3}, ValueError),
-    ({"logit_bias": {10**9: 1.0}}, ValueError),
-    ({"logit_bias": {"x": 1.0}}, ValueError),
-    ({"stop": [1, 2]}, TypeError),
-    ({"max_tokens": "8"}, ValueError),
-    ({"logprobs": -1}, ValueError),
-    ({"grammar": 'root ::= ("a"'}, ValueError),
-])
-def test_bad_request_parameters_raise_and_the_model_stays_usable(llm: Llama, kwargs: dict[str, Any],
-                                                                 exc: type[Exception]) -> None:
+@pytest.mark.parametrize(
+    "kwargs, exc",
+    [
+        ({"temperature": float("nan")}, ValueError),
+        ({"repeat_penalty": 0.0}, ValueError),
+        ({"mirostat_mode": 3}, ValueError),
+        ({"logit_bias": {10**9: 1.0}}, ValueError),
+        ({"logit_bias": {"x": 1.0}}, ValueError),
+        ({"stop": [1, 2]}, TypeError),
+        ({"max_tokens": "8"}, ValueError),
+        ({"logprobs": -1}, ValueError),
+        ({"grammar": 'root ::= "a"'}, TypeError),
+    ],
+)
+def test_bad_request_parameters_raise_and_the_model_stays_usable(
+    llm: Llama, kwargs: dict[str, Any], exc: type[Exception]
+) -> None:
     with pytest.raises(exc):
         llm(PROMPT, **kwargs)
     assert llm(PROMPT, max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] == 2
@@ -313,8 +346,12 @@ def test_bad_request_parameters_raise_and_the_model_stays_usable(llm: Llama, kwa
 
 def test_kv_overrides_reach_the_loader(smollm2_path: Path) -> None:
     plain = Llama(str(smollm2_path), vocab_only=True, verbose=False)
-    changed = Llama(str(smollm2_path), vocab_only=True, verbose=False,
-                    kv_overrides={"tokenizer.ggml.add_bos_token": not plain.model.add_bos()})
+    changed = Llama(
+        str(smollm2_path),
+        vocab_only=True,
+        verbose=False,
+        kv_overrides={"tokenizer.ggml.add_bos_token": not plain.model.add_bos()},
+    )
     assert plain.model.add_bos() != changed.model.add_bos()
     with pytest.raises(ValueError):
         Llama(str(smollm2_path), vocab_only=True, verbose=False, kv_overrides={"k": [1]})

@@ -10,7 +10,7 @@ written for ``llama_cpp.Llama``.
 
 from __future__ import annotations
 
-from . import llama_cache, llama_grammar, llama_types
+from . import llama_cache, llama_chat_format, llama_grammar, llama_types
 from ._core import (
     GGML_TYPE_BF16,
     GGML_TYPE_F16,
@@ -77,13 +77,6 @@ from .llama_grammar import LlamaGrammar
 __version__ = "0.1.0"
 
 __all__ = [
-    "Activation",
-    "ActivationSpecError",
-    "BaseLlamaCache",
-    "ChatFormatError",
-    "ClosedError",
-    "ContextOverflowError",
-    "DecodeError",
     "GGML_TYPE_BF16",
     "GGML_TYPE_F16",
     "GGML_TYPE_F32",
@@ -98,7 +91,6 @@ __all__ = [
     "GGML_TYPE_Q5_K",
     "GGML_TYPE_Q6_K",
     "GGML_TYPE_Q8_0",
-    "GrammarError",
     "LLAMA_ATTENTION_TYPE_CAUSAL",
     "LLAMA_ATTENTION_TYPE_NON_CAUSAL",
     "LLAMA_ATTENTION_TYPE_UNSPECIFIED",
@@ -126,6 +118,14 @@ __all__ = [
     "LLAMA_VOCAB_TYPE_SPM",
     "LLAMA_VOCAB_TYPE_UGM",
     "LLAMA_VOCAB_TYPE_WPM",
+    "Activation",
+    "ActivationSpecError",
+    "BaseLlamaCache",
+    "ChatFormatError",
+    "ClosedError",
+    "ContextOverflowError",
+    "DecodeError",
+    "GrammarError",
     "Llama",
     "LlamaCache",
     "LlamaDiskCache",
@@ -140,6 +140,7 @@ __all__ = [
     "__version__",
     "format_table",
     "llama_cache",
+    "llama_chat_format",
     "llama_grammar",
     "llama_types",
     "parse",

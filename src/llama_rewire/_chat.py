@@ -16,17 +16,34 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
     from .llama import Llama
 
 DEFAULT_TEMPLATE_FORMAT = "chat_template.default"
 
+# For a GGUF without a chat template: the published format of the architecture's model family.
+FORMAT_BY_ARCH = {
+    "gemma": "gemma",
+    "gemma2": "gemma",
+    "gemma3": "gemma",
+    "gemma3n": "gemma",
+    "qwen": "qwen",
+    "qwen2": "chatml",
+    "qwen2moe": "chatml",
+    "qwen3": "chatml",
+    "qwen3moe": "chatml",
+    "phi3": "phi-3",
+    "mistral": "mistral-instruct",
+}
+
 
 def templates_of(llama: Llama) -> _core.ChatTemplates:
     if llama._chat_templates is None:
         llama._chat_templates = _core.ChatTemplates(llama.model)
-    return llama._chat_templates
+    templates: _core.ChatTemplates = llama._chat_templates
+    return templates
 
 
 def _tool_choice_text(tool_choice: Any) -> str:
@@ -34,7 +51,9 @@ def _tool_choice_text(tool_choice: Any) -> str:
         return "auto"
     if isinstance(tool_choice, str):
         if tool_choice not in ("auto", "none", "required"):
-            raise ValueError(f"tool_choice must be 'auto', 'none', 'required' or a named tool, got {tool_choice!r}")
+            raise ValueError(
+                f"tool_choice must be 'auto', 'none', 'required' or a named tool, got {tool_choice!r}"
+            )
         return tool_choice
     return "required"
 
@@ -53,16 +72,39 @@ def _named_tools(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str
 class TemplateChatHandler:
     """The handler for ``chat_format=None`` on a model whose GGUF carries a chat template."""
 
-    def render(self, llama: Llama, messages: list[dict[str, Any]], *, tools: list[dict[str, Any]] | None = None,
-               tool_choice: Any = None, add_generation_prompt: bool = True) -> _core.ChatRender:
+    def render(
+        self,
+        llama: Llama,
+        messages: list[dict[str, Any]],
+        *,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        add_generation_prompt: bool = True,
+        enable_thinking: bool = False,
+    ) -> _core.ChatRender:
+        """Thinking is off unless asked for: the template then renders as it does without the variable
+        on templates that support both, and small models answer directly."""
         return templates_of(llama).apply(
-            json.dumps(messages), tools=json.dumps(tools) if tools else "",
+            json.dumps(messages),
+            tools=json.dumps(tools) if tools else "",
             tool_choice=_tool_choice_text(tool_choice) if tools else "auto",
-            add_generation_prompt=add_generation_prompt)
+            add_generation_prompt=add_generation_prompt,
+            enable_thinking=enable_thinking,
+        )
 
-    def __call__(self, *, llama: Llama, messages: list[dict[str, Any]], functions: Any = None,
-                 function_call: Any = None, tools: list[dict[str, Any]] | None = None, tool_choice: Any = None,
-                 stream: bool = False, **kwargs: Any) -> Any:
+    def __call__(
+        self,
+        *,
+        llama: Llama,
+        messages: list[dict[str, Any]],
+        functions: Any = None,
+        function_call: Any = None,
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = None,
+        stream: bool = False,
+        enable_thinking: bool = False,
+        **kwargs: Any,
+    ) -> Any:
         from . import llama_chat_format
 
         if functions and not tools:  # the legacy form of tools
@@ -72,24 +114,42 @@ class TemplateChatHandler:
             elif function_call is not None:
                 tool_choice = function_call
         if tools and tool_choice != "none":
-            render = self.render(llama, messages, tools=_named_tools(tools, tool_choice), tool_choice=tool_choice)
+            render = self.render(
+                llama,
+                messages,
+                tools=_named_tools(tools, tool_choice),
+                tool_choice=tool_choice,
+                enable_thinking=enable_thinking,
+            )
             if render.grammar:
                 return _native_tool_completion(llama, render, stream=stream, **kwargs)
 
         def formatter(*, messages: list[dict[str, Any]], **_: Any) -> Any:
-            r = self.render(llama, messages)
+            r = self.render(llama, messages, enable_thinking=enable_thinking)
             return llama_chat_format.ChatFormatterResponse(
-                prompt=r.prompt.decode("utf-8", errors="replace"), stop=list(r.additional_stops))
+                prompt=r.prompt.decode("utf-8", errors="replace"), stop=list(r.additional_stops)
+            )
 
         handler = llama_chat_format.chat_formatter_to_chat_completion_handler(formatter)
-        return handler(llama=llama, messages=messages, tools=tools, tool_choice=tool_choice, stream=stream,
-                       **kwargs)
+        return handler(
+            llama=llama, messages=messages, tools=tools, tool_choice=tool_choice, stream=stream, **kwargs
+        )
 
 
-def _native_tool_completion(llama: Llama, render: _core.ChatRender, *, stream: bool, stop: Any = None,
-                            response_format: Any = None, grammar: Any = None, logprobs: Any = None,
-                            top_logprobs: Any = None, max_tokens: int | None = None,
-                            model: str | None = None, **kwargs: Any) -> Any:
+def _native_tool_completion(
+    llama: Llama,
+    render: _core.ChatRender,
+    *,
+    stream: bool,
+    stop: Any = None,
+    response_format: Any = None,
+    grammar: Any = None,
+    logprobs: Any = None,
+    top_logprobs: Any = None,
+    max_tokens: int | None = None,
+    model: str | None = None,
+    **kwargs: Any,
+) -> Any:
     """Generate under the template's tool-call grammar and parse the output into a chat message."""
     stops = [stop] if isinstance(stop, str) else list(stop or [])
     lazy = None
@@ -101,15 +161,23 @@ def _native_tool_completion(llama: Llama, render: _core.ChatRender, *, stream: b
             elif kind == "word":
                 patterns.append(_regex_escape(value))
             elif kind == "pattern_full":
-                patterns.append(("" if value.startswith("^") else "^") + value + ("" if value.endswith("$") else "$"))
+                patterns.append(
+                    ("" if value.startswith("^") else "^") + value + ("" if value.endswith("$") else "$")
+                )
             else:
                 patterns.append(value)
         lazy = (patterns, tokens)
     sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_KEYS}
     out = llama.create_completion(
-        prompt=render.prompt.decode("utf-8", errors="replace"), max_tokens=max_tokens, stream=False,
-        stop=stops + list(render.additional_stops), grammar=render.grammar, _grammar_lazy=lazy,
-        model=model, **sampling)
+        prompt=render.prompt.decode("utf-8", errors="replace"),
+        max_tokens=max_tokens,
+        stream=False,
+        stop=stops + list(render.additional_stops),
+        grammar=LlamaGrammar(_grammar=render.grammar),
+        _grammar_lazy=lazy,
+        model=model,
+        **sampling,
+    )
     assert isinstance(out, dict)
     text = out["choices"][0]["text"]
     message = json.loads(render.parse(text, False))
@@ -122,21 +190,47 @@ def _native_tool_completion(llama: Llama, render: _core.ChatRender, *, stream: b
         msg["tool_calls"] = tool_calls
     finish = "tool_calls" if tool_calls else out["choices"][0]["finish_reason"]
     result = {
-        "id": "chat" + out["id"], "object": "chat.completion", "created": int(time.time()),
+        "id": "chat" + out["id"],
+        "object": "chat.completion",
+        "created": int(time.time()),
         "model": out["model"],
         "choices": [{"index": 0, "message": msg, "logprobs": None, "finish_reason": finish}],
         "usage": out["usage"],
     }
     if not stream:
         return result
-    return _as_chunks(result)
+    return _Replay(_as_chunks(result), out["usage"])
+
+
+class _Replay:
+    """A finished chat completion replayed as a stream (tool calls are only known at the end)."""
+
+    def __init__(self, chunks: Iterator[dict[str, Any]], usage: dict[str, int]) -> None:
+        self._chunks = chunks
+        self.usage = usage
+
+    def __iter__(self) -> _Replay:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        return next(self._chunks)
+
+    def close(self) -> None:
+        pass
 
 
 def _as_chunks(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    base = {"id": result["id"], "object": "chat.completion.chunk", "created": result["created"],
-            "model": result["model"]}
+    base = {
+        "id": result["id"],
+        "object": "chat.completion.chunk",
+        "created": result["created"],
+        "model": result["model"],
+    }
     msg = result["choices"][0]["message"]
-    yield {**base, "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}]}
+    yield {
+        **base,
+        "choices": [{"index": 0, "delta": {"role": "assistant"}, "logprobs": None, "finish_reason": None}],
+    }
     delta: dict[str, Any] = {}
     if msg.get("content"):
         delta["content"] = msg["content"]
@@ -144,14 +238,36 @@ def _as_chunks(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
         delta["tool_calls"] = [{"index": i, **c} for i, c in enumerate(msg["tool_calls"])]
     if delta:
         yield {**base, "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
-    yield {**base, "choices": [{"index": 0, "delta": {}, "logprobs": None,
-                                "finish_reason": result["choices"][0]["finish_reason"]}]}
+    yield {
+        **base,
+        "choices": [
+            {
+                "index": 0,
+                "delta": {},
+                "logprobs": None,
+                "finish_reason": result["choices"][0]["finish_reason"],
+            }
+        ],
+    }
 
 
 _SAMPLING_KEYS = {
-    "temperature", "top_p", "top_k", "min_p", "typical_p", "seed", "frequency_penalty", "presence_penalty",
-    "repeat_penalty", "mirostat_mode", "mirostat_tau", "mirostat_eta", "logits_processor", "logit_bias",
-    "tfs_z", "stopping_criteria",
+    "temperature",
+    "top_p",
+    "top_k",
+    "min_p",
+    "typical_p",
+    "seed",
+    "frequency_penalty",
+    "presence_penalty",
+    "repeat_penalty",
+    "mirostat_mode",
+    "mirostat_tau",
+    "mirostat_eta",
+    "logits_processor",
+    "logit_bias",
+    "tfs_z",
+    "stopping_criteria",
 }
 
 

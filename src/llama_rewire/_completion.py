@@ -8,15 +8,23 @@ collects logprobs when asked for.
 
 from __future__ import annotations
 
+import codecs
 import math
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, Callable
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import numpy.typing as npt
 
+from .errors import ContextOverflowError
+from .llama_grammar import LlamaGrammar
+
 if TYPE_CHECKING:
-    from .llama import Llama
+    from .llama import Llama, LogitsProcessor, PromptType, StoppingCriteria
+
+Step = tuple[int, Optional[npt.NDArray[np.single]]]
 
 
 def valid_utf8_prefix(data: bytes) -> str:
@@ -84,6 +92,7 @@ class CompletionRun:
         self.prompt_tokens = prompt_tokens
         self.limit = limit
         self.stops = [s for s in stops if s]
+        self.max_stop = max((len(s) for s in self.stops), default=0)
         self.meta = meta
         self.echo_text = echo_text
         self.n_logprobs = logprobs
@@ -114,8 +123,13 @@ class CompletionRun:
         self.top_logprobs.append(top)
 
     def _texts(self) -> Iterator[str]:
-        """Yield the completion text so far after each token; sets finish_reason."""
-        data = b""
+        """Yield the completion text so far after each token; sets finish_reason.
+
+        Bytes are decoded incrementally (an incomplete character waits for its next bytes; invalid bytes
+        become U+FFFD), so the streamed pieces always add up to the text of the whole completion.
+        """
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""
         model = self.llama.model
         try:
             while len(self.completion_tokens) < self.limit:
@@ -125,12 +139,12 @@ class CompletionRun:
                     break
                 self.completion_tokens.append(token)
                 piece_bytes = model.token_to_piece(token, special=False)
-                data += piece_bytes
                 piece = piece_bytes.decode("utf-8", errors="replace")
                 self.pieces.append(piece)
                 self._record_logprobs(token, logits, piece)
-                text = valid_utf8_prefix(data)
-                cut = min((i for i in (text.find(s) for s in self.stops) if i >= 0), default=-1)
+                start = max(0, len(text) - self.max_stop)
+                text += decoder.decode(piece_bytes)
+                cut = min((i for i in (text.find(s, start) for s in self.stops) if i >= 0), default=-1)
                 if cut >= 0:
                     self.finish_reason = "stop"
                     yield text[:cut]
@@ -138,10 +152,10 @@ class CompletionRun:
                 if self.stopping_criteria is not None and self.stopping_criteria(
                         self.llama._input_ids, self.llama.last_logits):
                     self.finish_reason = "stop"
-                    yield text
+                    yield text + decoder.decode(b"", final=True)
                     return
                 yield text
-            yield data.decode("utf-8", errors="replace")
+            yield text + decoder.decode(b"", final=True)
         finally:
             close = getattr(self.steps, "close", None)
             if close is not None:
@@ -167,9 +181,9 @@ class CompletionRun:
         top: list[dict[str, float] | None] = []
         offsets: list[int] = []
         if with_prompt and self.prompt_logprobs is not None:
-            for key in ("tokens", "token_logprobs", "top_logprobs"):
-                {"tokens": tokens, "token_logprobs": token_logprobs, "top_logprobs": top}[key].extend(
-                    self.prompt_logprobs[key])
+            tokens.extend(self.prompt_logprobs["tokens"])
+            token_logprobs.extend(self.prompt_logprobs["token_logprobs"])
+            top.extend(self.prompt_logprobs["top_logprobs"])
             pos = 0
             for piece in self.prompt_logprobs["tokens"]:
                 offsets.append(pos)
@@ -227,3 +241,91 @@ class CompletionRun:
         keep = sum(1 for off in logprobs["text_offset"] if off < text_len)
         for key in ("tokens", "text_offset", "token_logprobs", "top_logprobs"):
             del logprobs[key][keep:]
+
+
+def _prompt_logprobs(llama: Llama, tokens: list[int], k: int) -> dict[str, Any]:
+    """Logprobs of the prompt tokens (echo): needs logits_all."""
+    pieces = [llama.detokenize([t]).decode("utf-8", errors="replace") for t in tokens]
+    token_lp: list[float | None] = [None]
+    top: list[dict[str, float] | None] = [None]
+    for i in range(1, len(tokens)):
+        lp = log_softmax(llama.scores[i - 1])
+        token_lp.append(float(lp[tokens[i]]))
+        best = np.argsort(-lp)[:k] if k > 0 else np.zeros(0, dtype=np.intp)
+        entry = {llama.detokenize([int(j)]).decode("utf-8", errors="replace"): float(lp[j]) for j in best}
+        entry[pieces[i]] = float(lp[tokens[i]])
+        top.append(entry)
+    return {"tokens": pieces, "token_logprobs": token_lp, "top_logprobs": top}
+
+
+def _prepend(first: Step, rest: Iterator[Step]) -> Iterator[Step]:
+    try:
+        yield first
+        yield from rest
+    finally:
+        close = getattr(rest, "close", None)
+        if close is not None:
+            close()
+
+
+def create_completion(
+    llama: Llama, prompt: PromptType, *, suffix: str | None, max_tokens: int | None, logprobs: int | None,
+    echo: bool, stop: str | list[str] | None, stream: bool, seed: int | None, model: str | None,
+    stopping_criteria: StoppingCriteria | None, logits_processor: LogitsProcessor | None,
+    grammar: LlamaGrammar | None, grammar_lazy: tuple[Sequence[str], Sequence[int]] | None,
+    sampling: dict[str, Any],
+) -> dict[str, Any] | CompletionIterator:
+    """The body of ``Llama.create_completion``: checks, sampler, then a run (streamed or not)."""
+    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+        raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
+    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+        raise ValueError(f"logprobs must be a non-negative integer or None, got {logprobs!r}")
+    if suffix:
+        raise ValueError("suffix (fill-in-the-middle) is not supported")
+    if grammar is not None and not isinstance(grammar, LlamaGrammar):
+        raise TypeError("grammar must be a LlamaGrammar (see LlamaGrammar.from_string)")
+    if echo and logprobs is not None and not llama.context_params["logits_all"]:
+        raise ValueError("echo with logprobs needs a model created with logits_all=True")
+    prompt_tokens = llama._prompt_tokens(prompt)
+    if not prompt_tokens:
+        raise ValueError("the prompt is empty and the model has no BOS token")
+    n_ctx = llama.n_ctx()
+    if len(prompt_tokens) >= n_ctx:
+        raise ContextOverflowError(len(prompt_tokens), n_ctx)
+    budget = n_ctx - len(prompt_tokens)
+    limit = budget if max_tokens is None or max_tokens <= 0 else min(max_tokens, budget)
+    stops = [stop] if isinstance(stop, str) else list(stop or [])
+    if not all(isinstance(s, str) for s in stops):
+        raise TypeError("stop must be a string or a list of strings")
+    patterns, trigger_tokens = grammar_lazy if grammar_lazy is not None else ((), ())
+    sampler = llama._sampler(**sampling, seed=llama._draw_seed(seed), grammar=grammar,
+                             grammar_lazy=grammar_lazy is not None, trigger_patterns=patterns,
+                             trigger_tokens=trigger_tokens)
+    meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
+            "model": model or llama.model_path}
+    to_eval = llama._prefix_reuse(prompt_tokens)
+    if echo and logprobs is not None:
+        llama.reset()  # every prompt token's logits are needed
+        to_eval = prompt_tokens
+    steps = llama._steps(to_eval, sampler, logits_processor=logits_processor,
+                         want_logits=logprobs is not None)
+    prompt_lp = None
+    if echo and logprobs is not None:
+        first = next(steps)  # evaluates the prompt, so its logits are there
+        prompt_lp = _prompt_logprobs(llama, prompt_tokens, logprobs)
+        steps = _prepend(first, steps)
+    echo_text = ""
+    if echo:
+        echo_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
+            "utf-8", errors="replace")
+
+    def finish() -> None:
+        if llama.cache is not None and llama.n_tokens:
+            llama.cache[llama._input_ids.tolist()] = llama.save_state()
+
+    run = CompletionRun(llama, steps, prompt_tokens=prompt_tokens, limit=limit, stops=stops, meta=meta,
+                        echo_text=echo_text, logprobs=logprobs, stopping_criteria=stopping_criteria,
+                        prompt_logprobs=prompt_lp, on_finish=finish)
+    if stream:
+        return CompletionIterator(run.chunks(), run)
+    return run.complete()

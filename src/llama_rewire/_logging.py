@@ -21,22 +21,21 @@ _LEVELS = {
     _core.LOG_LEVEL_ERROR: logging.ERROR,
 }
 
-_pending: list[str] = []
-_pending_level = logging.INFO
+_pending: list[str] = []  # the pieces of the current line
+_pending_level = [logging.INFO]  # the level of its first piece
 _lock = threading.Lock()
 
 
 def _sink(level: int, text: str) -> None:
-    global _pending_level
     with _lock:
         if not _pending:
-            _pending_level = _LEVELS.get(level, logging.INFO)
+            _pending_level[0] = _LEVELS.get(level, logging.INFO)
         _pending.append(text)
         if not text.endswith("\n"):
             return
         line = "".join(_pending).rstrip("\n")
         _pending.clear()
-        level_now = _pending_level
+        level_now = _pending_level[0]
     if line:
         logger.log(level_now, "%s", line)
 

@@ -134,7 +134,9 @@ def parse_activation(value: Any, where: str = "activation") -> Activation:
         try:
             t = float(tail)
         except ValueError:
-            raise ActivationSpecError(f"{where}: a threshold must be a number, got {tail.strip()!r}") from None
+            raise ActivationSpecError(
+                f"{where}: a threshold must be a number, got {tail.strip()!r}"
+            ) from None
         base = parse_activation(body, where)
         return Activation(base.name, base.param, _check_threshold(base.name, t, where))
     m = _CALL.match(value)

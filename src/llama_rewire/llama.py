@@ -5,18 +5,16 @@ from __future__ import annotations
 import logging
 import os
 import random
-import time
-import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, Callable, Optional, Union
+from typing import Any, Callable, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _core, _logging
+from . import _completion, _core, _logging
 from . import activations as _acts
-from ._completion import CompletionIterator, CompletionRun, log_softmax
+from ._completion import CompletionIterator
 from ._embedding import embed as _embed
 from .activations import Activation, Spec
 from .errors import ContextOverflowError
@@ -39,16 +37,18 @@ _MAX_SPARSE_SCORES_BYTES = 4 << 30
 _log = logging.getLogger("llama_rewire")
 
 
-class LogitsProcessorList(list[LogitsProcessor]):  # type: ignore[misc]
+class LogitsProcessorList(list[LogitsProcessor]):
     """Processors applied in order to the logits before sampling."""
 
-    def __call__(self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+    def __call__(
+        self, input_ids: npt.NDArray[np.intc], scores: npt.NDArray[np.single]
+    ) -> npt.NDArray[np.single]:
         for processor in self:
             scores = processor(input_ids, scores)
         return scores
 
 
-class StoppingCriteriaList(list[StoppingCriteria]):  # type: ignore[misc]
+class StoppingCriteriaList(list[StoppingCriteria]):
     """Generation stops as soon as one criterion returns True."""
 
     def __call__(self, input_ids: npt.NDArray[np.intc], logits: npt.NDArray[np.single]) -> bool:
@@ -57,7 +57,9 @@ class StoppingCriteriaList(list[StoppingCriteria]):  # type: ignore[misc]
 
 def _check_count(name: str, value: Any, *, positive: bool = False) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
-        raise ValueError(f"{name} must be a {'positive' if positive else 'non-negative'} integer, got {value!r}")
+        raise ValueError(
+            f"{name} must be a {'positive' if positive else 'non-negative'} integer, got {value!r}"
+        )
 
 
 class Llama:
@@ -70,7 +72,7 @@ class Llama:
     :mod:`llama_rewire.stats`).
     """
 
-    def __init__(  # noqa: PLR0915
+    def __init__(
         self,
         model_path: str | os.PathLike[str] | None = None,
         *,
@@ -125,8 +127,12 @@ class Llama:
 
             model_path = fetch(progress=verbose)
         self.model_path = str(model_path)
-        for name, value in (("n_ctx", n_ctx), ("n_batch", n_batch), ("n_ubatch", n_ubatch),
-                            ("last_n_tokens_size", last_n_tokens_size)):
+        for name, value in (
+            ("n_ctx", n_ctx),
+            ("n_batch", n_batch),
+            ("n_ubatch", n_ubatch),
+            ("last_n_tokens_size", last_n_tokens_size),
+        ):
             _check_count(name, value)
         if n_batch == 0 or n_ubatch == 0:
             raise ValueError("n_batch and n_ubatch must be positive")
@@ -140,13 +146,24 @@ class Llama:
             _log.debug("ignoring unknown Llama arguments: %s", ", ".join(sorted(kwargs)))
 
         self._model: _core.Model | None = _core.Model(
-            self.model_path, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, use_mlock=use_mlock,
-            vocab_only=vocab_only, main_gpu=main_gpu, split_mode=split_mode,
-            tensor_split=list(tensor_split or []), kv_overrides=dict(kv_overrides or {}),
+            self.model_path,
+            n_gpu_layers=n_gpu_layers,
+            use_mmap=use_mmap,
+            use_mlock=use_mlock,
+            vocab_only=vocab_only,
+            main_gpu=main_gpu,
+            split_mode=split_mode,
+            tensor_split=list(tensor_split or []),
+            kv_overrides=dict(kv_overrides or {}),
         )
         self._ctx: _core.Context | None = None
-        self.context_params = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": n_ubatch,
-                               "embeddings": embedding, "logits_all": logits_all}
+        self.context_params = {
+            "n_ctx": n_ctx,
+            "n_batch": n_batch,
+            "n_ubatch": n_ubatch,
+            "embeddings": embedding,
+            "logits_all": logits_all,
+        }
         self._logits_all = logits_all
         self._embedding = embedding
         self.last_n_tokens_size = last_n_tokens_size
@@ -170,9 +187,13 @@ class Llama:
         n_batch = min(n_batch, n_ctx_eff)
         threads = n_threads if n_threads else max(1, (os.cpu_count() or 2) // 2)
         extra: dict[str, Any] = {
-            "rope_freq_base": rope_freq_base, "rope_freq_scale": rope_freq_scale,
-            "yarn_ext_factor": yarn_ext_factor, "yarn_attn_factor": yarn_attn_factor,
-            "yarn_beta_fast": yarn_beta_fast, "yarn_beta_slow": yarn_beta_slow, "yarn_orig_ctx": yarn_orig_ctx,
+            "rope_freq_base": rope_freq_base,
+            "rope_freq_scale": rope_freq_scale,
+            "yarn_ext_factor": yarn_ext_factor,
+            "yarn_attn_factor": yarn_attn_factor,
+            "yarn_beta_fast": yarn_beta_fast,
+            "yarn_beta_slow": yarn_beta_slow,
+            "yarn_orig_ctx": yarn_orig_ctx,
             "rope_scaling_type": -1 if rope_scaling_type is None else rope_scaling_type,
             "pooling_type": pooling_type,
         }
@@ -182,11 +203,21 @@ class Llama:
             extra["kv_unified"] = True  # several sequences per batch share the whole window
         try:
             self._ctx = _core.Context(
-                self._model, n_ctx=n_ctx_eff, n_batch=n_batch, n_ubatch=min(n_ubatch, n_batch),
-                n_threads=threads, n_threads_batch=n_threads_batch or threads,
-                type_k=-1 if type_k is None else int(type_k), type_v=-1 if type_v is None else int(type_v),
-                flash_attn=1 if flash_attn else 0, embeddings=embedding, offload_kqv=offload_kqv,
-                observe_ffn=observe_ffn, eps=ffn_stats_eps, n_seq_max=16 if embedding else 1, extra=extra,
+                self._model,
+                n_ctx=n_ctx_eff,
+                n_batch=n_batch,
+                n_ubatch=min(n_ubatch, n_batch),
+                n_threads=threads,
+                n_threads_batch=n_threads_batch or threads,
+                type_k=-1 if type_k is None else int(type_k),
+                type_v=-1 if type_v is None else int(type_v),
+                flash_attn=1 if flash_attn else 0,
+                embeddings=embedding,
+                offload_kqv=offload_kqv,
+                observe_ffn=observe_ffn,
+                eps=ffn_stats_eps,
+                n_seq_max=16 if embedding else 1,
+                extra=extra,
             )
             if lora_path:
                 self._ctx.lora_add(str(lora_path), float(lora_scale))
@@ -223,7 +254,11 @@ class Llama:
                 self.chat_format = _chat.DEFAULT_TEMPLATE_FORMAT
                 self._chat_handlers[self.chat_format] = _chat.TemplateChatHandler()
             else:
-                self.chat_format = "llama-2"
+                # no template in the file: the format of the architecture's family, else llama-2
+                arch = self.metadata.get("general.architecture", "")
+                self.chat_format = _chat.FORMAT_BY_ARCH.get(arch, "llama-2")
+                if self.verbose:
+                    _log.info("no chat template in the GGUF: using chat_format=%r", self.chat_format)
 
     # -- lifetime ---------------------------------------------------------------------------------
 
@@ -314,16 +349,20 @@ class Llama:
             raise TypeError("tokenize takes bytes: use text.encode('utf-8')")
         return list(self.model.tokenize(bytes(text), add_special=add_bos, parse_special=special))
 
-    def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
-                   special: bool = False) -> bytes:
-        """Token ids to UTF-8 bytes (the text of ``tokens`` as continued after ``prev_tokens``)."""
+    def detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
+    ) -> bytes:
+        """Token ids to UTF-8 bytes: the pieces joined, as llama-cpp-python does.
+
+        A leading BOS drops the space its first word carries (SentencePiece vocabularies); after
+        ``prev_tokens`` the text is the continuation, so nothing is dropped.
+        """
         toks = [int(t) for t in tokens]
-        if prev_tokens is None:
-            return bytes(self.model.detokenize(toks, remove_special=False, unparse_special=special))
-        prev = [int(t) for t in prev_tokens]
-        whole = bytes(self.model.detokenize(prev + toks, remove_special=False, unparse_special=special))
-        head = bytes(self.model.detokenize(prev, remove_special=False, unparse_special=special))
-        return whole[len(head):]
+        model = self.model
+        out = b"".join(model.token_to_piece(t, special=special) for t in toks)
+        if toks and not prev_tokens and toks[0] == self.token_bos() and out.startswith(b" "):
+            out = out[1:]
+        return out
 
     # -- evaluation -------------------------------------------------------------------------------
 
@@ -425,9 +464,15 @@ class Llama:
             scores = self.last_logits[None, :].copy()
         else:
             scores = np.zeros((0, self._n_vocab), np.single)
-        return LlamaState(input_ids=self.input_ids[: self.n_tokens].copy(), scores=scores,
-                          n_tokens=self.n_tokens, llama_state=data, llama_state_size=len(data),
-                          seed=self._seed, rng_state=self._rng.getstate())
+        return LlamaState(
+            input_ids=self.input_ids[: self.n_tokens].copy(),
+            scores=scores,
+            n_tokens=self.n_tokens,
+            llama_state=data,
+            llama_state_size=len(data),
+            seed=self._seed,
+            rng_state=self._rng.getstate(),
+        )
 
     def load_state(self, state: LlamaState) -> None:
         self.ctx.state_set(state.llama_state)
@@ -452,12 +497,27 @@ class Llama:
             return int(seed) & 0xFFFFFFFF
         return self._rng.getrandbits(32)
 
-    def _sampler(self, *, temp: float, top_k: int, top_p: float, min_p: float, typical_p: float,
-                 repeat_penalty: float, frequency_penalty: float, presence_penalty: float,
-                 mirostat_mode: int, mirostat_tau: float, mirostat_eta: float, seed: int,
-                 logit_bias: dict[Any, float] | None, grammar: LlamaGrammar | str | None,
-                 grammar_lazy: bool = False, trigger_patterns: Sequence[str] = (),
-                 trigger_tokens: Sequence[int] = ()) -> _core.Sampler:
+    def _sampler(
+        self,
+        *,
+        temp: float,
+        top_k: int,
+        top_p: float,
+        min_p: float,
+        typical_p: float,
+        repeat_penalty: float,
+        frequency_penalty: float,
+        presence_penalty: float,
+        mirostat_mode: int,
+        mirostat_tau: float,
+        mirostat_eta: float,
+        seed: int,
+        logit_bias: dict[Any, float] | None,
+        grammar: LlamaGrammar | str | None,
+        grammar_lazy: bool = False,
+        trigger_patterns: Sequence[str] = (),
+        trigger_tokens: Sequence[int] = (),
+    ) -> _core.Sampler:
         bias = []
         for tok, b in (logit_bias or {}).items():
             try:
@@ -466,27 +526,64 @@ class Llama:
                 raise ValueError(f"logit_bias keys must be token ids, got {tok!r}") from None
         gbnf = grammar.grammar if isinstance(grammar, LlamaGrammar) else (grammar or "")
         return _core.Sampler(
-            self.model, temperature=float(temp), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p),
-            typical_p=float(typical_p), repeat_penalty=float(repeat_penalty),
-            frequency_penalty=float(frequency_penalty), presence_penalty=float(presence_penalty),
-            penalty_last_n=self.last_n_tokens_size, mirostat_mode=int(mirostat_mode),
-            mirostat_tau=float(mirostat_tau), mirostat_eta=float(mirostat_eta), seed=seed, logit_bias=bias,
-            grammar=gbnf, grammar_lazy=grammar_lazy, trigger_patterns=list(trigger_patterns),
-            trigger_tokens=[int(t) for t in trigger_tokens])
+            self.model,
+            temperature=float(temp),
+            top_k=int(top_k),
+            top_p=float(top_p),
+            min_p=float(min_p),
+            typical_p=float(typical_p),
+            repeat_penalty=float(repeat_penalty),
+            frequency_penalty=float(frequency_penalty),
+            presence_penalty=float(presence_penalty),
+            penalty_last_n=self.last_n_tokens_size,
+            mirostat_mode=int(mirostat_mode),
+            mirostat_tau=float(mirostat_tau),
+            mirostat_eta=float(mirostat_eta),
+            seed=seed,
+            logit_bias=bias,
+            grammar=gbnf,
+            grammar_lazy=grammar_lazy,
+            trigger_patterns=list(trigger_patterns),
+            trigger_tokens=[int(t) for t in trigger_tokens],
+        )
 
-    def sample(self, top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05, typical_p: float = 1.0,
-               temp: float = 0.80, repeat_penalty: float = 1.0, frequency_penalty: float = 0.0,
-               presence_penalty: float = 0.0, tfs_z: float = 1.0, mirostat_mode: int = 0,
-               mirostat_eta: float = 0.1, mirostat_tau: float = 5.0, penalize_nl: bool = True,
-               logits_processor: LogitsProcessor | None = None, grammar: LlamaGrammar | None = None,
-               idx: int | None = None) -> int:
+    def sample(
+        self,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_eta: float = 0.1,
+        mirostat_tau: float = 5.0,
+        penalize_nl: bool = True,
+        logits_processor: LogitsProcessor | None = None,
+        grammar: LlamaGrammar | None = None,
+        idx: int | None = None,
+    ) -> int:
         """Sample one token from the last evaluated logits (the seed sequence of ``set_seed``)."""
-        sampler = self._sampler(temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-                                repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-                                presence_penalty=presence_penalty, mirostat_mode=mirostat_mode,
-                                mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta,
-                                seed=self._draw_seed(None), logit_bias=None, grammar=grammar)
-        for t in self._input_ids[-self.last_n_tokens_size:]:
+        sampler = self._sampler(
+            temp=temp,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta,
+            seed=self._draw_seed(None),
+            logit_bias=None,
+            grammar=grammar,
+        )
+        for t in self._input_ids[-self.last_n_tokens_size :]:
             sampler.accept(int(t), grammar=False)
         if logits_processor is not None:
             return int(sampler.sample_logits(logits_processor(self._input_ids, self.last_logits.copy())))
@@ -494,12 +591,17 @@ class Llama:
             return int(sampler.sample_logits(self.last_logits))
         return int(sampler.sample(self.ctx, -1))
 
-    def _steps(self, tokens: list[int], sampler: _core.Sampler, *,
-               logits_processor: LogitsProcessor | None, want_logits: bool,
-               ) -> Iterator[tuple[int, npt.NDArray[np.single] | None]]:
+    def _steps(
+        self,
+        tokens: list[int],
+        sampler: _core.Sampler,
+        *,
+        logits_processor: LogitsProcessor | None,
+        want_logits: bool,
+    ) -> Iterator[tuple[int, npt.NDArray[np.single] | None]]:
         """Evaluate tokens (after the reused prefix), then yield (token, raw logits) step by step."""
         self.eval(tokens)
-        for t in self._input_ids[-self.last_n_tokens_size:]:
+        for t in self._input_ids[-self.last_n_tokens_size :]:
             sampler.accept(int(t), grammar=False)
         ctx = self.ctx
         while True:
@@ -512,24 +614,50 @@ class Llama:
             yield token, raw
             self.eval([token])
 
-    def generate(self, tokens: Sequence[int], top_k: int = 40, top_p: float = 0.95, min_p: float = 0.05,
-                 typical_p: float = 1.0, temp: float = 0.80, repeat_penalty: float = 1.0,
-                 reset: bool = True, frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
-                 tfs_z: float = 1.0, mirostat_mode: int = 0, mirostat_tau: float = 5.0,
-                 mirostat_eta: float = 0.1, penalize_nl: bool = True,
-                 logits_processor: LogitsProcessor | None = None,
-                 stopping_criteria: StoppingCriteria | None = None, grammar: LlamaGrammar | None = None,
-                 seed: int | None = None, temperature: float | None = None) -> Iterator[int]:
+    def generate(
+        self,
+        tokens: Sequence[int],
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        typical_p: float = 1.0,
+        temp: float = 0.80,
+        repeat_penalty: float = 1.0,
+        reset: bool = True,
+        frequency_penalty: float = 0.0,
+        presence_penalty: float = 0.0,
+        tfs_z: float = 1.0,
+        mirostat_mode: int = 0,
+        mirostat_tau: float = 5.0,
+        mirostat_eta: float = 0.1,
+        penalize_nl: bool = True,
+        logits_processor: LogitsProcessor | None = None,
+        stopping_criteria: StoppingCriteria | None = None,
+        grammar: LlamaGrammar | None = None,
+        seed: int | None = None,
+        temperature: float | None = None,
+    ) -> Iterator[int]:
         """Yield sampled tokens after evaluating ``tokens``; the caller stops the loop."""
         toks = [int(t) for t in tokens]
         if not toks:
             raise ValueError("generate needs at least one prompt token")
         toks = self._prefix_reuse(toks) if reset else toks
         sampler = self._sampler(
-            temp=temp if temperature is None else temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=None, grammar=grammar)
+            temp=temp if temperature is None else temperature,
+            top_k=top_k,
+            top_p=top_p,
+            min_p=min_p,
+            typical_p=typical_p,
+            repeat_penalty=repeat_penalty,
+            frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty,
+            mirostat_mode=mirostat_mode,
+            mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta,
+            seed=self._draw_seed(seed),
+            logit_bias=None,
+            grammar=grammar,
+        )
         for token, _ in self._steps(toks, sampler, logits_processor=logits_processor, want_logits=False):
             if stopping_criteria is not None and stopping_criteria(self._input_ids, self.last_logits):
                 return
@@ -539,8 +667,10 @@ class Llama:
 
     def _prompt_tokens(self, prompt: PromptType) -> list[int]:
         if isinstance(prompt, str):
-            return self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True) if prompt else (
-                [self.token_bos()] if self.token_bos() >= 0 else []
+            return (
+                self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+                if prompt
+                else ([self.token_bos()] if self.token_bos() >= 0 else [])
             )
         if isinstance(prompt, (bytes, bytearray)):
             raise TypeError("prompt must be a str or a list of token ids")
@@ -581,27 +711,12 @@ class Llama:
     def logits_to_logprobs(logits: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.single]:
         x = np.asarray(logits, dtype=np.float64)
         m = np.max(x, axis=axis, keepdims=True)
-        out: npt.NDArray[np.single] = (x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))).astype(
-            np.single)
+        out: npt.NDArray[np.single] = (
+            x - m - np.log(np.sum(np.exp(x - m), axis=axis, keepdims=True))
+        ).astype(np.single)
         return out
 
-    def _prompt_logprobs(self, tokens: list[int], k: int) -> dict[str, Any]:
-        """Logprobs of the prompt tokens (echo): needs logits_all."""
-        if not self._logits_all:
-            raise ValueError("echo with logprobs needs a model created with logits_all=True")
-        pieces = [self.detokenize([t]).decode("utf-8", errors="replace") for t in tokens]
-        token_lp: list[float | None] = [None]
-        top: list[dict[str, float] | None] = [None]
-        for i in range(1, len(tokens)):
-            lp = log_softmax(self._scores_buf[i - 1])
-            token_lp.append(float(lp[tokens[i]]))
-            best = np.argsort(-lp)[:k] if k > 0 else []
-            entry = {self.detokenize([int(j)]).decode("utf-8", errors="replace"): float(lp[j]) for j in best}
-            entry[pieces[i]] = float(lp[tokens[i]])
-            top.append(entry)
-        return {"tokens": pieces, "token_logprobs": token_lp, "top_logprobs": top}
-
-    def create_completion(  # noqa: C901
+    def create_completion(
         self,
         prompt: PromptType,
         suffix: str | None = None,
@@ -637,61 +752,18 @@ class Llama:
         Errors in the request (a bad parameter, a grammar that does not parse, a prompt that does not
         fit) are raised here, before any chunk is produced.
         """
-        if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
-            raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
-        if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
-            raise ValueError(f"logprobs must be a non-negative integer or None, got {logprobs!r}")
-        if suffix:
-            raise ValueError("suffix (fill-in-the-middle) is not supported")
-        if grammar is not None and not isinstance(grammar, (LlamaGrammar, str)):
-            raise TypeError("grammar must be a LlamaGrammar")
-        prompt_tokens = self._prompt_tokens(prompt)
-        if not prompt_tokens:
-            raise ValueError("the prompt is empty and the model has no BOS token")
-        if len(prompt_tokens) >= self._n_ctx:
-            raise ContextOverflowError(len(prompt_tokens), self._n_ctx)
-        budget = self._n_ctx - len(prompt_tokens)
-        limit = budget if max_tokens is None or max_tokens <= 0 else min(max_tokens, budget)
-        stops = [stop] if isinstance(stop, str) else list(stop or [])
-        if not all(isinstance(s, str) for s in stops):
-            raise TypeError("stop must be a string or a list of strings")
-        lazy = _grammar_lazy is not None
-        sampler = self._sampler(
-            temp=temperature, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=logit_bias, grammar=grammar,
-            grammar_lazy=lazy, trigger_patterns=_grammar_lazy[0] if lazy else (),  # type: ignore[index]
-            trigger_tokens=_grammar_lazy[1] if lazy else ())  # type: ignore[index]
-        completion_id = f"cmpl-{uuid.uuid4()}"
-        meta = {"id": completion_id, "object": "text_completion", "created": int(time.time()),
-                "model": model or self.model_path}
-        to_eval = self._prefix_reuse(prompt_tokens)
-        prompt_lp = None
-        if echo and logprobs is not None:
-            self.reset()
-            to_eval = prompt_tokens
-        steps = self._steps(to_eval, sampler, logits_processor=logits_processor,
-                            want_logits=logprobs is not None)
-        if echo and logprobs is not None:
-            first = next(steps)  # evaluates the prompt, so its logits are there
-            prompt_lp = self._prompt_logprobs(prompt_tokens, logprobs)
-            steps = _prepend(first, steps)
-        echo_text = ""
-        if echo:
-            echo_text = prompt if isinstance(prompt, str) else self.detokenize(prompt_tokens).decode(
-                "utf-8", errors="replace")
-
-        def finish() -> None:
-            if self.cache is not None and self.n_tokens:
-                self.cache[self._input_ids.tolist()] = self.save_state()
-
-        run = CompletionRun(self, steps, prompt_tokens=prompt_tokens, limit=limit, stops=stops, meta=meta,
-                            echo_text=echo_text, logprobs=logprobs, stopping_criteria=stopping_criteria,
-                            prompt_logprobs=prompt_lp, on_finish=finish)
-        if stream:
-            return CompletionIterator(run.chunks(), run)
-        return run.complete()
+        sampling = {
+            "temp": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p,
+            "repeat_penalty": repeat_penalty, "frequency_penalty": frequency_penalty,
+            "presence_penalty": presence_penalty, "mirostat_mode": mirostat_mode,
+            "mirostat_tau": mirostat_tau, "mirostat_eta": mirostat_eta, "logit_bias": logit_bias,
+        }
+        return _completion.create_completion(
+            self, prompt, suffix=suffix, max_tokens=max_tokens, logprobs=logprobs, echo=echo, stop=stop,
+            stream=stream, seed=seed, model=model, stopping_criteria=stopping_criteria,
+            logits_processor=logits_processor, grammar=grammar, grammar_lazy=_grammar_lazy,
+            sampling=sampling,
+        )
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
         return self.create_completion(prompt, *args, **kwargs)
@@ -710,14 +782,22 @@ class Llama:
             raise TypeError("create_chat_completion takes the messages and keyword arguments only")
         if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
             raise TypeError("messages must be a list of dicts")
-        handler = (self.chat_handler or self._chat_handlers.get(self.chat_format or "")
-                   or llama_chat_format.get_chat_completion_handler(self.chat_format or "llama-2"))
+        handler = (
+            self.chat_handler
+            or self._chat_handlers.get(self.chat_format or "")
+            or llama_chat_format.get_chat_completion_handler(self.chat_format or "llama-2")
+        )
         return handler(llama=self, messages=messages, **kwargs)
 
     # -- embeddings -------------------------------------------------------------------------------
 
-    def embed(self, input: str | list[str], normalize: bool = False, truncate: bool = True,
-              return_count: bool = False) -> Any:
+    def embed(
+        self,
+        input: str | list[str],
+        normalize: bool = False,
+        truncate: bool = True,
+        return_count: bool = False,
+    ) -> Any:
         """Embeddings of a text or a list of texts (pooled as the model defines; per token if none)."""
         if not self._embedding:
             raise RuntimeError("Llama model must be created with embedding=True to call this method")
@@ -738,12 +818,3 @@ class Llama:
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         }
 
-
-def _prepend(first: tuple[int, Optional[npt.NDArray[np.single]]],
-             rest: Iterator[tuple[int, Optional[npt.NDArray[np.single]]]],
-             ) -> Iterator[tuple[int, Optional[npt.NDArray[np.single]]]]:
-    try:
-        yield first
-        yield from rest
-    finally:
-        rest.close()  # type: ignore[attr-defined]

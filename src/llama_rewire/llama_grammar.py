@@ -12,9 +12,9 @@ from typing import Any
 from . import _core
 from .errors import GrammarError
 
-# Any JSON value, with an object or array at the top (what response_format json_object asks for).
+# A JSON object (what response_format json_object asks for), with any JSON values inside.
 JSON_GBNF = r"""
-root   ::= ws ( object | array )
+root   ::= ws object
 value  ::= object | array | string | number | ("true" | "false" | "null")
 object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
 array  ::= "[" ws ( value ( ws "," ws value )* )? ws "]"

@@ -37,7 +37,9 @@ def _read_toml(data: bytes) -> dict[str, Any]:
         try:
             import tomli as tomllib
         except ImportError:
-            raise ActivationSpecError("reading TOML profiles on Python < 3.11 needs the 'tomli' package") from None
+            raise ActivationSpecError(
+                "reading TOML profiles on Python < 3.11 needs the 'tomli' package"
+            ) from None
     return tomllib.loads(data.decode("utf-8"))
 
 

@@ -67,6 +67,9 @@ public:
     chat_templates(std::shared_ptr<model> mdl, const std::string & override_tmpl, const std::string & bos,
                    const std::string & eos)
         : model_(std::move(mdl)) {
+        if (!model_ && override_tmpl.empty()) {
+            throw chat_error("a chat template needs a model or the template text");
+        }
         try {
             tmpls_ = common_chat_templates_init(model_ ? model_->get() : nullptr, override_tmpl, bos, eos);
         } catch (const std::exception & e) {

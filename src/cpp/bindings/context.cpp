@@ -2,6 +2,9 @@
 #include "core.h"
 #include "observe.h"
 
+#include "ggml-backend.h"
+#include "ggml-cpu.h"
+
 #include <cstring>
 #include <thread>
 #include <vector>
@@ -24,6 +27,7 @@ public:
         if (ptr_ == nullptr) {
             throw std::runtime_error("failed to create a llama_context (see the log above for the cause)");
         }
+        attach_threadpool(std::max(params.n_threads, params.n_threads_batch));
         batch_ = llama_batch_init((int32_t) llama_n_batch(ptr_), 0, (int32_t) llama_n_seq_max(ptr_));
         model_->context_opened();
     }
@@ -36,6 +40,10 @@ public:
             llama_batch_free(batch_);
             llama_free(ptr_);
             ptr_ = nullptr;
+            if (threadpool_) {
+                threadpool_free_(threadpool_);
+                threadpool_ = nullptr;
+            }
             for (llama_adapter_lora * a : loras_) {
                 llama_adapter_lora_free(a);
             }
@@ -269,6 +277,26 @@ public:
     }
 
 private:
+    // A persistent CPU thread pool (as llama-bench uses): without one, ggml starts and joins its worker
+    // threads on every decode, which costs several percent of the generation speed.
+    void attach_threadpool(int32_t n_threads) {
+        ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+        ggml_backend_reg_t reg = cpu ? ggml_backend_dev_backend_reg(cpu) : nullptr;
+        if (reg == nullptr) {
+            return;
+        }
+        auto * tp_new  = (decltype(ggml_threadpool_new) *) ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new");
+        threadpool_free_ = (decltype(ggml_threadpool_free) *) ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_free");
+        if (tp_new == nullptr || threadpool_free_ == nullptr) {
+            return;
+        }
+        ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+        threadpool_ = tp_new(&tpp);
+        if (threadpool_) {
+            llama_attach_threadpool(ptr_, threadpool_, nullptr);
+        }
+    }
+
     static void check_rc(int32_t rc) {
         if (rc != 0) {
             std::string why = rc == 1  ? "no KV cache slot for the batch (context full)"
@@ -288,6 +316,8 @@ private:
     }
 
     std::shared_ptr<model> model_;
+    ggml_threadpool * threadpool_ = nullptr;
+    decltype(ggml_threadpool_free) * threadpool_free_ = nullptr;
     std::vector<llama_adapter_lora *> loras_;
     std::vector<float> lora_scales_;
     std::unique_ptr<ffn_observer> observer_;

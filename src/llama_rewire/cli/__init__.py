@@ -13,6 +13,7 @@ SUBCOMMANDS = {
     "sweep": "an activation on each layer (or group) alone: dPPL and KL against the original, table and plot",
     "stats": "per-layer FFN activation statistics over a text, with a histogram plot",
     "calibrate": "per-layer thresholds for a target activation sparsity, written as a profile",
+    "serve": "an OpenAI-compatible HTTP server; several models (and activations) side by side",
 }
 
 

@@ -1,0 +1,408 @@
+"""Chat formats: the registry of chat completion handlers, and Jinja chat templates.
+
+The public names are llama-cpp-python's (``llama_cpp.llama_chat_format``)::
+
+    from llama_rewire.llama_chat_format import get_chat_completion_handler
+    handler = get_chat_completion_handler("chatml")
+    reply = handler(llama=llm, messages=[{"role": "user", "content": "Hi"}])
+
+Built-in formats are in :mod:`llama_rewire.chat_formats`; turning a formatter into a handler (tools,
+``response_format``, reshaping completions into chat completions) is in
+:mod:`llama_rewire.chat_completion`. A model's own chat template (GGUF ``tokenizer.chat_template``) is
+rendered by :class:`Jinja2ChatFormatter`.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import datetime
+from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
+
+from .chat_completion import (
+    ChatCompletionStream,
+    LlamaChatCompletionHandler,
+    chat_formatter_to_chat_completion_handler,
+    completion_to_chat,
+    parse_tool_calls,
+)
+from .chat_formats import (
+    BUILTIN_FORMATS,
+    ChatFormatter,
+    ChatFormatterResponse,
+    format_alpaca,
+    format_baichuan,
+    format_baichuan2,
+    format_chatml,
+    format_gemma,
+    format_intel,
+    format_llama2,
+    format_llama3,
+    format_mistral_instruct,
+    format_oasst_llama,
+    format_openchat,
+    format_phi3,
+    format_phind,
+    format_pygmalion,
+    format_qwen,
+    format_redpajama_incite,
+    format_saiga,
+    format_snoozy,
+    format_vicuna,
+    format_zephyr,
+)
+from .errors import ChatFormatError
+
+if TYPE_CHECKING:
+    import jinja2
+    import jinja2.ext
+    import jinja2.parser
+
+    from .llama_types import ChatCompletionRequestMessage
+
+F = TypeVar("F", bound=ChatFormatter)
+H = TypeVar("H", bound=Callable[..., Any])
+
+
+# -- registry ------------------------------------------------------------------------------------
+
+
+class LlamaChatCompletionHandlerRegistry:
+    """The chat completion handlers by name. One instance per process: every construction returns it."""
+
+    _instance: LlamaChatCompletionHandlerRegistry | None = None
+    _chat_handlers: dict[str, LlamaChatCompletionHandler]
+
+    def __new__(cls) -> LlamaChatCompletionHandlerRegistry:
+        if cls._instance is None:
+            cls._instance = super().__new__(cls)
+            cls._instance._chat_handlers = {}
+        return cls._instance
+
+    def register_chat_completion_handler(
+        self, name: str, chat_handler: LlamaChatCompletionHandler, overwrite: bool = False
+    ) -> None:
+        """Register a handler; a name in use raises ValueError unless overwrite."""
+        if not overwrite and name in self._chat_handlers:
+            raise ValueError(f"Chat format '{name}' is already registered (overwrite=True replaces it)")
+        self._chat_handlers[name] = chat_handler
+
+    def unregister_chat_handler(self, name: str) -> None:
+        if name not in self._chat_handlers:
+            raise ValueError(f"No chat format named '{name}' is registered")
+        del self._chat_handlers[name]
+
+    def get_chat_completion_handler_by_name(self, name: str) -> LlamaChatCompletionHandler:
+        try:
+            return self._chat_handlers[name]
+        except KeyError:
+            known = ", ".join(sorted(self._chat_handlers))
+            raise ValueError(f"Invalid chat handler: {name} (valid formats: {known})") from None
+
+    # short names
+    register = register_chat_completion_handler
+    unregister = unregister_chat_handler
+    get = get_chat_completion_handler_by_name
+
+    def names(self) -> list[str]:
+        return sorted(self._chat_handlers)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._chat_handlers
+
+
+def get_chat_completion_handler(name: str) -> LlamaChatCompletionHandler:
+    """The handler registered as name; ValueError (listing the known names) if there is none."""
+    return LlamaChatCompletionHandlerRegistry().get_chat_completion_handler_by_name(name)
+
+
+def register_chat_completion_handler(name: str) -> Callable[[H], H]:
+    """Decorator: register a chat completion handler under name."""
+
+    def decorator(handler: H) -> H:
+        LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(name, handler)
+        return handler
+
+    return decorator
+
+
+def register_chat_format(name: str) -> Callable[[F], F]:
+    """Decorator: register a prompt formatter (wrapped into a chat completion handler) under name."""
+
+    def decorator(formatter: F) -> F:
+        handler = chat_formatter_to_chat_completion_handler(formatter)
+        LlamaChatCompletionHandlerRegistry().register_chat_completion_handler(name, handler)
+        return formatter
+
+    return decorator
+
+
+for _name, _formatter in BUILTIN_FORMATS.items():
+    register_chat_format(_name)(_formatter)
+
+
+# -- Jinja chat templates ------------------------------------------------------------------------
+
+
+def _raise_exception(message: str) -> NoReturn:
+    raise ChatFormatError(message)
+
+
+def _strftime_now(fmt: str) -> str:
+    return datetime.now().strftime(fmt)
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: tuple[str, str] | None = None, sort_keys: bool = False) -> str:
+    # as transformers renders templates: plain json.dumps, where Jinja's own tojson would escape
+    # HTML characters and sort keys
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
+
+
+def _generation_extension() -> type[jinja2.ext.Extension]:
+    """``{% generation %}...{% endgeneration %}``, which transformers uses to mark the assistant's part of
+    a training prompt: rendered as its body."""
+    import jinja2.ext
+    import jinja2.nodes
+
+    class GenerationExtension(jinja2.ext.Extension):
+        tags = {"generation"}  # noqa: RUF012  # Jinja's own declaration style
+
+        def parse(self, parser: jinja2.parser.Parser) -> jinja2.nodes.Node:
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body, lineno=lineno)
+
+    return GenerationExtension
+
+
+class Jinja2ChatFormatter:
+    """Renders a Jinja chat template (as stored in GGUF ``tokenizer.chat_template``).
+
+    The template sees ``messages``, ``tools``, ``tool_choice``, ``functions``, ``function_call``,
+    ``bos_token``, ``eos_token``, ``add_generation_prompt`` and the functions ``raise_exception`` and
+    ``strftime_now``; it runs in Jinja's immutable sandbox with ``trim_blocks``/``lstrip_blocks``, as
+    transformers runs it. Invalid templates and failed renders raise :class:`ChatFormatError`.
+
+    A prompt that starts with the BOS text is tokenized as is; otherwise the model's BOS is added if
+    the model asks for one (as llama.cpp's server does). The stop string is the EOS text; with
+    ``stop_token_ids`` generation also stops after any of those tokens.
+    """
+
+    def __init__(
+        self,
+        template: str,
+        eos_token: str,
+        bos_token: str,
+        add_generation_prompt: bool = True,
+        stop_token_ids: Sequence[int] | None = None,
+    ) -> None:
+        import jinja2.ext
+        import jinja2.meta
+        import jinja2.sandbox
+
+        self.template = template
+        self.eos_token = eos_token
+        self.bos_token = bos_token
+        self.add_generation_prompt = add_generation_prompt
+        self.stop_token_ids = None if stop_token_ids is None else frozenset(int(t) for t in stop_token_ids)
+        env = jinja2.sandbox.ImmutableSandboxedEnvironment(
+            loader=jinja2.BaseLoader(), trim_blocks=True, lstrip_blocks=True,
+            extensions=[jinja2.ext.loopcontrols, _generation_extension()],
+        )
+        env.filters["tojson"] = _tojson
+        env.globals["raise_exception"] = _raise_exception
+        env.globals["strftime_now"] = _strftime_now
+        try:
+            self._template: jinja2.Template = env.from_string(template)
+            variables = jinja2.meta.find_undeclared_variables(env.parse(template))
+        except jinja2.TemplateError as e:
+            raise ChatFormatError(f"invalid chat template: {e}") from e
+        # the template shows the model its tools itself (no tool note needed in auto mode)
+        self.renders_tools = "tools" in variables
+
+    def render(self, messages: Sequence[Any], **variables: Any) -> str:
+        """The template rendered on messages (plus any extra template variables)."""
+        # variables that are None are left undefined, so that `tools is defined` and
+        # `{% for tool in tools %}` both work without tools
+        context = {
+            "messages": messages,
+            "bos_token": self.bos_token,
+            "eos_token": self.eos_token,
+            "add_generation_prompt": self.add_generation_prompt,
+            **{k: v for k, v in variables.items() if v is not None},
+        }
+        try:
+            return self._template.render(**context)
+        except ChatFormatError:
+            raise
+        except Exception as e:  # anything a template can raise: TemplateError, TypeError on None + str, ...
+            raise ChatFormatError(f"chat template failed: {type(e).__name__}: {e}") from e
+
+    def __call__(
+        self,
+        *,
+        messages: Sequence[ChatCompletionRequestMessage],
+        functions: Sequence[Any] | None = None,
+        function_call: Any | None = None,
+        tools: Sequence[Any] | None = None,
+        tool_choice: Any | None = None,
+        **kwargs: Any,
+    ) -> ChatFormatterResponse:
+        prompt = self.render(messages, functions=functions, function_call=function_call, tools=tools,
+                             tool_choice=tool_choice)
+        stopping_criteria = None
+        if self.stop_token_ids:
+            ids = self.stop_token_ids
+
+            def stop_on_token(input_ids: Any, logits: Any) -> bool:
+                return len(input_ids) > 0 and int(input_ids[-1]) in ids
+
+            stopping_criteria = stop_on_token
+        return ChatFormatterResponse(
+            prompt=prompt,
+            stop=[self.eos_token] if self.eos_token else [],
+            stopping_criteria=stopping_criteria,
+            added_special=bool(self.bos_token) and prompt.startswith(self.bos_token),
+        )
+
+    def to_chat_handler(self) -> LlamaChatCompletionHandler:
+        return chat_formatter_to_chat_completion_handler(self)
+
+
+def hf_tokenizer_config_to_chat_formatter(
+    tokenizer_config: Mapping[str, Any], add_generation_prompt: bool = True
+) -> Jinja2ChatFormatter:
+    """The chat formatter of a Hugging Face ``tokenizer_config.json`` (already loaded as a dict)."""
+
+    def token_text(key: str) -> str:
+        token = tokenizer_config.get(key)
+        if isinstance(token, Mapping):  # a serialized AddedToken
+            token = token.get("content")
+        return token if isinstance(token, str) else ""
+
+    template = tokenizer_config.get("chat_template")
+    if isinstance(template, list):  # named templates: [{"name": ..., "template": ...}]
+        named = {t.get("name"): t.get("template") for t in template if isinstance(t, Mapping)}
+        template = named.get("default")
+    if not isinstance(template, str):
+        raise ChatFormatError("the tokenizer config has no (default) chat_template")
+    return Jinja2ChatFormatter(template, eos_token=token_text("eos_token"), bos_token=token_text("bos_token"),
+                               add_generation_prompt=add_generation_prompt)
+
+
+def chat_template_handlers(
+    metadata: Mapping[str, str],
+    *,
+    bos_token: str,
+    eos_token: str,
+    stop_token_ids: Sequence[int] | None = None,
+    verbose: bool = False,
+) -> dict[str, LlamaChatCompletionHandler]:
+    """Handlers for a model's chat templates, named as llama-cpp-python names them:
+    ``chat_template.default`` for ``tokenizer.chat_template`` and ``chat_template.<name>`` for
+    ``tokenizer.chat_template.<name>``. A template that does not compile is left out."""
+    handlers: dict[str, LlamaChatCompletionHandler] = {}
+    for key, template in metadata.items():
+        if key == "tokenizer.chat_template":
+            name = "chat_template.default"
+        elif key.startswith("tokenizer.chat_template."):
+            name = key.removeprefix("tokenizer.")
+        else:
+            continue
+        try:
+            formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token,
+                                            stop_token_ids=stop_token_ids)
+        except ChatFormatError as e:
+            if verbose:
+                print(f"chat: ignoring {key}: {e}", file=sys.stderr)
+            continue
+        handlers[name] = formatter.to_chat_handler()
+    return handlers
+
+
+_PROBES: list[list[dict[str, Any]]] = [
+    [
+        {"role": "system", "content": "You are a probe."},
+        {"role": "user", "content": "First question?"},
+        {"role": "assistant", "content": "First answer."},
+        {"role": "user", "content": "Second question?"},
+    ],
+    [  # also without a system prompt (and for templates that reject one)
+        {"role": "user", "content": "First question?"},
+        {"role": "assistant", "content": "First answer."},
+        {"role": "user", "content": "Second question?"},
+    ],
+]
+
+
+def guess_chat_format_from_gguf_metadata(
+    metadata: Mapping[str, str], *, bos_token: str = "<s>", eos_token: str = "</s>"
+) -> str | None:
+    """The built-in format that renders exactly as the model's chat template, or None.
+
+    Each built-in format and the template are rendered on the same probe conversations (the template
+    with these BOS/EOS texts; pass the model's own). A template that renders differently from all of
+    them (extra default system prompts, tool support, ...) is best used as it is.
+    """
+    template = metadata.get("tokenizer.chat_template")
+    if not template:
+        return None
+    try:
+        formatter = Jinja2ChatFormatter(template, eos_token=eos_token, bos_token=bos_token)
+    except ChatFormatError:
+        return None
+    rendered: list[tuple[list[dict[str, Any]], str]] = []
+    for probe in _PROBES:
+        try:
+            prompt = formatter(messages=probe).prompt  # type: ignore[arg-type]
+        except ChatFormatError:  # e.g. a template without a system role
+            continue
+        rendered.append((probe, prompt.removeprefix(bos_token) if bos_token else prompt))
+    if not rendered:
+        return None
+    for name, builtin in BUILTIN_FORMATS.items():
+        if all(builtin(messages=probe).prompt == prompt for probe, prompt in rendered):
+            return name
+    return None
+
+
+__all__ = [
+    "ChatCompletionStream",
+    "ChatFormatter",
+    "ChatFormatterResponse",
+    "Jinja2ChatFormatter",
+    "LlamaChatCompletionHandler",
+    "LlamaChatCompletionHandlerRegistry",
+    "chat_formatter_to_chat_completion_handler",
+    "chat_template_handlers",
+    "completion_to_chat",
+    "format_alpaca",
+    "format_baichuan",
+    "format_baichuan2",
+    "format_chatml",
+    "format_gemma",
+    "format_intel",
+    "format_llama2",
+    "format_llama3",
+    "format_mistral_instruct",
+    "format_oasst_llama",
+    "format_openchat",
+    "format_phi3",
+    "format_phind",
+    "format_pygmalion",
+    "format_qwen",
+    "format_redpajama_incite",
+    "format_saiga",
+    "format_snoozy",
+    "format_vicuna",
+    "format_zephyr",
+    "get_chat_completion_handler",
+    "guess_chat_format_from_gguf_metadata",
+    "hf_tokenizer_config_to_chat_formatter",
+    "parse_tool_calls",
+    "register_chat_completion_handler",
+    "register_chat_format",
+]

@@ -1,0 +1,321 @@
+"""The FastAPI application: OpenAI's completions, chat completions, embeddings and models endpoints,
+llama-cpp-python's tokenize/detokenize extras, and /health."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.datastructures import Headers
+from starlette.middleware.cors import CORSMiddleware
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from .. import __version__
+from ..llama import Llama
+from ..llama_grammar import LlamaGrammar
+from .errors import APIError, install_handlers, unauthorized
+from .pool import ModelPool, ServedModel
+from .schemas import (
+    ChatCompletionRequest,
+    CompletionRequest,
+    DetokenizeRequest,
+    EmbeddingRequest,
+    SamplingRequest,
+    TokenizeRequest,
+)
+from .settings import Settings
+from .streaming import Chunk, ChunkStream, SSEResponse, UsageFallback, dumps
+
+OPEN_PATHS = frozenset({"/health"})
+
+
+class ApiKeyMiddleware:
+    """Every HTTP request but those to OPEN_PATHS needs ``Authorization: Bearer <api_key>``."""
+
+    def __init__(self, app: ASGIApp, api_key: str) -> None:
+        self.app = app
+        self.expected = f"Bearer {api_key}".encode()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
+            await self.app(scope, receive, send)
+            return
+        await unauthorized().response()(scope, receive, send)
+
+    def _authorized(self, scope: Scope) -> bool:
+        given = Headers(scope=scope).get("authorization", "")
+        scheme, _, key = given.partition(" ")
+        if scheme.lower() != "bearer":
+            return False
+        return secrets.compare_digest(f"Bearer {key.strip()}".encode(), self.expected)
+
+
+def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
+    """The server for ``settings``; loads its models now (or serves ``pool``) and closes them at shutdown."""
+    models = pool if pool is not None else ModelPool.load(settings.models)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await models.aclose()
+
+    app = FastAPI(title="llama-rewire", version=__version__, lifespan=lifespan)
+    app.state.settings = settings
+    app.state.pool = models
+    install_handlers(app)
+    app.include_router(_router(models))
+    if settings.api_key:
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
+    # outermost, so that browsers' preflight requests are answered without a key
+    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+    return app
+
+
+# -- request helpers ----------------------------------------------------------------------------------
+
+
+def _check_only_one(value: int | None, name: str) -> None:
+    if value is not None and value != 1:
+        raise APIError(400, f"{name}={value} is not supported: this server returns one choice", param=name)
+
+
+def _single_prompt(prompt: str | list[int] | list[str]) -> str | list[int]:
+    if isinstance(prompt, str):
+        return prompt
+    if all(isinstance(p, int) for p in prompt):
+        return [int(p) for p in prompt]
+    if len(prompt) > 1:
+        raise APIError(400, "a list of several prompts is not supported: send one prompt per request",
+                       param="prompt")
+    return str(prompt[0])
+
+
+def _token_bias(body: SamplingRequest) -> dict[int, float] | None:
+    """logit_bias with token-id keys (checked before the request waits for its model)."""
+    if not body.logit_bias or body.logit_bias_type == "tokens":
+        return None
+    try:
+        return {int(k): v for k, v in body.logit_bias.items()}
+    except ValueError as e:
+        raise APIError(400, "logit_bias keys must be token ids (or set logit_bias_type to 'tokens')",
+                       param="logit_bias") from e
+
+
+def _model_kwargs(llm: Llama, body: SamplingRequest, kwargs: dict[str, Any],
+                  token_bias: dict[int, float] | None) -> dict[str, Any]:
+    """The request's keyword arguments as the model takes them: a grammar parsed (a bad one raises
+    GrammarError), logit_bias keyed by token id (with logit_bias_type "tokens", texts tokenized)."""
+    out = dict(kwargs)
+    if isinstance(out.get("grammar"), str):
+        out["grammar"] = LlamaGrammar.from_string(out["grammar"], verbose=False)
+    if token_bias is not None:
+        out["logit_bias"] = token_bias
+    elif body.logit_bias:
+        by_text: dict[int, float] = {}
+        for text, value in body.logit_bias.items():
+            for token in llm.tokenize(text.encode("utf-8"), add_bos=False, special=True):
+                by_text[token] = value
+        out["logit_bias"] = by_text
+    return out
+
+
+def _usage(n_prompt: int, n_completion: int) -> dict[str, int]:
+    return {"prompt_tokens": n_prompt, "completion_tokens": n_completion,
+            "total_tokens": n_prompt + n_completion}
+
+
+def _tokens(llm: Llama, text: str) -> list[int]:
+    """As llama-cpp-python's /extras/tokenize: with the model's BOS, special tokens parsed."""
+    return llm.tokenize(text.encode("utf-8"), add_bos=True, special=True)
+
+
+def _count(llm: Llama, text: str, add_bos: bool) -> int:
+    return len(llm.tokenize(text.encode("utf-8"), add_bos=add_bos, special=True)) if text else 0
+
+
+def _completion_usage(prompt: str | list[int]) -> UsageFallback:
+    def usage(llm: Llama, generated: str) -> dict[str, int]:
+        n_prompt = len(prompt) if isinstance(prompt, list) else _count(llm, prompt, add_bos=True)
+        return _usage(n_prompt, _count(llm, generated, add_bos=False))
+
+    return usage
+
+
+def _chat_usage(messages: list[dict[str, Any]]) -> UsageFallback:
+    """Approximate: the message contents without the chat template's own tokens."""
+    def usage(llm: Llama, generated: str) -> dict[str, int]:
+        contents = "".join(m["content"] for m in messages if isinstance(m.get("content"), str))
+        return _usage(_count(llm, contents, add_bos=True), _count(llm, generated, add_bos=False))
+
+    return usage
+
+
+def _completion_text(chunk: Chunk) -> str:
+    choices = chunk.get("choices") or [{}]
+    return str(choices[0].get("text") or "")
+
+
+def _chat_text(chunk: Chunk) -> str:
+    choices = chunk.get("choices") or [{}]
+    return str((choices[0].get("delta") or {}).get("content") or "")
+
+
+async def _acquire(served: ServedModel, request: Request) -> bool:
+    """Take the model's lock; False (and no lock) if the client left while it waited its turn."""
+    await served.lock.acquire()
+    try:
+        if await request.is_disconnected():
+            served.lock.release()
+            return False
+    except BaseException:
+        served.lock.release()
+        raise
+    return True
+
+
+class ResultResponse(JSONResponse):
+    """JSON that may hold numpy numbers."""
+
+    def render(self, content: Any) -> bytes:
+        return dumps(content)
+
+
+async def _run(served: ServedModel, request: Request, call: Callable[[Llama], Any], param: str) -> Response:
+    """A non-streamed call, its result as JSON."""
+    if not await _acquire(served, request):
+        return Response(status_code=499)
+    try:
+        result = await served.call_locked(call, param)
+    finally:
+        served.lock.release()
+    if isinstance(result, dict) and "model" in result:
+        result["model"] = served.alias
+    return ResultResponse(result)
+
+
+def _base64_embeddings(result: dict[str, Any]) -> dict[str, Any]:
+    """OpenAI's encoding_format="base64": each vector as little-endian float32 bytes."""
+    for item in result.get("data", []):
+        vector = np.asarray(item["embedding"], dtype="<f4")
+        if vector.ndim == 1:  # one vector per token (pooling none) stays a list of lists
+            item["embedding"] = base64.b64encode(vector.tobytes()).decode("ascii")
+    return result
+
+
+async def _stream(served: ServedModel, request: Request, start: Callable[[Llama], Iterator[Chunk]], *,
+                  param: str, include_usage: bool, text_of: Callable[[Chunk], str],
+                  usage_fallback: UsageFallback) -> Response:
+    """A streamed call: the lock is held from here until the stream ends (see :mod:`.streaming`)."""
+    if not await _acquire(served, request):
+        return Response(status_code=499)
+    try:
+        iterator = await served.call_locked(start, param)
+    except BaseException:
+        served.lock.release()
+        raise
+    stream = ChunkStream(served, iterator, include_usage=include_usage, text_of=text_of,
+                         usage_fallback=usage_fallback)
+    try:
+        await stream.prefetch(param)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+        raise
+    return SSEResponse(stream)
+
+
+# -- routes ---------------------------------------------------------------------------------------------
+
+
+def _router(pool: ModelPool) -> APIRouter:
+    router = APIRouter()
+
+    @router.get("/health")
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @router.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [m.describe() for m in pool.models.values()]}
+
+    @router.post("/v1/completions")
+    async def completions(body: CompletionRequest, request: Request) -> Response:
+        served = pool.get(body.model)
+        _check_only_one(body.n, "n")
+        _check_only_one(body.best_of, "best_of")
+        kwargs = body.call_kwargs()
+        prompt = _single_prompt(kwargs.pop("prompt", body.prompt))
+        bias = _token_bias(body)
+
+        def call(llm: Llama, stream: bool) -> Any:
+            return llm.create_completion(prompt, model=served.alias, stream=stream,
+                                         **_model_kwargs(llm, body, kwargs, bias))
+
+        if body.stream:
+            return await _stream(served, request, lambda llm: call(llm, True), param="prompt",
+                                 include_usage=body.include_usage, text_of=_completion_text,
+                                 usage_fallback=_completion_usage(prompt))
+        return await _run(served, request, lambda llm: call(llm, False), "prompt")
+
+    @router.post("/v1/chat/completions")
+    async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
+        served = pool.get(body.model)
+        _check_only_one(body.n, "n")
+        kwargs = body.call_kwargs()
+        bias = _token_bias(body)
+
+        def call(llm: Llama, stream: bool) -> Any:
+            return llm.create_chat_completion(model=served.alias, stream=stream,
+                                              **_model_kwargs(llm, body, kwargs, bias))
+
+        if body.stream:
+            return await _stream(served, request, lambda llm: call(llm, True), param="messages",
+                                 include_usage=body.include_usage, text_of=_chat_text,
+                                 usage_fallback=_chat_usage(kwargs["messages"]))
+        return await _run(served, request, lambda llm: call(llm, False), "messages")
+
+    @router.post("/v1/embeddings")
+    async def embeddings(body: EmbeddingRequest, request: Request) -> Response:
+        served = pool.get(body.model)
+        served.require_embedding()
+        if body.dimensions is not None:
+            raise APIError(400, "dimensions is not supported", param="dimensions")
+        def call(llm: Llama) -> dict[str, Any]:
+            result: dict[str, Any] = llm.create_embedding(body.input, model=served.alias)
+            return _base64_embeddings(result) if body.encoding_format == "base64" else result
+
+        return await _run(served, request, call, "input")
+
+    @router.post("/extras/tokenize")
+    async def tokenize(body: TokenizeRequest) -> dict[str, list[int]]:
+        served = pool.get(body.model)
+        return {"tokens": await served.call(lambda llm: _tokens(llm, body.input), "input")}
+
+    @router.post("/extras/tokenize/count")
+    async def tokenize_count(body: TokenizeRequest) -> dict[str, int]:
+        served = pool.get(body.model)
+        return {"count": len(await served.call(lambda llm: _tokens(llm, body.input), "input"))}
+
+    @router.post("/extras/detokenize")
+    async def detokenize(body: DetokenizeRequest) -> dict[str, str]:
+        served = pool.get(body.model)
+
+        def call(llm: Llama) -> str:
+            n_vocab = llm.n_vocab()
+            bad = [t for t in body.tokens if not 0 <= t < n_vocab]
+            if bad:
+                raise APIError(400, f"token ids out of range [0, {n_vocab}): {bad[:8]}", param="tokens")
+            return llm.detokenize(body.tokens).decode("utf-8", errors="replace")
+
+        return {"text": await served.call(call, "tokens")}
+
+    return router

@@ -1,0 +1,121 @@
+"""The served models: loading, selection by alias, and one lock per model.
+
+A ``Llama`` holds one inference context, so the requests to a model run one at a time: each takes the
+model's lock (an asyncio lock, so waiting requests do not hold threads) and runs its model calls in
+worker threads, so the event loop stays free. Different models have different locks and run
+concurrently.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import anyio.to_thread
+
+from ..llama import Llama
+from .errors import APIError, from_exception, model_not_found
+from .settings import ModelSettings
+
+T = TypeVar("T")
+
+
+class ServedModel:
+    """One loaded model under its alias."""
+
+    def __init__(self, settings: ModelSettings, llama: Llama) -> None:
+        self.settings = settings
+        self.alias = settings.alias
+        self.llama = llama
+        self.created = int(time.time())
+        self._lock: asyncio.Lock | None = None
+
+    @classmethod
+    def load(cls, settings: ModelSettings) -> ServedModel:
+        from ..models import resolve
+
+        path = resolve(settings.model)
+        return cls(settings, Llama(str(path), **settings.llama_kwargs()))
+
+    @property
+    def lock(self) -> asyncio.Lock:
+        # created on first use, inside the event loop that serves requests
+        if self._lock is None:
+            self._lock = asyncio.Lock()
+        return self._lock
+
+    async def call(self, fn: Callable[[Llama], T], param: str | None = None) -> T:
+        """Run ``fn(llama)`` in a worker thread while holding the model's lock; a model error becomes
+        an :class:`APIError` (``param``: the request field that carried the input)."""
+        async with self.lock:
+            return await self.call_locked(fn, param)
+
+    async def call_locked(self, fn: Callable[[Llama], T], param: str | None = None) -> T:
+        """As :meth:`call`, for a caller that already holds the lock."""
+        try:
+            return await anyio.to_thread.run_sync(fn, self.llama)
+        except Exception as e:
+            raise from_exception(e, param) from e
+
+    def require_embedding(self) -> None:
+        if not self.settings.embedding:
+            raise APIError(400, f"The model {self.alias!r} does not serve embeddings: load it with the "
+                                "setting embedding=true", param="model", code="embeddings_not_enabled")
+
+    def describe(self) -> dict[str, Any]:
+        """The /v1/models entry."""
+        return {
+            "id": self.alias,
+            "object": "model",
+            "created": self.created,
+            "owned_by": "llama-rewire",
+            "permissions": [],
+            "activations": self.settings.activations,
+            "n_ctx": self.settings.n_ctx,
+        }
+
+
+def select_alias(requested: str | None, aliases: list[str]) -> str:
+    """The alias a request's ``model`` field selects: itself if served, the first model's when omitted;
+    an unknown name raises a 404 :class:`APIError`."""
+    if requested is None or requested == "":
+        return aliases[0]
+    if requested in aliases:
+        return requested
+    raise model_not_found(requested, aliases)
+
+
+class ModelPool:
+    """The served models, by alias, in the order they were configured."""
+
+    def __init__(self, models: list[ServedModel]) -> None:
+        if not models:
+            raise ValueError("a server needs at least one model")
+        self.models = {m.alias: m for m in models}
+
+    @classmethod
+    def load(cls, settings: list[ModelSettings]) -> ModelPool:
+        loaded: list[ServedModel] = []
+        try:
+            for s in settings:
+                loaded.append(ServedModel.load(s))
+        except BaseException:
+            for m in loaded:
+                m.llama.close()
+            raise
+        return cls(loaded)
+
+    def get(self, requested: str | None) -> ServedModel:
+        return self.models[select_alias(requested, list(self.models))]
+
+    async def aclose(self) -> None:
+        """Close every model, each once its running request is done."""
+        for m in self.models.values():
+            async with m.lock:
+                m.llama.close()
+
+    def close(self) -> None:
+        for m in self.models.values():
+            m.llama.close()

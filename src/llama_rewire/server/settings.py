@@ -1,0 +1,172 @@
+"""Server settings: the server's own, one set per served model, config files and the command line.
+
+The command line has one flag per settings field (``--n_ctx`` and ``--n-ctx`` alike), as in
+llama-cpp-python's server, plus ``--act`` for ``--activations`` and ``--config_file`` for a JSON or
+TOML file holding the server settings and a ``models`` list. Values given on the command line are
+validated by the same pydantic models as config files, so both report errors the same way.
+"""
+
+# No ``from __future__ import annotations``: pydantic evaluates these annotations at runtime, and
+# ``X | None`` does not evaluate on Python 3.9.
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ..llama import LLAMA_DEFAULT_SEED
+from ..models import DEFAULT_MODEL
+
+
+class ModelSettings(BaseModel):
+    """How to load one served model; ``model_alias`` is the name requests select it by."""
+
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    model: Optional[str] = Field(
+        None, description=f"a GGUF file, or a known model name such as smollm2 (default: {DEFAULT_MODEL})")
+    model_alias: Optional[str] = Field(
+        None, description="the name requests select this model by (default: the model argument)")
+    activations: Optional[Union[str, dict[str, Any]]] = Field(
+        None, description="FFN activation spec, e.g. '*:relu' or '0-11:gelu' (default: the model's own)")
+    n_ctx: int = Field(2048, ge=0, description="context window in tokens (0: the model's training context)")
+    n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch")
+    n_gpu_layers: int = Field(0, description="layers to offload to the GPU (-1: all)")
+    n_threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: half the cores)")
+    seed: int = Field(LLAMA_DEFAULT_SEED, description="default sampling seed (requests may set their own)")
+    chat_format: Optional[str] = Field(None, description="chat format (default: the model's chat template)")
+    embedding: bool = Field(False, description="load for /v1/embeddings")
+    pooling_type: int = Field(-1, description="embedding pooling: -1 the model's, 0 none (a vector per "
+                                              "token), 1 mean, 2 cls, 3 last")
+    flash_attn: bool = Field(False, description="use flash attention")
+    logits_all: bool = Field(False, description="keep every position's logits (for echo with logprobs)")
+    verbose: bool = Field(False, description="print llama.cpp's log")
+
+    @property
+    def alias(self) -> str:
+        return self.model_alias or self.model or DEFAULT_MODEL
+
+    def llama_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``Llama(path, **kwargs)``."""
+        return self.model_dump(exclude={"model", "model_alias"})
+
+
+class ServerSettings(BaseModel):
+    """Where and how the HTTP server listens."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    host: str = Field("localhost", description="address to listen on")
+    port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
+    api_key: Optional[str] = Field(
+        None, description="require 'Authorization: Bearer API_KEY' on every endpoint but /health")
+    ssl_keyfile: Optional[str] = Field(None, description="TLS private key file")
+    ssl_certfile: Optional[str] = Field(None, description="TLS certificate file")
+
+
+class Settings(ServerSettings):
+    """Everything ``create_app`` needs: the server settings and the models to serve (the config file's
+    shape)."""
+
+    models: list[ModelSettings] = Field(min_length=1, description="the models to serve")
+
+    @model_validator(mode="after")
+    def _aliases_are_unique(self) -> "Settings":
+        seen: set[str] = set()
+        for m in self.models:
+            if m.alias in seen:
+                raise ValueError(f"two models have the alias {m.alias!r}: give each a distinct model_alias")
+            seen.add(m.alias)
+        return self
+
+
+def load_config_file(path: Union[str, Path]) -> dict[str, Any]:
+    """A config file's contents: TOML if its name ends in .toml, JSON otherwise."""
+    p = Path(path)
+    text = p.read_text(encoding="utf-8")
+    if p.suffix.lower() == ".toml":
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - Python < 3.11
+            import tomli as tomllib
+        try:
+            data: Any = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"{p}: invalid TOML: {e}") from e
+    else:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}: invalid JSON: {e}") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{p}: expected a table of settings, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(error: ValidationError) -> str:
+    """One line per problem: 'models.0.n_ctx: Input should be ...'."""
+    lines = []
+    for item in error.errors():
+        where = ".".join(str(part) for part in item["loc"])
+        lines.append(f"{where}: {item['msg']}" if where else str(item["msg"]))
+    return "; ".join(lines)
+
+
+def _is_bool(annotation: Any) -> bool:
+    return annotation is bool
+
+
+def _add_fields(group: Any, model: type[BaseModel]) -> None:
+    for name, field in model.model_fields.items():
+        if name == "models":
+            continue
+        flags = [f"--{name}"]
+        if "_" in name:
+            flags.append(f"--{name.replace('_', '-')}")
+        if name == "activations":
+            flags.append("--act")
+        help_text = field.description or ""
+        if _is_bool(field.annotation):
+            group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
+                               default=argparse.SUPPRESS, help=help_text)
+        else:
+            if field.default is not None and "default" not in help_text:
+                help_text += f" (default: {field.default})"
+            group.add_argument(*flags, dest=name, default=argparse.SUPPRESS, metavar=name.upper(),
+                               help=help_text)
+
+
+def build_parser(prog: str = "python -m llama_rewire.server") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog=prog, description="An OpenAI-compatible HTTP server for llama-rewire models.")
+    _add_fields(parser.add_argument_group("server"), ServerSettings)
+    _add_fields(parser.add_argument_group("model (one model; several go in a --config_file)"), ModelSettings)
+    parser.add_argument("--config_file", "--config-file", default=None, metavar="FILE",
+                        help="a JSON or TOML file with server settings and a 'models' list of model settings;"
+                             " server flags given here override the file's")
+    return parser
+
+
+def parse_settings(argv: Optional[list[str]] = None,
+                   prog: str = "python -m llama_rewire.server") -> Settings:
+    """Settings from the command line; a bad value exits with a usage error, as argparse does."""
+    parser = build_parser(prog)
+    given = vars(parser.parse_args(argv))
+    config_file = given.pop("config_file")
+    server = {k: v for k, v in given.items() if k in ServerSettings.model_fields}
+    model = {k: v for k, v in given.items() if k in ModelSettings.model_fields}
+    try:
+        if config_file is not None:
+            if model:
+                flags = ", ".join(f"--{k}" for k in model)
+                parser.error(f"{flags}: with --config_file, model settings go in the file's 'models' list")
+            data = load_config_file(config_file)
+            return Settings.model_validate({**data, **server})
+        return Settings.model_validate({**server, "models": [model]})
+    except ValidationError as e:
+        parser.error(format_validation_error(e))
+    except (ValueError, OSError) as e:
+        parser.error(str(e))
