@@ -18,7 +18,7 @@ from ._completion import CompletionIterator
 from ._embedding import embed as _embed
 from .activations import Activation, Spec
 from .errors import ContextOverflowError
-from .llama_cache import BaseLlamaCache, LlamaState
+from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
 from .stats import KINDS, FfnStats
 
@@ -568,21 +568,10 @@ class Llama:
     ) -> int:
         """Sample one token from the last evaluated logits (the seed sequence of ``set_seed``)."""
         sampler = self._sampler(
-            temp=temp,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            mirostat_mode=mirostat_mode,
-            mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta,
-            seed=self._draw_seed(None),
-            logit_bias=None,
-            grammar=grammar,
-        )
+            temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
+            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar)
         for t in self._input_ids[-self.last_n_tokens_size :]:
             sampler.accept(int(t), grammar=False)
         if logits_processor is not None:
@@ -643,21 +632,10 @@ class Llama:
             raise ValueError("generate needs at least one prompt token")
         toks = self._prefix_reuse(toks) if reset else toks
         sampler = self._sampler(
-            temp=temp if temperature is None else temperature,
-            top_k=top_k,
-            top_p=top_p,
-            min_p=min_p,
-            typical_p=typical_p,
-            repeat_penalty=repeat_penalty,
-            frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty,
-            mirostat_mode=mirostat_mode,
-            mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta,
-            seed=self._draw_seed(seed),
-            logit_bias=None,
-            grammar=grammar,
-        )
+            temp=temp if temperature is None else temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=None, grammar=grammar)
         for token, _ in self._steps(toks, sampler, logits_processor=logits_processor, want_logits=False):
             if stopping_criteria is not None and stopping_criteria(self._input_ids, self.last_logits):
                 return
@@ -700,12 +678,7 @@ class Llama:
 
     @staticmethod
     def longest_token_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-        n = 0
-        for x, y in zip(a, b):
-            if x != y:
-                break
-            n += 1
-        return n
+        return prefix_len(a, b)
 
     @staticmethod
     def logits_to_logprobs(logits: npt.ArrayLike, axis: int = -1) -> npt.NDArray[np.single]:

@@ -34,7 +34,8 @@ class LlamaState:
         return int(self.input_ids.nbytes + self.scores.nbytes + len(self.llama_state))
 
 
-def _prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+def prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
+    """How many leading tokens a and b share."""
     n = 0
     for x, y in zip(a, b):
         if x != y:
@@ -70,7 +71,7 @@ class BaseLlamaCache(ABC):
     def _find_longest_prefix_key(self, key: Sequence[int]) -> tuple[int, ...] | None:
         best, best_len = None, 0
         for k in self._keys():
-            n = _prefix_len(k, key)
+            n = prefix_len(k, key)
             if n > best_len:
                 best, best_len = k, n
         return best

@@ -1,6 +1,8 @@
 // llama-rewire: building an overridden FFN activation out of ggml ops every backend has.
 #include "llama-rewire-graph.h"
 
+#include <cmath>
+
 #include "llama-cparams.h"
 #include "llama-hparams.h"
 
@@ -13,10 +15,10 @@ std::shared_ptr<llama_rewire_state> llama_rewire_state_init(uint32_t n_layer) {
     return state;
 }
 
-// The longest composition below is elu(alpha) with a threshold on a non-contiguous gated input: cont,
-// relu, scale, elu, scale, add, abs, scale_bias, step, mul, mul = 11 nodes (identity: cont, scale, ...). A layer can hold two FFNs
-// (shared expert + routed experts).
-static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 12;
+// The longest composition below is mish with a threshold on a non-contiguous gated input: cont, clamp,
+// exp, scale_bias, mul, scale_bias, div, mul, abs, scale_bias, step, mul, mul = 13 nodes; the budget
+// keeps a margin. A layer can hold two FFNs (shared expert + routed experts).
+static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 16;
 
 uint32_t llama_rewire_max_extra_nodes(uint32_t n_layer) {
     return 2 * REWIRE_MAX_NODES_PER_FFN * n_layer;
@@ -101,11 +103,16 @@ static ggml_tensor * rewire_unary(ggml_context * ctx, llama_rewire_act act, ggml
             t = ggml_softplus(ctx, ggml_scale(ctx, x, p));
             rewire_name(t, "softplus", il);
             return ggml_scale(ctx, t, 1.0f / p);
-        case LLAMA_REWIRE_ACT_MISH:
-            // x tanh(softplus(x))
-            t = ggml_tanh(ctx, ggml_softplus(ctx, x));
+        case LLAMA_REWIRE_ACT_MISH: {
+            // x tanh(softplus(x)) = x n/(n + 2) with n = e^x (e^x + 2): one exp instead of exp, log1p
+            // and tanh (scalar libm calls on the CPU), the rest cheap vectorized element-wise ops.
+            // Beyond x = 20 the ratio is 1 in float; clamping keeps e^x (and n/n) finite.
+            ggml_tensor * e = ggml_exp(ctx, ggml_clamp(ctx, x, -INFINITY, 20.0f));
+            ggml_tensor * n = ggml_mul(ctx, e, ggml_scale_bias(ctx, e, 1.0f, 2.0f));
+            t = ggml_div(ctx, n, ggml_scale_bias(ctx, n, 1.0f, 2.0f));
             rewire_name(t, "tanh_softplus", il);
             return ggml_mul(ctx, x, t);
+        }
         case LLAMA_REWIRE_ACT_SWISH:
             // x sigmoid(beta x)
             if (p == 1.0f) {
