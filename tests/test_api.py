@@ -165,7 +165,7 @@ def test_logprobs_match_a_log_softmax_of_the_logits(smollm2_path: Path) -> None:
         n_prompt = out["usage"]["prompt_tokens"]
         assert len(lp["tokens"]) == len(lp["token_logprobs"]) == len(lp["top_logprobs"]) == 6
         assert "".join(lp["tokens"]) == text_of(out)
-        assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
+        assert lp["text_offset"] == [len(PROMPT) + sum(len(t) for t in lp["tokens"][:i]) for i in range(6)]
         for i, token in enumerate(m._input_ids[n_prompt : n_prompt + 6]):
             logits = m.scores[n_prompt + i - 1].astype(np.float64)
             ref = logits - logits.max() - np.log(np.exp(logits - logits.max()).sum())

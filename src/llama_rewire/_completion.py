@@ -83,7 +83,7 @@ class CompletionRun:
 
     def __init__(self, llama: Llama, steps: Iterator[tuple[int, npt.NDArray[np.single] | None]], *,
                  prompt_tokens: list[int], limit: int, stops: list[str], meta: dict[str, Any],
-                 echo_text: str, logprobs: int | None,
+                 echo_text: str, logprobs: int | None, prompt_text_len: int = 0,
                  stopping_criteria: Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool] | None,
                  prompt_logprobs: dict[str, Any] | None = None, on_finish: Callable[[], None] | None = None
                  ) -> None:
@@ -95,6 +95,7 @@ class CompletionRun:
         self.max_stop = max((len(s) for s in self.stops), default=0)
         self.meta = meta
         self.echo_text = echo_text
+        self.prompt_text_len = prompt_text_len  # logprobs text offsets count from the prompt's end
         self.n_logprobs = logprobs
         self.stopping_criteria = stopping_criteria
         self.prompt_logprobs = prompt_logprobs
@@ -188,7 +189,6 @@ class CompletionRun:
             for piece in self.prompt_logprobs["tokens"]:
                 offsets.append(pos)
                 pos += len(piece)
-            offset = pos
         n = min(last, len(self.token_logprobs))
         for i in range(first, n):
             tokens.append(self.pieces[i])
@@ -207,7 +207,7 @@ class CompletionRun:
         """Streaming: text pieces as they become final, then a last chunk with the finish reason."""
         sent = 0          # characters of the completion text sent
         sent_tokens = 0   # completion tokens whose logprobs were sent
-        text_offset = len(self.echo_text)
+        text_offset = self.prompt_text_len
         if self.echo_text:
             yield self._chunk(self.echo_text, None, self._logprobs(0, 0, 0, with_prompt=True))
         text = ""
@@ -227,11 +227,11 @@ class CompletionRun:
         text = ""
         for latest in self._texts():
             text = latest
-        logprobs = self._logprobs(0, len(self.completion_tokens), len(self.echo_text),
+        logprobs = self._logprobs(0, len(self.completion_tokens), self.prompt_text_len,
                                   with_prompt=bool(self.echo_text))
         if logprobs is not None:
             # tokens cut by a stop string are not part of the text
-            self._trim_logprobs(logprobs, len(self.echo_text) + len(text))
+            self._trim_logprobs(logprobs, self.prompt_text_len + len(text))
         out = self._chunk(self.echo_text + text, self.finish_reason, logprobs)
         out["usage"] = self.usage()
         return out
@@ -314,17 +314,17 @@ def create_completion(
         first = next(steps)  # evaluates the prompt, so its logits are there
         prompt_lp = _prompt_logprobs(llama, prompt_tokens, logprobs)
         steps = _prepend(first, steps)
-    echo_text = ""
-    if echo:
-        echo_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
-            "utf-8", errors="replace")
+    prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
+        "utf-8", errors="replace")
+    echo_text = prompt_text if echo else ""
 
     def finish() -> None:
         if llama.cache is not None and llama.n_tokens:
             llama.cache[llama._input_ids.tolist()] = llama.save_state()
 
     run = CompletionRun(llama, steps, prompt_tokens=prompt_tokens, limit=limit, stops=stops, meta=meta,
-                        echo_text=echo_text, logprobs=logprobs, stopping_criteria=stopping_criteria,
+                        echo_text=echo_text, logprobs=logprobs, prompt_text_len=len(prompt_text),
+                        stopping_criteria=stopping_criteria,
                         prompt_logprobs=prompt_lp, on_finish=finish)
     if stream:
         return CompletionIterator(run.chunks(), run)
