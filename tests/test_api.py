@@ -355,3 +355,44 @@ def test_kv_overrides_reach_the_loader(smollm2_path: Path) -> None:
     assert plain.model.add_bos() != changed.model.add_bos()
     with pytest.raises(ValueError):
         Llama(str(smollm2_path), vocab_only=True, verbose=False, kv_overrides={"k": [1]})
+
+
+@pytest.mark.parametrize("kwargs", [
+    {"pooling_type": 99, "embedding": True},
+    {"rope_scaling_type": 99},
+    {"type_k": 999},
+    {"type_v": 27},
+    {"tensor_split": [1.0] * 1000},
+    {"kv_overrides": {"": 1}},
+    {"lora_path": "/nonexistent/adapter.gguf"},
+    {"rpc_servers": "localhost:50052"},
+])
+def test_bad_constructor_parameters_raise_instead_of_aborting(smollm2_path: Path,
+                                                              kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        Llama(str(smollm2_path), n_ctx=64, verbose=False, **kwargs)
+
+
+def test_bad_states_and_sampler_inputs_raise(llm: Llama) -> None:
+    from llama_rewire import LlamaState, _core
+
+    llm.reset()
+    llm.eval(llm.tokenize(b"Hello there"))
+    state = llm.save_state()
+    for data in (b"garbage" * 10, state.llama_state[: len(state.llama_state) // 2]):
+        bad = LlamaState(state.input_ids, state.scores, state.n_tokens, data, len(data), state.seed)
+        with pytest.raises(ValueError):
+            llm.load_state(bad)
+    llm.load_state(state)
+    assert text_of(llm(PROMPT, max_tokens=2, temperature=0.0))
+    with pytest.raises(GrammarError):
+        _core.Sampler(llm.model, grammar='root ::= "a"', grammar_lazy=True, trigger_patterns=["(["])
+    with pytest.raises(ValueError):
+        _core.Sampler(llm.model, grammar='root ::= "a"', grammar_lazy=True, trigger_tokens=[10**9])
+    with pytest.raises(ValueError):
+        _core.Sampler(llm.model).sample_logits(np.zeros(3, np.float32))
+    with pytest.raises(GrammarError):  # a token reference the grammar never accepts
+        llm(PROMPT, max_tokens=2, grammar=LlamaGrammar.from_string("root ::= <[999999999]>"))
+    for bad_schema in ('{"type": "nonsense"}', '{"$ref": "#/definitions/missing"}', "[1, 2]"):
+        with pytest.raises(GrammarError):
+            LlamaGrammar.from_json_schema(bad_schema)

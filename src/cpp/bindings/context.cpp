@@ -5,7 +5,9 @@
 #include "ggml-backend.h"
 #include "ggml-cpu.h"
 
+#include <algorithm>
 #include <cstring>
+#include <iterator>
 #include <thread>
 #include <vector>
 
@@ -209,8 +211,9 @@ public:
             py::gil_scoped_release release;
             n = llama_state_set_data(ctx, (const uint8_t *) buf.data(), buf.size());
         }
-        if (n == 0) {
-            throw py::value_error("the state does not fit this context (another model or context size?)");
+        if (n == 0 || n != buf.size()) {
+            throw py::value_error("the state does not fit this context (another model or context size, or "
+                                  "truncated data)");
         }
     }
 
@@ -325,17 +328,27 @@ private:
     llama_batch batch_{};
 };
 
+// An enum value given as an int; llama.cpp aborts on values outside the enum.
+static int enum_in_range(const std::string & key, py::handle v, int lo, int hi) {
+    const int x = v.cast<int>();
+    if (x < lo || x > hi) {
+        throw py::value_error(key + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
+                              std::to_string(x));
+    }
+    return x;
+}
+
 // Optional context parameters by llama_context_params field name (rope and pooling settings).
 static void set_extra_params(llama_context_params & p, const py::dict & extra) {
     for (const auto & item : extra) {
         const std::string key = py::str(item.first);
         const py::handle v = item.second;
         if (key == "rope_scaling_type") {
-            p.rope_scaling_type = (llama_rope_scaling_type) v.cast<int>();
+            p.rope_scaling_type = (llama_rope_scaling_type) enum_in_range(key, v, -1, LLAMA_ROPE_SCALING_TYPE_MAX_VALUE);
         } else if (key == "pooling_type") {
-            p.pooling_type = (enum llama_pooling_type) v.cast<int>();
+            p.pooling_type = (enum llama_pooling_type) enum_in_range(key, v, -1, LLAMA_POOLING_TYPE_RANK);
         } else if (key == "attention_type") {
-            p.attention_type = (llama_attention_type) v.cast<int>();
+            p.attention_type = (llama_attention_type) enum_in_range(key, v, -1, LLAMA_ATTENTION_TYPE_NON_CAUSAL);
         } else if (key == "rope_freq_base") {
             p.rope_freq_base = v.cast<float>();
         } else if (key == "rope_freq_scale") {
@@ -377,6 +390,17 @@ static std::unique_ptr<context> context_new(std::shared_ptr<model> mdl, uint32_t
     p.n_seq_max       = std::max(1u, n_seq_max);
     p.n_threads       = n_threads > 0 ? n_threads : hw;
     p.n_threads_batch = n_threads_batch > 0 ? n_threads_batch : p.n_threads;
+    if (flash_attn < -1 || flash_attn > 1) {
+        throw py::value_error("flash_attn must be -1 (auto), 0 or 1");
+    }
+    for (int t : {type_k, type_v}) {
+        // the cache types llama.cpp's tools accept (--cache-type-k/-v)
+        static const int ok[] = {GGML_TYPE_F32, GGML_TYPE_F16, GGML_TYPE_BF16, GGML_TYPE_Q8_0, GGML_TYPE_Q4_0,
+                                 GGML_TYPE_Q4_1, GGML_TYPE_IQ4_NL, GGML_TYPE_Q5_0, GGML_TYPE_Q5_1};
+        if (t >= 0 && std::find(std::begin(ok), std::end(ok), t) == std::end(ok)) {
+            throw py::value_error("type_k / type_v: unsupported KV cache type " + std::to_string(t));
+        }
+    }
     p.flash_attn_type = (llama_flash_attn_type) flash_attn;
     p.embeddings      = embeddings;
     p.offload_kqv     = offload_kqv;

@@ -89,25 +89,37 @@ public:
             }
             for (llama_token t : trigger_tokens) {
                 if (t < 0 || t >= n_vocab_) {
+                    llama_sampler_free(chain_);
+                    chain_ = nullptr;
                     throw py::value_error("grammar trigger token " + std::to_string(t) + " is out of range");
                 }
             }
+            std::string why = "failed to parse the grammar (see the log for the position)";
             {
                 py::gil_scoped_release release;
-                grammar_ = grammar_lazy
-                    ? llama_sampler_init_grammar_lazy_patterns(vocab, grammar.c_str(), "root", patterns.data(),
-                                                               patterns.size(), trigger_tokens.data(),
-                                                               trigger_tokens.size())
-                    : llama_sampler_init_grammar(vocab, grammar.c_str(), "root");
+                try {
+                    grammar_ = grammar_lazy
+                        ? llama_sampler_init_grammar_lazy_patterns(vocab, grammar.c_str(), "root", patterns.data(),
+                                                                   patterns.size(), trigger_tokens.data(),
+                                                                   trigger_tokens.size())
+                        : llama_sampler_init_grammar(vocab, grammar.c_str(), "root");
+                } catch (const std::exception & e) {  // e.g. a trigger pattern that is not a regex
+                    grammar_ = nullptr;
+                    why = std::string("bad grammar or trigger pattern: ") + e.what();
+                }
             }
             if (grammar_ == nullptr) {
-                throw grammar_error("failed to parse the grammar (see the log for the position)");
+                llama_sampler_free(chain_);
+                chain_ = nullptr;
+                throw grammar_error(why);
             }
         }
         cur_.resize(n_vocab_);
     }
     ~sampler() {
-        llama_sampler_free(chain_);
+        if (chain_) {
+            llama_sampler_free(chain_);
+        }
         if (grammar_) {
             llama_sampler_free(grammar_);
         }
