@@ -6,6 +6,7 @@
 // chain run again (the same result as filtering first, at a fraction of the cost).
 #include "core.h"
 
+#include <algorithm>
 #include <cmath>
 #include <vector>
 
@@ -58,6 +59,8 @@ public:
         }
         if (p.temperature <= 0.0f) {
             add(llama_sampler_init_greedy());
+            // nothing before the greedy choice changes the logits: pick() can take the argmax directly
+            argmax_only_ = logit_bias.empty() && llama_sampler_chain_n(chain_) == 1;
         } else if (p.mirostat_mode == 1) {
             add(llama_sampler_init_temp(p.temperature));
             add(llama_sampler_init_mirostat(n_vocab_, p.seed, p.mirostat_tau, p.mirostat_eta, 100));
@@ -226,6 +229,10 @@ private:
 
     // Runs without the GIL.
     llama_token pick(const float * logits) {
+        if (argmax_only_ && grammar_ == nullptr) {
+            // what the greedy sampler picks (the first largest logit), without building the candidates
+            return (llama_token) (std::max_element(logits, logits + n_vocab_) - logits);
+        }
         fill(logits);
         llama_token_data_array arr = {cur_.data(), cur_.size(), -1, false};
         llama_sampler_apply(chain_, &arr);
@@ -249,6 +256,7 @@ private:
     llama_sampler *                chain_   = nullptr;
     llama_sampler *                grammar_ = nullptr;
     int32_t                        n_vocab_ = 0;
+    bool                           argmax_only_ = false;
     std::vector<llama_token_data>  cur_;
 };
 
