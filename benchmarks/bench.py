@@ -469,7 +469,8 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         + (f", {mem:.0f} GiB RAM" if mem else "") + f"; {platform.platform()}",
         f"- Other processes' CPU use: before the run (3 s) {noise[0]}; during the run {noise[1]}",
         f"- Threads: {args.threads} everywhere (n_threads = n_threads_batch); "
-        f"n_batch = n_ubatch = {N_BATCH}; no flash attention; CPU only",
+        f"n_batch = n_ubatch = {N_BATCH}; no flash attention; "
+        "window-sized sliding-window caches (swa_full off, as in llama-bench); CPU only",
         f"- llama.cpp {llama_cpp_commit()} (vendored, patched) for llama-rewire and llama-bench; "
         f"llama-cpp-python {args.lcpp_version or '(not measured)'} with its own build of the same llama.cpp",
         f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads",

@@ -396,3 +396,21 @@ def test_bad_states_and_sampler_inputs_raise(llm: Llama) -> None:
     for bad_schema in ('{"type": "nonsense"}', '{"$ref": "#/definitions/missing"}', "[1, 2]"):
         with pytest.raises(GrammarError):
             LlamaGrammar.from_json_schema(bad_schema)
+
+
+def test_prefix_reuse_stays_exact_with_a_window_sized_sliding_window_cache(gemma_path: Path) -> None:
+    """swa_full=False: the cache forgets positions older than the window, so reusing a short prefix after
+    a long prompt must evaluate that prefix again (without the check the logits are off by ~16)."""
+    from llama_rewire.eval.text import sample_text
+
+    with Llama(str(gemma_path), n_ctx=2048, n_threads=2, verbose=False) as ref:
+        long = ref.tokenize(sample_text().encode())[:1900]
+        prompt = long[:300] + ref.tokenize(b" And then", add_bos=False)
+        ref.eval(prompt)
+        want = ref.last_logits.copy()
+    with Llama(str(gemma_path), n_ctx=2048, n_threads=2, swa_full=False, verbose=False) as m:
+        assert m.model.n_swa() < 1900 - 300
+        m.eval(long)
+        m.eval(m._prefix_reuse(prompt))
+        np.testing.assert_allclose(m.last_logits, want, atol=1e-3)
+        assert m.n_tokens == len(prompt)

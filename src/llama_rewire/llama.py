@@ -174,6 +174,9 @@ class Llama:
         self.n_tokens = 0
         self._n_cached = 0  # positions the KV cache may hold (>= n_tokens)
         self._row_pending = False  # the last token's logits are still only in the context
+        # a window-sized sliding-window cache forgets old positions (swa_full=False; llama.cpp's default
+        # keeps them all): prefix reuse must check that what it keeps is still there
+        self._swa_window = self._model.n_swa() if swa_full is False else 0
         self._ctx_has_logits = False  # the context holds the logits of the last evaluated token
         self.cache: BaseLlamaCache | None = None
         self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
@@ -382,8 +385,12 @@ class Llama:
         ctx = self.ctx
         # whatever the cache holds beyond n_tokens is stale (reset(), prefix reuse); in the common case
         # of appending (generation) there is nothing to remove, so skip the call on that hot path
-        if self._n_cached > self.n_tokens:
-            ctx.memory_seq_rm(self.n_tokens, -1)
+        if self._n_cached > self.n_tokens and not self._drop_tail():
+            # the kept prefix cannot be continued (a window-sized sliding-window cache has dropped
+            # positions it needs): start over and evaluate it again
+            toks = self.input_ids[: self.n_tokens].tolist() + toks
+            ctx.memory_clear()
+            self.n_tokens = 0
         self._n_cached = self.n_tokens
         self._row_pending = False
         self._ctx_has_logits = False
@@ -399,6 +406,15 @@ class Llama:
         # without logits_all the last row is copied out of the context only when someone reads it
         self._row_pending = not self._logits_all and bool(toks)
         self._ctx_has_logits = self._ctx_has_logits or bool(toks)
+
+    def _drop_tail(self) -> bool:
+        """Remove the cached positions from n_tokens on; whether the rest can be continued."""
+        if not self.ctx.memory_seq_rm(self.n_tokens, -1):
+            return False
+        if self._swa_window and self.n_tokens:
+            pos_min = self.ctx.memory_seq_pos_min(0)
+            return 0 <= pos_min <= max(0, self.n_tokens - self._swa_window)
+        return True
 
     def set_seed(self, seed: int) -> None:
         self._seed = seed

@@ -454,6 +454,9 @@ void bind_context(py::module_ & m) {
         .def("state_set", &context::state_set, py::arg("data"))
         .def("lora_add", &context::lora_add, py::arg("path"), py::arg("scale") = 1.0f)
         .def("memory_clear", &context::memory_clear)
+        .def("memory_seq_pos_min", [](const context & c, int32_t seq) {
+            return llama_memory_seq_pos_min(llama_get_memory(c.get()), seq);
+        }, py::arg("seq") = 0, "The smallest position the memory holds for a sequence (-1: none).")
         .def("ffn_stats", &context::ffn_stats, py::arg("kind") = 0,
              "Per-layer statistics of kind 0 (ffn_down input) or 1 (overridden activation) since the last reset.")
         .def("ffn_stats_reset", [](const context & c) { c.observer().reset(); })

@@ -213,6 +213,7 @@ void bind_model(py::module_ & m) {
         .def("n_cls_out", [](const model & s) { return llama_model_n_cls_out(s.get()); })
         .def("has_encoder", [](const model & s) { return llama_model_has_encoder(s.get()); })
         .def("has_decoder", [](const model & s) { return llama_model_has_decoder(s.get()); })
+        .def("n_swa", [](const model & s) { return llama_model_n_swa(s.get()); })
         .def("n_embd_out", [](const model & s) { return llama_model_n_embd_out(s.get()); })
         .def("token_text", [](const model & s, llama_token t) {
             check_token(s, t);
