@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from .chat_completion import ToolPlan
 from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
@@ -46,29 +47,6 @@ def templates_of(llama: Llama) -> _core.ChatTemplates:
     return templates
 
 
-def _tool_choice_text(tool_choice: Any) -> str:
-    if tool_choice is None:
-        return "auto"
-    if isinstance(tool_choice, str):
-        if tool_choice not in ("auto", "none", "required"):
-            raise ValueError(
-                f"tool_choice must be 'auto', 'none', 'required' or a named tool, got {tool_choice!r}"
-            )
-        return tool_choice
-    return "required"
-
-
-def _named_tools(tools: list[dict[str, Any]], tool_choice: Any) -> list[dict[str, Any]]:
-    """The tools the model may call: one when tool_choice names it."""
-    if isinstance(tool_choice, dict):
-        name = (tool_choice.get("function") or {}).get("name")
-        chosen = [t for t in tools if (t.get("function") or {}).get("name") == name]
-        if not chosen:
-            raise ValueError(f"tool_choice names an unknown tool: {name!r}")
-        return chosen
-    return tools
-
-
 class TemplateChatHandler:
     """The handler for ``chat_format=None`` on a model whose GGUF carries a chat template."""
 
@@ -77,8 +55,8 @@ class TemplateChatHandler:
         llama: Llama,
         messages: list[dict[str, Any]],
         *,
-        tools: list[dict[str, Any]] | None = None,
-        tool_choice: Any = None,
+        tools: list[Any] | None = None,
+        tool_choice: str = "auto",
         add_generation_prompt: bool = True,
         enable_thinking: bool = False,
     ) -> _core.ChatRender:
@@ -87,7 +65,7 @@ class TemplateChatHandler:
         return templates_of(llama).apply(
             json.dumps(messages),
             tools=json.dumps(tools) if tools else "",
-            tool_choice=_tool_choice_text(tool_choice) if tools else "auto",
+            tool_choice=tool_choice,
             add_generation_prompt=add_generation_prompt,
             enable_thinking=enable_thinking,
         )
@@ -107,21 +85,16 @@ class TemplateChatHandler:
     ) -> Any:
         from . import llama_chat_format
 
-        if functions and not tools:  # the legacy form of tools
-            tools = [{"type": "function", "function": f} for f in functions]
-            if isinstance(function_call, dict):
-                tool_choice = {"type": "function", "function": {"name": function_call.get("name")}}
-            elif function_call is not None:
-                tool_choice = function_call
-        if tools and tool_choice != "none":
+        plan = ToolPlan.from_request(functions, function_call, tools, tool_choice)
+        if plan.mode != "none":
             render = self.render(
                 llama,
                 messages,
-                tools=_named_tools(tools, tool_choice),
-                tool_choice=tool_choice,
+                tools=[plan.forced] if plan.forced is not None else plan.tools,
+                tool_choice="auto" if plan.mode == "auto" else "required",
                 enable_thinking=enable_thinking,
             )
-            if render.grammar:
+            if render.grammar:  # the template knows tool calling: its grammar and parser
                 return _native_tool_completion(llama, render, stream=stream, **kwargs)
 
         def formatter(*, messages: list[dict[str, Any]], **_: Any) -> Any:
@@ -132,7 +105,8 @@ class TemplateChatHandler:
 
         handler = llama_chat_format.chat_formatter_to_chat_completion_handler(formatter)
         return handler(
-            llama=llama, messages=messages, tools=tools, tool_choice=tool_choice, stream=stream, **kwargs
+            llama=llama, messages=messages, functions=functions, function_call=function_call, tools=tools,
+            tool_choice=tool_choice, stream=stream, **kwargs
         )
 
 
