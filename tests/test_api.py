@@ -115,6 +115,16 @@ def test_penalties_keep_the_prompt_tokens_out(llm: Llama) -> None:
     assert text_of(freq) != text_of(plain)
 
 
+def test_greedy_choice_is_the_first_largest_logit_on_a_real_vocabulary(both: Llama) -> None:
+    from checks import greedy_cases
+
+    from llama_rewire import _core
+
+    sampler = _core.Sampler(both.model, temperature=0.0)
+    for logits in greedy_cases(both.n_vocab(), seed=7):
+        assert sampler.sample_logits(logits) == int(np.argmax(logits))
+
+
 def test_mirostat_and_typical_sampling_run(llm: Llama) -> None:
     for kw in ({"mirostat_mode": 1}, {"mirostat_mode": 2}, {"typical_p": 0.5}):
         out = llm(PROMPT, max_tokens=8, temperature=0.8, seed=3, **kw)

@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from checks import greedy_cases
 
 from llama_rewire._completion import stop_holdback, valid_utf8_prefix
 
@@ -33,6 +34,16 @@ def test_greedy_is_the_argmax_chain(tiny_llm: Any) -> None:
         chosen.append(t)
         llm.eval([t])
     assert text_of(out) == llm.detokenize(chosen, prev_tokens=tokens).decode("utf-8", errors="replace")
+
+
+def test_greedy_choice_is_the_first_largest_logit(tiny_llm: Any) -> None:
+    from llama_rewire import _core
+
+    for kind in ("llama", "gpt2"):  # vocabularies of 260 and 258: not whole blocks of 64
+        llm = tiny_llm(kind)
+        sampler = _core.Sampler(llm.model, temperature=0.0)
+        for logits in greedy_cases(llm.n_vocab(), seed=len(kind)):
+            assert sampler.sample_logits(logits) == int(np.argmax(logits))
 
 
 def test_seeded_sampling_is_reproducible(tiny_llm: Any) -> None:

@@ -6,6 +6,7 @@
 #include "llama-impl.h"
 #include "llama-memory.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <exception>
@@ -140,23 +141,50 @@ int32_t llama_context::rewire_set(const llama_rewire_act * acts, int32_t n_acts,
         memory->clear(true);
     }
 
-    // the op structure changed: the compute buffers must be sized for the new graph
-    try {
-        sched_need_reserve = true;
-        sched_reserve();
-    } catch (const std::exception & e) {
-        LLAMA_LOG_ERROR("%s: failed to reserve the rewired graph: %s\n", __func__, e.what());
+    // the op structure changed: the compute buffers must fit the new worst-case graph
+    if (!rewire_reserve()) {
         state->acts = std::move(prev);
         cparams.rewire_gen++;
-        try {
-            sched_need_reserve = true;
-            sched_reserve();
-        } catch (const std::exception & e2) {
-            LLAMA_LOG_ERROR("%s: failed to reserve the previous graph again: %s\n", __func__, e2.what());
+        if (!rewire_reserve()) {
+            LLAMA_LOG_ERROR("%s: failed to reserve the previous graph again\n", __func__);
         }
         return LLAMA_REWIRE_ERR_RESERVE;
     }
     return LLAMA_REWIRE_OK;
+}
+
+bool llama_context::rewire_reserve() {
+    try {
+        if (sched_need_reserve || !sched || model.hparams.no_alloc) {
+            // nothing reserved yet (or a full reserve is pending anyway): llama.cpp's own path
+            sched_need_reserve = true;
+            sched_reserve();
+            return true;
+        }
+        // Only the FFN activations changed, so the scheduler, its backends and its splits' shape stay.
+        // Reserving the worst-case (prompt) graph once on the existing scheduler grows the compute
+        // buffers if the new graph needs more and keeps them otherwise; the full sched_reserve would
+        // rebuild the scheduler, probe the fused ops and allocate every buffer afresh (several ms).
+        synchronize();
+        llama_memory_context_ptr mctx;
+        if (memory) {
+            mctx = memory->init_full();
+            if (!mctx) {
+                LLAMA_LOG_ERROR("%s: failed to initialize the memory module\n", __func__);
+                return false;
+            }
+        }
+        const uint32_t n_seqs    = cparams.n_seq_max;
+        const uint32_t n_tokens  = std::min(cparams.n_ctx, cparams.n_ubatch);
+        const uint32_t n_outputs = std::min(n_tokens, cparams.n_outputs_max);
+        if (graph_reserve(n_tokens, n_seqs, n_outputs, mctx.get()) == nullptr) {
+            return false;
+        }
+        return true;
+    } catch (const std::exception & e) {
+        LLAMA_LOG_ERROR("%s: failed to reserve the rewired graph: %s\n", __func__, e.what());
+        return false;
+    }
 }
 
 int32_t llama_rewire_set(
