@@ -1,7 +1,7 @@
 """Speed of llama-rewire next to llama-cpp-python and llama.cpp's own llama-bench, on the same model.
 
     python benchmarks/bench.py setup                 # build llama-bench, create the llama-cpp-python venv
-    python benchmarks/bench.py run [-t 2] [--reps 5] # measure, print the table, write benchmarks/RESULTS.md
+    python benchmarks/bench.py run [-t 2] [--reps 5] [--runs 3]  # measure, print, write benchmarks/RESULTS.md
 
 For each model and one thread count it measures prompt processing (pp: tokens/s over a 512-token prompt)
 and generation (tg: tokens/s over 128 greedy tokens), the median of ``--reps`` rounds, for: llama-rewire
@@ -10,8 +10,10 @@ relu2); llama-cpp-python 0.3.36 (its own virtual environment); and llama-bench b
 patched llama.cpp tree (the native ceiling). Each configuration runs in its own process (bench_worker.py,
 or llama-bench), whose peak RSS is reported; this process imports neither numpy nor a model, as a child's
 peak RSS counts its parent's. It also measures the machine's read bandwidth (the decode ceiling is
-bandwidth / weight bytes, as every weight is read once per token) and the time from ``set_activations``
-to the end of the first decode after it, next to loading a new model.
+bandwidth / weight bytes, as every weight is read once per token), how a generated token's time splits
+between each Python library's ``Llama.eval`` (llama_decode) and the rest (sampling, the Python loop),
+and the time from ``set_activations`` to the end of the first decode after it, next to loading a new
+model.
 """
 
 from __future__ import annotations
@@ -124,7 +126,7 @@ class Config:
 
 @dataclass
 class Samples:
-    pp: list[float] = field(default_factory=list)  # tokens/s, one per round
+    pp: list[float] = field(default_factory=list)  # tokens/s, one per round (the median of its runs)
     tg: list[float] = field(default_factory=list)
     rss_kb: int = 0
 
@@ -256,7 +258,8 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
         out.append(Config("lcpp", label, "llama-cpp-python", [args.lcpp_python, *serve, "--backend", "lcpp"]))
     if args.llama_bench:
         cmd = [args.llama_bench, "-m", model, "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
-               "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", "0", "-o", "json"]  # fmt: skip
+               "-ub", str(N_BATCH), "-t", t, "-r", str(args.runs), "-fa", "0", "-ngl", "0",
+               "-o", "json"]  # fmt: skip
         out.append(Config("llama-bench", "llama-bench (same llama.cpp)", "llama-bench", cmd, native=True))
     return out
 
@@ -266,12 +269,21 @@ def measure_switch(info: ModelInfo, spec: str, args: argparse.Namespace) -> dict
                        str(args.threads), "--reps", str(max(args.reps, 5)), "--act", spec)  # fmt: skip
 
 
+def measure_split(info: ModelInfo, c: Config, args: argparse.Namespace) -> dict[str, Any]:
+    """Where a generated token's time goes, for the Python configuration c (its own interpreter)."""
+    python, backend = c.cmd[0], c.cmd[c.cmd.index("--backend") + 1]
+    stdout, _ = run_child([python, str(WORKER), "split", "--backend", backend, "--model", str(info.path),
+                           "--threads", str(args.threads), "--reps", str(max(args.reps, 5))])  # fmt: skip
+    return json.loads(stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+
+
 @dataclass
 class ModelResult:
     info: ModelInfo
     configs: list[Config]
     samples: dict[str, Samples]
     switch: dict[str, dict[str, Any]]
+    split: dict[str, dict[str, Any]]  # config key -> bench_worker split (ms per generated token)
 
 
 class CpuMeter:
@@ -321,8 +333,9 @@ def log(message: str) -> None:
 
 
 def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
-    """`reps` rounds; each round runs every configuration once (pp then tg), in an order rotated from one
-    round to the next, so that the machine's drifts hit them alike and ratios can be taken per round."""
+    """`reps` rounds; each round runs every configuration `runs` times (pp, then tg), in an order rotated
+    from one round to the next, so that the machine's drifts hit them alike and ratios can be taken per
+    round."""
     todo = configs(info, args)
     samples = {c.key: Samples() for c in todo}
     workers: dict[str, Worker] = {}
@@ -339,22 +352,27 @@ def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
                 if c.native:
                     stdout, kb = run_child(c.cmd)
                     pp, tg = parse_llama_bench(stdout)
-                    s.pp += pp
-                    s.tg += tg
                     s.rss_kb = max(s.rss_kb, kb)
                 else:
-                    s.pp.append(workers[c.key].ask("pp"))
-                    s.tg.append(workers[c.key].ask("tg"))
+                    pp = [workers[c.key].ask("pp") for _ in range(args.runs)]
+                    tg = [workers[c.key].ask("tg") for _ in range(args.runs)]
+                s.pp.append(median(pp))
+                s.tg.append(median(tg))
         for key in list(workers):
             samples[key].rss_kb = workers.pop(key).close()
     finally:
         for w in workers.values():
             w.kill()
+    split = {}
+    for c in todo:
+        if c.key in ("none", "lcpp"):
+            log(f"  [{info.name}] time per generated token: {c.label}")
+            split[c.key] = measure_split(info, c, args)
     switch = {}
     for spec in (fused_override(info.native_act), f"*:{COMPOSED[0]}"):
         log(f"  [{info.name}] changing the wiring: {spec}")
         switch[spec] = measure_switch(info, spec, args)
-    return ModelResult(info, todo, samples, switch)
+    return ModelResult(info, todo, samples, switch, split)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -435,6 +453,29 @@ def switch_rows(res: ModelResult) -> list[str]:
     return rows
 
 
+def split_rows(res: ModelResult) -> list[str]:
+    """Per generated token: inside Llama.eval (llama_decode) and outside it (sampling, the Python loop)."""
+    if not res.split:
+        return []
+    rows = [
+        "Where a generated token's time goes, in ms (median of runs of "
+        f"{N_GEN} tokens, each library in its own process; llama-bench: its tg{N_GEN} speed).",
+        "",
+        "| library | per token | inside `Llama.eval` (llama_decode) | outside: sampling, Python loop "
+        "| outside share |",
+        "|---|---:|---:|---:|---:|",
+    ]  # fmt: skip
+    short = {c.key: c.label for c in res.configs}
+    for key, sp in res.split.items():
+        total, inside = median(sp["total_ms"]), median(sp["eval_ms"])
+        outside = median([t - e for t, e in zip(sp["total_ms"], sp["eval_ms"])])
+        rows.append(f"| {short[key]} | {total:.2f} | {inside:.2f} | {outside:.3f} | {outside / total:.1%} |")
+    if "llama-bench" in res.samples and res.samples["llama-bench"].tg:
+        per_token = 1e3 / median(res.samples["llama-bench"].tg)
+        rows.append(f"| llama-bench | {per_token:.2f} | {per_token:.2f} | - | - |")
+    return rows
+
+
 def model_section(res: ModelResult, bandwidth: float) -> list[str]:
     info = res.info
     ceiling = bandwidth * 1e9 / info.size
@@ -452,7 +493,7 @@ def model_section(res: ModelResult, bandwidth: float) -> list[str]:
         s = res.samples[c.key]
         frac = f"{median(s.tg) / ceiling:.2f}" if s.tg else "-"
         lines.append(f"| {c.label} | {fmt_rate(s.pp)} | {fmt_rate(s.tg)} | {frac} | {s.rss_kb / 1024:.0f} |")
-    return [*lines, "", *ratio_rows(res), "", *switch_rows(res), ""]
+    return [*lines, "", *ratio_rows(res), "", *split_rows(res), "", *switch_rows(res), ""]
 
 
 def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: float, started: str,
@@ -477,9 +518,10 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         f"- pp{N_PROMPT}: one `eval` of {N_PROMPT} random tokens from an empty cache. tg{N_GEN}: {N_GEN} "
         f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "
         "without sampling).",
-        f"- Each cell: median of {args.reps} rounds (±: half the min-max range). A round runs each "
-        "configuration once, in an order rotated from round to round; each Python configuration stays "
-        "loaded in its own process, llama-bench runs once per round.",
+        f"- Each cell: median of {args.reps} rounds (±: half the min-max range of the rounds). A round "
+        f"runs each configuration {args.runs} times and keeps the median, in an order of configurations "
+        "rotated from round to round; each Python configuration stays loaded in its own process, "
+        f"llama-bench runs once per round (`-r {args.runs}`).",
         "",
         "## Results",
         "",
@@ -492,7 +534,7 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "```sh",
         "pip install -e .                   # llama-rewire",
         "python benchmarks/bench.py setup   # build/bench/bin/llama-bench, benchmarks/.venv-lcpp",
-        f"python benchmarks/bench.py run -t {args.threads} --reps {args.reps}"
+        f"python benchmarks/bench.py run -t {args.threads} --reps {args.reps} --runs {args.runs}"
         + (f" --tg-method {args.tg_method}" if args.tg_method != "generate" else "")
         + f" --models {' '.join(args.models)}",
         "```",
@@ -538,7 +580,7 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote {args.out}")
     if args.json:
         raw = [{"model": r.info.name, "size": r.info.size, "bandwidth_gbps": bandwidth,
-                "samples": {k: vars(s) for k, s in r.samples.items()}, "switch": r.switch}
+                "samples": {k: vars(s) for k, s in r.samples.items()}, "switch": r.switch, "split": r.split}
                for r in results]  # fmt: skip
         Path(args.json).write_text(json.dumps(raw, indent=1))
     return 0
@@ -559,7 +601,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("run", help="measure, print the table and write it to --out")
     p.add_argument("-t", "--threads", type=int, default=2, help="threads for every configuration (2)")
-    p.add_argument("--reps", type=int, default=5, help="rounds: runs of each configuration (5)")
+    p.add_argument("--reps", type=int, default=5, help="rounds (5)")
+    p.add_argument("--runs", type=int, default=3, help="runs of each configuration in a round (3)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="names for models.fetch")
     p.add_argument("--lcpp-python", help=f"a Python with llama-cpp-python ({DEFAULT_VENV.relative_to(ROOT)})")
     p.add_argument("--llama-bench", help=f"the llama-bench binary ({DEFAULT_BUILD.relative_to(ROOT)}/bin)")

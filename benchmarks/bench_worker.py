@@ -10,6 +10,8 @@ Subcommands:
   empty cache, as llama-bench's pp test) and generation (``n_gen`` greedy tokens after a short prompt,
   each a single-token decode, as llama-bench's tg test), ``reps`` times each after one warm-up.
 - ``serve``: the same runs, one per request read from stdin (what bench.py uses).
+- ``split``: where a generated token's time goes: inside the library's ``Llama.eval`` (llama_decode and
+  the little around it) and outside it (sampling, the generator loop), over ``reps`` generation runs.
 - ``switch`` (rewire only): the time from ``set_activations`` to the end of the first decode after it
   (one token, as a generation step), next to the same decode with no change and to loading a new ``Llama``
   with the activations and decoding that token.
@@ -201,6 +203,39 @@ def serve(args: argparse.Namespace) -> None:
     bench.close()
 
 
+def split(args: argparse.Namespace) -> dict[str, Any]:
+    """Milliseconds per generated token: in all, and inside ``Llama.eval`` (the instance's eval is
+    wrapped by a timer; both libraries' generate loops call it once per token)."""
+    backend = open_backend(args, args.act)
+    llm = backend.llm
+    inner = llm.eval
+    spent = [0.0]
+
+    def timed_eval(tokens: Sequence[int]) -> None:
+        t0 = time.perf_counter()
+        inner(tokens)
+        spent[0] += time.perf_counter() - t0
+
+    llm.eval = timed_eval
+    prompt = backend.tokenize(TG_PROMPT)
+    time_generation(backend, prompt, 4, "generate")  # warm-up
+    total_ms, eval_ms = [], []
+    for _ in range(args.reps):
+        backend.reset()
+        tokens = backend.greedy(prompt)
+        next(tokens)  # the prompt, untimed
+        spent[0] = 0.0
+        t0 = time.perf_counter()
+        for _ in range(args.n_gen):
+            next(tokens)
+        elapsed = time.perf_counter() - t0
+        tokens.close()  # type: ignore[attr-defined]
+        total_ms.append(elapsed / args.n_gen * 1e3)
+        eval_ms.append(spent[0] / args.n_gen * 1e3)
+    backend.close()
+    return {"total_ms": total_ms, "eval_ms": eval_ms}
+
+
 def switch(args: argparse.Namespace) -> dict[str, Any]:
     """Milliseconds: set_activations alone, set_activations + the first decode after it, the same
     decode with no change, and a new Llama with the activations + that decode. A decode is one token
@@ -280,7 +315,7 @@ def bandwidth(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, func in (("throughput", throughput), ("serve", serve), ("switch", switch)):
+    for name, func in (("throughput", throughput), ("serve", serve), ("split", split), ("switch", switch)):
         p = sub.add_parser(name)
         p.set_defaults(func=func)
         p.add_argument("--backend", choices=["rewire", "lcpp"], required=True)

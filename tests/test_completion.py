@@ -103,6 +103,27 @@ def test_completion_after_set_activations_uses_the_new_wiring(tiny_llm: Any) -> 
     assert text_of(llm.create_completion(PROMPT, max_tokens=12, temperature=0.0)) == base
 
 
+def test_generation_reuses_the_graph_except_right_after_a_rewiring(tiny_llm: Any) -> None:
+    llm = tiny_llm("llama")
+    llm.eval(llm.tokenize(PROMPT.encode(), add_bos=True))
+    llm.ctx.perf_reset()
+    for t in (5, 6, 7, 8):
+        llm.eval([t])
+    perf = llm.ctx.perf()
+    assert perf["n_eval"] == 4
+    assert perf["n_reused"] >= 3  # single-token decodes after the first one reuse its graph
+    reused = perf["n_reused"]
+    llm.set_activations("*:relu2")
+    llm.eval([5])  # a new table: the graph of the old one must not be reused
+    assert llm.ctx.perf()["n_reused"] == reused
+    logits = llm.last_logits.copy()
+    llm.eval([6])
+    assert llm.ctx.perf()["n_reused"] == reused + 1
+    with tiny_llm("llama", activations="*:relu2") as fresh:
+        fresh.eval([5])
+        np.testing.assert_array_equal(fresh.last_logits, logits)
+
+
 @pytest.mark.parametrize(
     ("data", "text"),
     [(b"abc", "abc"), ("é".encode(), "é"), ("aé".encode()[:-1], "a"), ("a€".encode()[:-2], "a"),

@@ -459,6 +459,19 @@ void bind_context(py::module_ & m) {
         }, py::arg("seq") = 0, "The smallest position the memory holds for a sequence (-1: none).")
         .def("ffn_stats", &context::ffn_stats, py::arg("kind") = 0,
              "Per-layer statistics of kind 0 (ffn_down input) or 1 (overridden activation) since the last reset.")
+        .def("perf", [](const context & c) {
+                const llama_perf_context_data d = llama_perf_context(c.get());
+                py::dict out;
+                out["t_load_ms"]   = d.t_load_ms;
+                out["t_p_eval_ms"] = d.t_p_eval_ms;
+                out["t_eval_ms"]   = d.t_eval_ms;
+                out["n_p_eval"]    = d.n_p_eval;
+                out["n_eval"]      = d.n_eval;
+                out["n_reused"]    = d.n_reused;
+                return out;
+            }, "llama.cpp's timings: prompt and generation time (ms) and tokens, and how many decodes reused "
+               "the previous compute graph, since the context was made or perf_reset.")
+        .def("perf_reset", [](const context & c) { llama_perf_context_reset(c.get()); })
         .def("ffn_stats_reset", [](const context & c) { c.observer().reset(); })
         .def("ffn_stats_enable", [](const context & c, bool on) { c.observer().set_enabled(on); }, py::arg("on"));
 }
