@@ -121,7 +121,7 @@ class Config:
     label: str  # its row in the table
     short: str  # its name in the ratios
     cmd: list[str]  # `bench_worker.py serve ...`, or llama-bench for one run of each test
-    native: bool = False  # llama-bench: one process per round
+    native: bool = False  # llama-bench: one process per run
 
 
 @dataclass
@@ -258,7 +258,7 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
         out.append(Config("lcpp", label, "llama-cpp-python", [args.lcpp_python, *serve, "--backend", "lcpp"]))
     if args.llama_bench:
         cmd = [args.llama_bench, "-m", model, "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
-               "-ub", str(N_BATCH), "-t", t, "-r", str(args.runs), "-fa", "0", "-ngl", "0",
+               "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", "0",
                "-o", "json"]  # fmt: skip
         out.append(Config("llama-bench", "llama-bench (same llama.cpp)", "llama-bench", cmd, native=True))
     return out
@@ -333,36 +333,44 @@ def log(message: str) -> None:
 
 
 def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
-    """`reps` rounds; each round runs every configuration `runs` times (pp, then tg), in an order rotated
-    from one round to the next, so that the machine's drifts hit them alike and ratios can be taken per
-    round."""
+    """`reps` rounds. A round starts a new process for every configuration (as llama-bench is one), then
+    makes `runs` passes over the configurations, each running pp then tg once, in an order rotated from
+    one round to the next; a configuration's value for the round is the median of its runs. The speed of
+    this machine drifts by 10-20% over tens of seconds, so runs of different configurations are kept
+    close in time, and the ratios the targets name are taken within a round."""
     todo = configs(info, args)
     samples = {c.key: Samples() for c in todo}
-    workers: dict[str, Worker] = {}
-    try:
-        for c in todo:
-            if not c.native:
-                log(f"  [{info.name}] loading: {c.label}")
-                workers[c.key] = Worker(c.cmd)
-        for r in range(args.reps):
-            log(f"  [{info.name}] round {r + 1}/{args.reps}")
-            for c in todo[r % len(todo) :] + todo[: r % len(todo)]:
-                time.sleep(PAUSE_S)
-                s = samples[c.key]
-                if c.native:
-                    stdout, kb = run_child(c.cmd)
-                    pp, tg = parse_llama_bench(stdout)
-                    s.rss_kb = max(s.rss_kb, kb)
-                else:
-                    pp = [workers[c.key].ask("pp") for _ in range(args.runs)]
-                    tg = [workers[c.key].ask("tg") for _ in range(args.runs)]
-                s.pp.append(median(pp))
-                s.tg.append(median(tg))
-        for key in list(workers):
-            samples[key].rss_kb = workers.pop(key).close()
-    finally:
-        for w in workers.values():
-            w.kill()
+    for r in range(args.reps):
+        log(f"  [{info.name}] round {r + 1}/{args.reps}")
+        order = todo[r % len(todo) :] + todo[: r % len(todo)]
+        workers: dict[str, Worker] = {}
+        runs: dict[str, tuple[list[float], list[float]]] = {c.key: ([], []) for c in todo}
+        try:
+            for c in order:
+                if not c.native:
+                    workers[c.key] = Worker(c.cmd)
+            for _ in range(args.runs):
+                for c in order:
+                    time.sleep(PAUSE_S)
+                    pp, tg = runs[c.key]
+                    if c.native:
+                        stdout, kb = run_child(c.cmd)
+                        pp_ts, tg_ts = parse_llama_bench(stdout)
+                        pp += pp_ts
+                        tg += tg_ts
+                        samples[c.key].rss_kb = max(samples[c.key].rss_kb, kb)
+                    else:
+                        pp.append(workers[c.key].ask("pp"))
+                        tg.append(workers[c.key].ask("tg"))
+            for key in list(workers):
+                kb = workers.pop(key).close()
+                samples[key].rss_kb = max(samples[key].rss_kb, kb)
+        finally:
+            for w in workers.values():
+                w.kill()
+        for key, (pp, tg) in runs.items():
+            samples[key].pp.append(median(pp))
+            samples[key].tg.append(median(tg))
     split = {}
     for c in todo:
         if c.key in ("none", "lcpp"):
@@ -519,9 +527,10 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "
         "without sampling).",
         f"- Each cell: median of {args.reps} rounds (±: half the min-max range of the rounds). A round "
-        f"runs each configuration {args.runs} times and keeps the median, in an order of configurations "
-        "rotated from round to round; each Python configuration stays loaded in its own process, "
-        f"llama-bench runs once per round (`-r {args.runs}`).",
+        "starts a new process for every Python configuration (loaded and warmed up), then makes "
+        f"{args.runs} passes over all configurations, each running pp and tg once (llama-bench: a new "
+        "process with `-r 1` each time, after its own warm-up), in an order rotated from round to round; "
+        "a round keeps the median of its runs.",
         "",
         "## Results",
         "",

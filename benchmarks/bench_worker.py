@@ -189,8 +189,8 @@ def throughput(args: argparse.Namespace) -> dict[str, Any]:
 
 def serve(args: argparse.Namespace) -> None:
     """Answer the lines 'pp' and 'tg' on stdin with one JSON line each ({"pp": tokens/s}), until 'quit'
-    or the end of stdin. bench.py keeps one such process per configuration and asks them in turn, so
-    that slow drifts of the machine's speed hit every configuration alike."""
+    or the end of stdin. Each round, bench.py starts one such process per configuration and asks them
+    in turn, so that slow drifts of the machine's speed hit every configuration alike."""
     bench = Bench(args)
     print(json.dumps({"ready": True}), flush=True)
     for line in sys.stdin:

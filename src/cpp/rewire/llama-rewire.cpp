@@ -136,7 +136,8 @@ int32_t llama_context::rewire_set(const llama_rewire_act * acts, int32_t n_acts,
     state->acts = std::move(next);
     cparams.rewire_gen++;
 
-    // keys and values computed under the old wiring are stale
+    // keys and values computed under the old wiring are stale (and a backend may still be writing them)
+    synchronize();
     if (memory) {
         memory->clear(true);
     }
@@ -165,7 +166,6 @@ bool llama_context::rewire_reserve() {
         // Reserving the worst-case (prompt) graph once on the existing scheduler grows the compute
         // buffers if the new graph needs more and keeps them otherwise; the full sched_reserve would
         // rebuild the scheduler, probe the fused ops and allocate every buffer afresh (several ms).
-        synchronize();
         llama_memory_context_ptr mctx;
         if (memory) {
             mctx = memory->init_full();
