@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import random
 import re
 import resource
 import shlex
@@ -113,6 +114,10 @@ def setup(args: argparse.Namespace) -> int:
 # --------------------------------------------------------------------------- measuring
 
 PAUSE_S = 0.1  # between runs: lets the previous process's OpenMP threads stop spinning
+# After llama-bench's process exits: with a fixed order, the configuration that always ran right after it
+# measured 3-4% slower than a copy of itself placed elsewhere. The order is shuffled every pass as well.
+PAUSE_EXIT_S = 1.0
+ORDER_SEED = 20261123
 
 
 @dataclass
@@ -334,27 +339,29 @@ def log(message: str) -> None:
 
 def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
     """`reps` rounds. A round starts a new process for every configuration (as llama-bench is one), then
-    makes `runs` passes over the configurations, each running pp then tg once, in an order rotated from
-    one round to the next; a configuration's value for the round is the median of its runs. The speed of
+    makes `runs` passes over the configurations, each running pp then tg once, in a seeded random order
+    drawn for every pass; a configuration's value for the round is the median of its runs. The speed of
     this machine drifts by 10-20% over tens of seconds, so runs of different configurations are kept
     close in time, and the ratios the targets name are taken within a round."""
     todo = configs(info, args)
     samples = {c.key: Samples() for c in todo}
     for r in range(args.reps):
         log(f"  [{info.name}] round {r + 1}/{args.reps}")
-        order = todo[r % len(todo) :] + todo[: r % len(todo)]
+        order = list(todo)
         workers: dict[str, Worker] = {}
         runs: dict[str, tuple[list[float], list[float]]] = {c.key: ([], []) for c in todo}
         try:
             for c in order:
                 if not c.native:
                     workers[c.key] = Worker(c.cmd)
-            for _ in range(args.runs):
+            for p in range(args.runs):
+                random.Random(ORDER_SEED + args.runs * r + p).shuffle(order)
                 for c in order:
                     time.sleep(PAUSE_S)
                     pp, tg = runs[c.key]
                     if c.native:
                         stdout, kb = run_child(c.cmd)
+                        time.sleep(PAUSE_EXIT_S)
                         pp_ts, tg_ts = parse_llama_bench(stdout)
                         pp += pp_ts
                         tg += tg_ts
@@ -529,8 +536,10 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         f"- Each cell: median of {args.reps} rounds (±: half the min-max range of the rounds). A round "
         "starts a new process for every Python configuration (loaded and warmed up), then makes "
         f"{args.runs} passes over all configurations, each running pp and tg once (llama-bench: a new "
-        "process with `-r 1` each time, after its own warm-up), in an order rotated from round to round; "
-        "a round keeps the median of its runs.",
+        "process with `-r 1` each time, after its own warm-up, and a 1 s pause after it exits), in a "
+        "seeded random order drawn for every pass; a round keeps the median of its runs. (With a fixed "
+        "order, the configuration that always ran right after llama-bench measured 3-4% slower than a "
+        "copy of itself placed elsewhere.)",
         "",
         "## Results",
         "",
