@@ -126,6 +126,8 @@ def test_closed_objects_raise_instead_of_crashing(tiny: Any) -> None:
     with pytest.raises(RuntimeError, match="closed"):
         ctx.decode([1], 0)
     with pytest.raises(RuntimeError, match="closed"):
+        ctx.perf()
+    with pytest.raises(RuntimeError, match="closed"):
         llm.tokenize(b"x")
     model = _core.Model(str(path))
     ctx2 = _core.Context(model, n_ctx=32)
