@@ -26,7 +26,7 @@ import argparse
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -135,12 +135,17 @@ def time_prompt(backend: Backend, tokens: list[int]) -> float:
     return time.perf_counter() - t0
 
 
-def time_generation(backend: Backend, prompt: list[int], n_gen: int, method: str) -> float:
-    """Seconds for n_gen single-token decodes with greedy choice, after evaluating prompt (untimed)."""
+def time_generation(
+    backend: Backend, prompt: list[int], n_gen: int, method: str, on_start: Callable[[], None] | None = None
+) -> float:
+    """Seconds for n_gen single-token decodes with greedy choice, after evaluating prompt (untimed;
+    on_start is called when the timed part starts)."""
     backend.reset()
     if method == "generate":
         tokens = backend.greedy(prompt)
         next(tokens)  # evaluates the prompt and picks the first token
+        if on_start is not None:
+            on_start()
         t0 = time.perf_counter()
         for _ in range(n_gen):
             next(tokens)  # decodes the previous token, picks the next
@@ -149,6 +154,8 @@ def time_generation(backend: Backend, prompt: list[int], n_gen: int, method: str
         return elapsed
     backend.eval(prompt)
     token = int(np.argmax(backend.last_logits()))
+    if on_start is not None:
+        on_start()
     t0 = time.perf_counter()
     for _ in range(n_gen):
         backend.eval([token])
@@ -219,17 +226,13 @@ def split(args: argparse.Namespace) -> dict[str, Any]:
     llm.eval = timed_eval
     prompt = backend.tokenize(TG_PROMPT)
     time_generation(backend, prompt, 4, "generate")  # warm-up
+
+    def restart() -> None:
+        spent[0] = 0.0
+
     total_ms, eval_ms = [], []
     for _ in range(args.reps):
-        backend.reset()
-        tokens = backend.greedy(prompt)
-        next(tokens)  # the prompt, untimed
-        spent[0] = 0.0
-        t0 = time.perf_counter()
-        for _ in range(args.n_gen):
-            next(tokens)
-        elapsed = time.perf_counter() - t0
-        tokens.close()  # type: ignore[attr-defined]
+        elapsed = time_generation(backend, prompt, args.n_gen, "generate", on_start=restart)
         total_ms.append(elapsed / args.n_gen * 1e3)
         eval_ms.append(spent[0] / args.n_gen * 1e3)
     backend.close()

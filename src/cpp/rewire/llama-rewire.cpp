@@ -177,10 +177,7 @@ bool llama_context::rewire_reserve() {
         const uint32_t n_seqs    = cparams.n_seq_max;
         const uint32_t n_tokens  = std::min(cparams.n_ctx, cparams.n_ubatch);
         const uint32_t n_outputs = std::min(n_tokens, cparams.n_outputs_max);
-        if (graph_reserve(n_tokens, n_seqs, n_outputs, mctx.get()) == nullptr) {
-            return false;
-        }
-        return true;
+        return graph_reserve(n_tokens, n_seqs, n_outputs, mctx.get()) != nullptr;
     } catch (const std::exception & e) {
         LLAMA_LOG_ERROR("%s: failed to reserve the rewired graph: %s\n", __func__, e.what());
         return false;
