@@ -5,15 +5,15 @@
 
 For each model and one thread count it measures prompt processing (pp: tokens/s over a 512-token prompt)
 and generation (tg: tokens/s over 128 greedy tokens), the median of ``--reps`` rounds, for: llama-rewire
-with no override, with an override that keeps a fused GLU kernel, with composed activations (mish,
-relu2); llama-cpp-python 0.3.36 (its own virtual environment); and llama-bench built from the same
-patched llama.cpp tree (the native ceiling). Each configuration runs in its own process (bench_worker.py,
-or llama-bench), whose peak RSS is reported; this process imports neither numpy nor a model, as a child's
-peak RSS counts its parent's. It also measures the machine's read bandwidth (the decode ceiling is
-bandwidth / weight bytes, as every weight is read once per token), how a generated token's time splits
-between each Python library's ``Llama.eval`` (llama_decode) and the rest (sampling, the Python loop),
-and the time from ``set_activations`` to the end of the first decode after it, next to loading a new
-model.
+with no override (also generating with llama-bench's loop: random tokens, nothing sampled), with an
+override that keeps a fused GLU kernel, with composed activations (mish, relu2); llama-cpp-python 0.3.36
+(its own virtual environment); and llama-bench built from the same patched llama.cpp tree (the native
+ceiling). Each configuration runs in its own process (bench_worker.py, or llama-bench), whose peak RSS is
+reported; this process imports neither numpy nor a model, as a child's peak RSS counts its parent's. It
+also measures the machine's read bandwidth (the decode ceiling is bandwidth / weight bytes, as every
+weight is read once per token), how a generated token's time splits between each Python library's
+``Llama.eval`` (llama_decode) and the rest (sampling, the Python loop), and the time from
+``set_activations`` to the end of the first decode after it, next to loading a new model.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ COMPOSED = ("mish", "relu2")
 N_PROMPT, N_GEN, N_BATCH = 512, 128, 512
 
 # (numerator, denominator, metric, goal): the issue's targets, as the median of the per-round ratios
-TARGETS = (
+TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("none", "lcpp", "tg", 1.00),
     ("none", "llama-bench", "tg", 0.97),
+    ("loop", "llama-bench", "tg", None),  # no goal: what is left once the workloads are the same
     ("none", "lcpp", "pp", 0.98),
     ("none", "llama-bench", "pp", 0.98),
     ("fused", "none", "pp", 0.97),
@@ -122,7 +123,7 @@ ORDER_SEED = 20261123
 
 @dataclass
 class Config:
-    key: str  # none, fused, a composed name, lcpp, llama-bench
+    key: str  # none, loop, fused, a composed name, lcpp, llama-bench
     label: str  # its row in the table
     short: str  # its name in the ratios
     cmd: list[str]  # `bench_worker.py serve ...`, or llama-bench for one run of each test
@@ -254,6 +255,13 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
     fused = fused_override(info.native_act)
     out = [
         Config("none", "llama-rewire, no override", "no override", rewire),
+        # the same, generating as llama-bench does (random tokens, nothing sampled): the runtime alone
+        Config(
+            "loop",
+            "llama-rewire, no override, llama-bench's generation loop",
+            "no override, llama-bench's loop",
+            [*rewire, "--tg-method", "decode"],
+        ),
         Config("fused", f"llama-rewire, `{fused}` (fused GLU)", f"`{fused}`", [*rewire, "--act", fused]),
     ]
     out += [Config(c, f"llama-rewire, `*:{c}` (composed)", f"`*:{c}`", [*rewire, "--act", f"*:{c}"])
@@ -445,9 +453,10 @@ def ratio_rows(res: ModelResult) -> list[str]:
         ratios = [a / b for a, b in pairs]
         ratio = median(ratios)
         q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else (ratio, ratio, ratio)
-        met = "yes" if ratio >= goal else "**no**"
+        met = "-" if goal is None else "yes" if ratio >= goal else "**no**"
+        want = "-" if goal is None else f"≥ {goal:.2f}"
         rows.append(f"| {metric}: {short[num]} / {short[den]} | {ratio:.3f} | {q1:.2f} - {q3:.2f} "
-                    f"| ≥ {goal:.2f} | {met} |")  # fmt: skip
+                    f"| {want} | {met} |")  # fmt: skip
     return rows
 
 
@@ -532,7 +541,9 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads",
         f"- pp{N_PROMPT}: one `eval` of {N_PROMPT} random tokens from an empty cache. tg{N_GEN}: {N_GEN} "
         f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "
-        "without sampling).",
+        "without sampling). The row \"llama-bench's generation loop\" generates as llama-bench does, "
+        "through `Llama.eval`: the BOS token and then random ones from an empty cache, nothing sampled "
+        "or read back; its pp is the no-override configuration measured again.",
         f"- Each cell: median of {args.reps} rounds (±: half the min-max range of the rounds). A round "
         "starts a new process for every Python configuration (loaded and warmed up), then makes "
         f"{args.runs} passes over all configurations, each running pp and tg once (llama-bench: a new "

@@ -139,7 +139,8 @@ def time_generation(
     backend: Backend, prompt: list[int], n_gen: int, method: str, on_start: Callable[[], None] | None = None
 ) -> float:
     """Seconds for n_gen single-token decodes with greedy choice, after evaluating prompt (untimed;
-    on_start is called when the timed part starts)."""
+    on_start is called when the timed part starts). Method ``generate``: the Llama's generate loop;
+    ``eval``: eval + numpy argmax; ``decode``: llama-bench's loop, with no choice at all."""
     backend.reset()
     if method == "generate":
         tokens = backend.greedy(prompt)
@@ -152,6 +153,19 @@ def time_generation(
         elapsed = time.perf_counter() - t0
         tokens.close()  # type: ignore[attr-defined]
         return elapsed
+    if method == "decode":
+        # llama-bench's own loop: from an empty cache, the BOS token and then random ones, one per
+        # eval, nothing sampled or read back (the prompt is not used)
+        rng = np.random.default_rng(TOKEN_SEED)
+        toks = [int(t) for t in rng.integers(0, backend.n_vocab(), size=n_gen)]
+        if backend.token_bos() >= 0:
+            toks[0] = backend.token_bos()
+        if on_start is not None:
+            on_start()
+        t0 = time.perf_counter()
+        for t in toks:
+            backend.eval([t])
+        return time.perf_counter() - t0
     backend.eval(prompt)
     token = int(np.argmax(backend.last_logits()))
     if on_start is not None:
@@ -331,7 +345,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--n-gen", type=int, default=128)
         p.add_argument("--n-batch", type=int, default=512)
         p.add_argument("--n-ctx", type=int, default=640)
-        p.add_argument("--tg-method", choices=["generate", "eval"], default="generate")
+        p.add_argument("--tg-method", choices=["generate", "eval", "decode"], default="generate")
     p = sub.add_parser("info")
     p.set_defaults(func=info)
     p.add_argument("--model", required=True, help="a model name known to llama_rewire.models")
