@@ -156,10 +156,7 @@ def time_generation(
     if method == "decode":
         # llama-bench's own loop: from an empty cache, the BOS token and then random ones, one per
         # eval, nothing sampled or read back (the prompt is not used)
-        rng = np.random.default_rng(TOKEN_SEED)
-        toks = [int(t) for t in rng.integers(0, backend.n_vocab(), size=n_gen)]
-        if backend.token_bos() >= 0:
-            toks[0] = backend.token_bos()
+        toks = prompt_tokens(backend, n_gen)
         if on_start is not None:
             on_start()
         t0 = time.perf_counter()
