@@ -124,6 +124,43 @@ def test_generation_reuses_the_graph_except_right_after_a_rewiring(tiny_llm: Any
         np.testing.assert_array_equal(fresh.last_logits, logits)
 
 
+def test_perf_times_every_single_token_decode(tiny_llm: Any) -> None:
+    # llama.cpp books a decode's time and tokens when the context synchronizes: each eval must do so, or
+    # single-token decodes pile up and are counted later, as one prompt
+    llm = tiny_llm("llama")
+    llm.eval(llm.tokenize(PROMPT.encode(), add_bos=True))
+    llm.ctx.perf_reset()
+    for t in (5, 6, 7, 8, 9):
+        llm.eval([t])
+    perf = llm.ctx.perf()
+    assert perf["n_eval"] == 5
+    assert perf["t_eval_ms"] > 0.0
+    assert perf["t_p_eval_ms"] == 0.0
+    # no_perf=True (llama.cpp's own default) counts tokens but takes no timings
+    quiet = tiny_llm("llama", no_perf=True)
+    quiet.eval([1, 5])
+    quiet.eval([6])
+    perf = quiet.ctx.perf()
+    assert perf["n_eval"] == 1 and perf["n_p_eval"] == 2
+    assert perf["t_eval_ms"] == 0.0 and perf["t_p_eval_ms"] == 0.0
+
+
+def test_attention_type_and_op_offload_reach_the_context(tiny_llm: Any) -> None:
+    base = tiny_llm("llama")
+    base.eval([1, 5, 6])
+    causal = tiny_llm("llama", attention_type=0, op_offload=False)  # LLAMA_ATTENTION_TYPE_CAUSAL
+    causal.eval([1, 5, 6])
+    np.testing.assert_array_equal(causal.last_logits, base.last_logits)
+    # non-causal: the first token attends to the later ones, so its output changes
+    first = tiny_llm("llama", logits_all=True)
+    first.eval([1, 5, 6])
+    bidir = tiny_llm("llama", logits_all=True, attention_type=1)
+    bidir.eval([1, 5, 6])
+    assert not np.allclose(bidir.scores[0], first.scores[0])
+    with pytest.raises(ValueError, match="attention_type must be in"):
+        tiny_llm("llama", attention_type=2)
+
+
 @pytest.mark.parametrize(
     ("data", "text"),
     [(b"abc", "abc"), ("é".encode(), "é"), ("aé".encode()[:-1], "a"), ("a€".encode()[:-2], "a"),

@@ -93,6 +93,7 @@ class Llama:
         n_threads_batch: int | None = None,
         rope_scaling_type: int | None = -1,
         pooling_type: int = -1,
+        attention_type: int = -1,
         rope_freq_base: float = 0.0,
         rope_freq_scale: float = 0.0,
         yarn_ext_factor: float = -1.0,
@@ -104,7 +105,9 @@ class Llama:
         embedding: bool = False,
         offload_kqv: bool = True,
         flash_attn: bool = False,
+        op_offload: bool | None = None,
         swa_full: bool | None = None,
+        no_perf: bool = False,
         last_n_tokens_size: int = 64,
         lora_base: str | None = None,
         lora_scale: float = 1.0,
@@ -199,7 +202,11 @@ class Llama:
             "yarn_orig_ctx": yarn_orig_ctx,
             "rope_scaling_type": -1 if rope_scaling_type is None else rope_scaling_type,
             "pooling_type": pooling_type,
+            "attention_type": attention_type,
+            "no_perf": no_perf,
         }
+        if op_offload is not None:
+            extra["op_offload"] = op_offload
         if swa_full is not None:
             extra["swa_full"] = swa_full
         if embedding:

@@ -98,6 +98,9 @@ public:
         {
             py::gil_scoped_release release;
             rc = llama_decode(ctx, batch_);
+            // wait for the backend as llama-bench does after every decode: the logits are read next
+            // anyway, and llama.cpp books a decode's time and tokens (perf) when it synchronizes
+            llama_synchronize(ctx);
         }
         check_rc(rc);
         if (!copy) {
@@ -154,6 +157,7 @@ public:
         {
             py::gil_scoped_release release;
             rc = llama_decode(ctx, batch_);
+            llama_synchronize(ctx);
         }
         check_rc(rc);
     }
@@ -338,7 +342,8 @@ static int enum_in_range(const std::string & key, py::handle v, int lo, int hi) 
     return x;
 }
 
-// Optional context parameters by llama_context_params field name (rope and pooling settings).
+// Optional context parameters by llama_context_params field name (rope, pooling and attention
+// settings, op offload, performance timings).
 static void set_extra_params(llama_context_params & p, const py::dict & extra) {
     for (const auto & item : extra) {
         const std::string key = py::str(item.first);
@@ -367,6 +372,10 @@ static void set_extra_params(llama_context_params & p, const py::dict & extra) {
             p.swa_full = v.cast<bool>();
         } else if (key == "kv_unified") {
             p.kv_unified = v.cast<bool>();
+        } else if (key == "op_offload") {
+            p.op_offload = v.cast<bool>();
+        } else if (key == "no_perf") {
+            p.no_perf = v.cast<bool>();
         } else {
             throw py::value_error("unknown context parameter: " + key);
         }
