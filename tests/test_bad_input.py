@@ -58,6 +58,28 @@ def test_bad_constructor_arguments(tiny: Any, kwargs: dict[str, Any]) -> None:
         Llama(str(path), verbose=False, **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        ({"attention_type": "causal"}, TypeError, "attention_type must be an integer, got 'causal'"),
+        ({"attention_type": 1.5}, TypeError, "attention_type must be an integer"),
+        ({"attention_type": 5}, ValueError, r"attention_type must be in \[-1, 1\], got 5"),
+        ({"pooling_type": None}, TypeError, "pooling_type must be an integer, got None"),
+        ({"rope_freq_base": "fast"}, TypeError, "rope_freq_base must be a number"),
+        ({"yarn_orig_ctx": -4}, TypeError, "yarn_orig_ctx must be a non-negative integer"),
+    ],
+)
+def test_bad_context_parameters_name_themselves(
+    tiny: Any, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    path, _ = tiny("llama")
+    with pytest.raises(error, match=message):
+        Llama(str(path), verbose=False, **kwargs)
+    with Llama(str(path), n_ctx=32, verbose=False) as llm:  # still alive
+        llm.eval([1, 2])
+        assert np.isfinite(llm.last_logits).all()
+
+
 def test_bad_spec_in_constructor_and_setter_leaves_model_usable(tiny_llm: Any) -> None:
     with pytest.raises(ValueError, match="unknown activation"):
         tiny_llm("llama", activations="*:nonsense")

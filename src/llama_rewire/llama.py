@@ -203,12 +203,12 @@ class Llama:
             "rope_scaling_type": -1 if rope_scaling_type is None else rope_scaling_type,
             "pooling_type": pooling_type,
             "attention_type": attention_type,
-            "no_perf": no_perf,
+            "no_perf": bool(no_perf),
         }
         if op_offload is not None:
-            extra["op_offload"] = op_offload
+            extra["op_offload"] = bool(op_offload)
         if swa_full is not None:
-            extra["swa_full"] = swa_full
+            extra["swa_full"] = bool(swa_full)
         if embedding:
             extra["kv_unified"] = True  # several sequences per batch share the whole window
         try:

@@ -332,9 +332,18 @@ private:
     llama_batch batch_{};
 };
 
+// v as a T, or a TypeError naming the parameter (pybind11's own cast error names neither)
+template <typename T> static T param_as(const std::string & key, py::handle v, const char * what) {
+    try {
+        return v.cast<T>();
+    } catch (const py::cast_error &) {
+        throw py::type_error(key + " must be " + what + ", got " + std::string(py::repr(v)));
+    }
+}
+
 // An enum value given as an int; llama.cpp aborts on values outside the enum.
 static int enum_in_range(const std::string & key, py::handle v, int lo, int hi) {
-    const int x = v.cast<int>();
+    const int x = param_as<int>(key, v, "an integer");
     if (x < lo || x > hi) {
         throw py::value_error(key + " must be in [" + std::to_string(lo) + ", " + std::to_string(hi) + "], got " +
                               std::to_string(x));
@@ -355,27 +364,27 @@ static void set_extra_params(llama_context_params & p, const py::dict & extra) {
         } else if (key == "attention_type") {
             p.attention_type = (llama_attention_type) enum_in_range(key, v, -1, LLAMA_ATTENTION_TYPE_NON_CAUSAL);
         } else if (key == "rope_freq_base") {
-            p.rope_freq_base = v.cast<float>();
+            p.rope_freq_base = param_as<float>(key, v, "a number");
         } else if (key == "rope_freq_scale") {
-            p.rope_freq_scale = v.cast<float>();
+            p.rope_freq_scale = param_as<float>(key, v, "a number");
         } else if (key == "yarn_ext_factor") {
-            p.yarn_ext_factor = v.cast<float>();
+            p.yarn_ext_factor = param_as<float>(key, v, "a number");
         } else if (key == "yarn_attn_factor") {
-            p.yarn_attn_factor = v.cast<float>();
+            p.yarn_attn_factor = param_as<float>(key, v, "a number");
         } else if (key == "yarn_beta_fast") {
-            p.yarn_beta_fast = v.cast<float>();
+            p.yarn_beta_fast = param_as<float>(key, v, "a number");
         } else if (key == "yarn_beta_slow") {
-            p.yarn_beta_slow = v.cast<float>();
+            p.yarn_beta_slow = param_as<float>(key, v, "a number");
         } else if (key == "yarn_orig_ctx") {
-            p.yarn_orig_ctx = v.cast<uint32_t>();
+            p.yarn_orig_ctx = param_as<uint32_t>(key, v, "a non-negative integer");
         } else if (key == "swa_full") {
-            p.swa_full = v.cast<bool>();
+            p.swa_full = param_as<bool>(key, v, "a bool");
         } else if (key == "kv_unified") {
-            p.kv_unified = v.cast<bool>();
+            p.kv_unified = param_as<bool>(key, v, "a bool");
         } else if (key == "op_offload") {
-            p.op_offload = v.cast<bool>();
+            p.op_offload = param_as<bool>(key, v, "a bool");
         } else if (key == "no_perf") {
-            p.no_perf = v.cast<bool>();
+            p.no_perf = param_as<bool>(key, v, "a bool");
         } else {
             throw py::value_error("unknown context parameter: " + key);
         }
