@@ -7,8 +7,11 @@ For each model and one thread count it measures prompt processing (pp: tokens/s 
 and generation (tg: tokens/s over 128 greedy tokens), the median of ``--reps`` rounds, for: llama-rewire
 with no override (also generating with llama-bench's loop: random tokens, nothing sampled), with an
 override that keeps a fused GLU kernel, with composed activations (mish, relu2); llama-cpp-python 0.3.36
-(its own virtual environment); and llama-bench built from the same patched llama.cpp tree (the native
-ceiling). Each configuration runs in its own process (bench_worker.py, or llama-bench), whose peak RSS is
+(its own virtual environment, built by ``setup`` from its sdist with patches/0003 applied: the stock
+release dies with SIGILL on CPUs with AMX); and llama-bench built from the same patched llama.cpp tree
+(the native ceiling). llama-rewire, llama-cpp-python and llama-bench also run with the weights as stored
+(``use_extra_bufts=False``, ``--repack 0``) next to their default, which repacks them at load time for
+the CPU's fastest kernels (AMX tiles, CPU_REPACK). Each configuration runs in its own process (bench_worker.py, or llama-bench), whose peak RSS is
 reported; this process imports neither numpy nor a model, as a child's peak RSS counts its parent's. It
 also measures the machine's read bandwidth (the decode ceiling is bandwidth / weight bytes, as every
 weight is read once per token), how a generated token's time splits between each Python library's
@@ -28,7 +31,6 @@ import random
 import re
 import resource
 import shlex
-import shutil
 import statistics
 import subprocess
 import sys
@@ -41,10 +43,14 @@ from typing import IO, Any
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
+sys.path.insert(0, str(ROOT / "scripts"))
+
+import peers  # noqa: E402
+
 WORKER = HERE / "bench_worker.py"
 DEFAULT_VENV = HERE / ".venv-lcpp"
 DEFAULT_BUILD = ROOT / "build" / "bench"
-LCPP_REQUIREMENT = "llama-cpp-python==0.3.36"
+LCPP_REQUIREMENT = "llama-cpp-python==0.3.36 (with patches/0003)"
 DEFAULT_MODELS = ("smollm2", "gemma3-270m")
 COMPOSED = ("mish", "relu2")
 N_PROMPT, N_GEN, N_BATCH = 512, 128, 512
@@ -62,6 +68,9 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("fused", "none", "pp", 0.97),
     ("fused", "none", "tg", 0.97),
     *((c, "none", m, 0.93) for c in COMPOSED for m in ("pp", "tg")),
+    # no goal: weights repacked at load time (AMX tiles, CPU_REPACK) against weights used as stored
+    *((f"{k}", f"{k}-plain", m, None) for k in ("none", "lcpp", "llama-bench") for m in ("pp", "tg")),
+    *(("none-plain", "llama-bench-plain", m, None) for m in ("pp", "tg")),
 )
 SWITCH_GOAL_MS = 20.0
 BUSY_CORES = 0.2  # other processes' average use of the cores above which a run is flagged as noisy
@@ -70,50 +79,12 @@ BUSY_CORES = 0.2  # other processes' average use of the cores above which a run 
 # --------------------------------------------------------------------------- setup
 
 
-def venv_python(venv: Path) -> Path:
-    return venv / ("Scripts/python.exe" if os.name == "nt" else "bin/python")
-
-
-def llama_bench_path(build_dir: Path) -> Path | None:
-    for candidate in (build_dir / "bin" / "llama-bench", build_dir / "bin" / "llama-bench.exe"):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def echo_run(cmd: Sequence[str | Path], **kwargs: Any) -> None:
-    print("+", shlex.join(str(c) for c in cmd), flush=True)
-    subprocess.run([str(c) for c in cmd], check=True, **kwargs)
-
-
-def build_llama_bench(build_dir: Path) -> Path:
-    """Configure our CMake project with llama.cpp's tools and build the llama-bench target."""
-    pybind11_dir = subprocess.run(
-        [sys.executable, "-m", "pybind11", "--cmakedir"], check=True, capture_output=True, text=True
-    ).stdout.strip()
-    generator = ["-G", "Ninja"] if shutil.which("ninja") else []
-    echo_run(["cmake", "-S", ROOT, "-B", build_dir, *generator, "-DCMAKE_BUILD_TYPE=Release",
-              "-DLLAMA_REWIRE_BUILD_LLAMA_BENCH=ON", f"-Dpybind11_DIR={pybind11_dir}"])  # fmt: skip
-    echo_run(["cmake", "--build", build_dir, "--target", "llama-bench"])
-    path = llama_bench_path(build_dir)
-    if path is None:
-        raise SystemExit(f"llama-bench was built but not found under {build_dir}/bin")
-    return path
-
-
-def create_lcpp_venv(venv: Path) -> Path:
-    """A virtual environment with llama-cpp-python (compiled from its sdist: about 10 minutes)."""
-    echo_run([sys.executable, "-m", "venv", venv])
-    python = venv_python(venv)
-    echo_run([python, "-m", "pip", "install", LCPP_REQUIREMENT])
-    return python
-
-
 def setup(args: argparse.Namespace) -> int:
     if not args.skip_llama_bench:
-        print("llama-bench:", build_llama_bench(args.build_dir))
+        print("llama-bench:", peers.build_tool("llama-bench", args.build_dir))
     if not args.skip_lcpp:
-        print("llama-cpp-python:", create_lcpp_venv(args.venv))
+        # built from the pinned sdist with patches/0003 applied: the stock 0.3.36 dies with SIGILL on AMX CPUs
+        print("llama-cpp-python:", peers.build_lcpp(args.venv))
     return 0
 
 
@@ -271,14 +242,24 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
     ]
     out += [Config(c, f"llama-rewire, `*:{c}` (composed)", f"`*:{c}`", [*rewire, "--act", f"*:{c}"])
             for c in COMPOSED]  # fmt: skip
+    if args.repack_rows:
+        out.append(Config("none-plain", "llama-rewire, no override, weights as stored (--no-repack)",
+                          "no override, no repack", [*rewire, "--no-repack"]))  # fmt: skip
     if args.lcpp_python:
         label = f"llama-cpp-python {args.lcpp_version}"
-        out.append(Config("lcpp", label, "llama-cpp-python", [args.lcpp_python, *serve, "--backend", "lcpp"]))
+        lcpp = [args.lcpp_python, *serve, "--backend", "lcpp"]
+        out.append(Config("lcpp", label, "llama-cpp-python", lcpp))
+        if args.repack_rows:
+            out.append(Config("lcpp-plain", f"{label}, weights as stored", "llama-cpp-python, no repack",
+                              [*lcpp, "--no-repack"]))  # fmt: skip
     if args.llama_bench:
         cmd = [args.llama_bench, "-m", model, "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
                "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", "0",
                "-o", "json"]  # fmt: skip
         out.append(Config("llama-bench", "llama-bench (same llama.cpp)", "llama-bench", cmd, native=True))
+        if args.repack_rows:
+            out.append(Config("llama-bench-plain", "llama-bench, weights as stored (--repack 0)",
+                              "llama-bench, no repack", [*cmd, "--repack", "0"], native=True))  # fmt: skip
     return out
 
 
@@ -625,10 +606,10 @@ def lcpp_version(python: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.lcpp_python is None and venv_python(DEFAULT_VENV).exists():
-        args.lcpp_python = str(venv_python(DEFAULT_VENV))
+    if args.lcpp_python is None and peers.venv_python(DEFAULT_VENV).exists():
+        args.lcpp_python = str(peers.venv_python(DEFAULT_VENV))
     if args.llama_bench is None:
-        found = llama_bench_path(DEFAULT_BUILD)
+        found = peers.tool_path(DEFAULT_BUILD, "llama-bench")
         args.llama_bench = str(found) if found else None
     for what, value in (("llama-cpp-python", args.lcpp_python), ("llama-bench", args.llama_bench)):
         if not value:
@@ -677,6 +658,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reps", type=int, default=5, help="rounds (5)")
     p.add_argument("--runs", type=int, default=3, help="runs of each configuration in a round (3)")
     p.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS), help="names for models.fetch")
+    p.add_argument("--no-repack-rows", dest="repack_rows", action="store_false",
+                   help="leave out the rows with weights as stored (use_extra_bufts=False, --repack 0)")
     p.add_argument("--lcpp-python", help=f"a Python with llama-cpp-python ({DEFAULT_VENV.relative_to(ROOT)})")
     p.add_argument("--llama-bench", help=f"the llama-bench binary ({DEFAULT_BUILD.relative_to(ROOT)}/bin)")
     p.add_argument(

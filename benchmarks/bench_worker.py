@@ -109,10 +109,21 @@ def open_backend(args: argparse.Namespace, activations: str | None = None) -> Ba
             raise SystemExit("llama-cpp-python has no activation overrides")
         import llama_cpp
 
+        if args.no_repack:
+            # llama-cpp-python 0.3.36's Llama has no keyword for it: it reads the default model params
+            defaults = llama_cpp.llama_cpp.llama_model_default_params
+
+            def plain_params() -> Any:
+                params = defaults()
+                params.use_extra_bufts = False
+                return params
+
+            llama_cpp.llama_cpp.llama_model_default_params = plain_params
         return LcppBackend(llama_cpp.Llama(model_path=args.model, **common))
     from llama_rewire import Llama
 
-    return RewireBackend(Llama(args.model, activations=activations or None, **common))
+    return RewireBackend(Llama(args.model, activations=activations or None,
+                               use_extra_bufts=not args.no_repack, **common))
 
 
 # --------------------------------------------------------------------------- measurements
@@ -336,6 +347,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--model", required=True, help="a GGUF path")
         p.add_argument("--threads", type=int, required=True)
         p.add_argument("--act", default=None, help="activation spec (rewire only)")
+        p.add_argument("--no-repack", action="store_true",
+                       help="weights as stored: no AMX / CPU_REPACK buffers (use_extra_bufts=False)")
         p.add_argument("--reps", type=int, default=5)
         p.add_argument("--reload-reps", type=int, default=3)
         p.add_argument("--n-prompt", type=int, default=512)

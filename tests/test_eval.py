@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy_ref
 import pytest
+from references import reference
 
 from llama_rewire import eval as ev
 from llama_rewire.cli import main
@@ -21,19 +22,18 @@ N_WIN = 3
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 # llama.cpp's own figures for SmolLM2-135M-Instruct Q4_1 on the packaged sample text, from llama-perplexity
-# built from vendor/llama.cpp (CMake option LLAMA_REWIRE_BUILD_LLAMA_BENCH=ON, target llama-perplexity), CPU:
+# built from vendor/llama.cpp (scripts/record_references.py builds and runs it):
 #   llama-perplexity -m SmolLM2-135M-Instruct.Q4_1.gguf -f src/llama_rewire/data/sample.txt \
-#       -c 128 -t 2 -b 128 --chunks 8 [-fa off]
-# "Final estimate: PPL = ... +/- ..." over 8 windows of 128 tokens (504 tokens scored). Its default
-# (flash attention "auto", on for the CPU) and -fa off differ by 0.2%; Llama's default is flash_attn=False.
+#       -c 128 -t 2 -b 128 --chunks 8 -fa on|off
+# "Final estimate: PPL = ... +/- ..." over 8 windows of 128 tokens (504 tokens scored); -fa on is its
+# default on the CPU ("auto"), and the two differ by 0.2%; Llama's default is flash_attn=False. The
+# figures depend on the CPU's kernels (31.3931 with -fa off on an AVX-512 CPU, 31.257 with AMX), so
+# tests/data's recording says which CPU path made it and other paths record their own (references.py).
 # Over the whole text (28 windows, 1764 tokens; too slow for the suite) it printed 30.4096 +/- 2.08299
-# (default) and 30.2928 +/- 2.07516 (-fa off).
+# (default) and 30.2928 +/- 2.07516 (-fa off) on the AVX-512 CPU.
 # Re-record them if the sample text changes (its sha256 when they were recorded):
 SAMPLE_SHA256 = "9917ab9f983041cc2a212333eef7e983558a41fb65f7de432e09f59eae5309c2"
-LLAMA_PERPLEXITY_C128_CHUNKS8 = {  # flash_attn -> (PPL, error)
-    True: (31.4527, 4.13397),   # default run
-    False: (31.3931, 4.12837),  # -fa off
-}
+PERPLEXITY_REFERENCE = "llama_perplexity_reference.json"
 
 
 @pytest.fixture(scope="module")
@@ -368,11 +368,13 @@ def test_smollm2_perplexity_matches_llama_perplexity(smollm2_path: Path, text: s
         r = ev.perplexity(llm, text, 128, max_windows=8)
     assert r.n_tokens == 8 * 63
     # the same windows and the same arithmetic: equal to the printed digits
-    ppl, err = LLAMA_PERPLEXITY_C128_CHUNKS8[flash_attn]
+    figures = reference(PERPLEXITY_REFERENCE)
+    assert figures["sample_sha256"] == SAMPLE_SHA256
+    ppl, err = figures["ppl"]["on" if flash_attn else "off"]
     assert r.ppl == pytest.approx(ppl, rel=1e-5)
     assert r.ppl_stderr == pytest.approx(err, rel=1e-5)
     # and within 0.5% of llama-perplexity's default run whatever the attention kernel
-    assert r.ppl == pytest.approx(LLAMA_PERPLEXITY_C128_CHUNKS8[True][0], rel=5e-3)
+    assert r.ppl == pytest.approx(figures["ppl"]["on"][0], rel=5e-3)
 
 
 @pytest.mark.real_model

@@ -442,6 +442,17 @@ def test_model_selection() -> None:
 # -- settings and the command line --------------------------------------------------------------------
 
 
+def test_model_positional_and_no_repack_on_the_command_line() -> None:
+    (m,) = parse_settings(["m.gguf", "--no-repack"]).models
+    assert (m.model, m.use_extra_bufts) == ("m.gguf", False)
+    assert m.llama_kwargs()["use_extra_bufts"] is False
+    (m,) = parse_settings(["--model", "m.gguf"]).models
+    assert m.use_extra_bufts is True
+    assert parse_settings(["m.gguf", "--model", "m.gguf"]).models[0].model == "m.gguf"
+    with pytest.raises(SystemExit):
+        parse_settings(["a.gguf", "--model", "b.gguf"])
+
+
 def test_settings_from_the_command_line(tmp_path: Path) -> None:
     s = parse_settings(["--model", "m.gguf", "--act", "*:relu", "--n-ctx", "256", "--port", "9000",
                         "--api_key", "k", "--embedding"])

@@ -73,6 +73,7 @@ from .llama import (
 )
 from .llama_cache import BaseLlamaCache, LlamaCache, LlamaDiskCache, LlamaRAMCache, LlamaState
 from .llama_grammar import LlamaGrammar
+from .system import system_info
 
 __version__ = "0.1.0"
 
@@ -145,4 +146,5 @@ __all__ = [
     "llama_types",
     "parse",
     "parse_activation",
+    "system_info",
 ]

@@ -84,6 +84,7 @@ class Llama:
         vocab_only: bool = False,
         use_mmap: bool = True,
         use_mlock: bool = False,
+        use_extra_bufts: bool = True,
         kv_overrides: dict[str, bool | int | float | str] | None = None,
         seed: int = LLAMA_DEFAULT_SEED,
         n_ctx: int = 512,
@@ -158,6 +159,7 @@ class Llama:
             split_mode=split_mode,
             tensor_split=list(tensor_split or []),
             kv_overrides=dict(kv_overrides or {}),
+            use_extra_bufts=bool(use_extra_bufts),
         )
         self._ctx: _core.Context | None = None
         self.context_params = {
@@ -293,6 +295,11 @@ class Llama:
         if self._model is None:
             raise RuntimeError("this Llama is closed")
         return self._model
+
+    def weight_buffers(self) -> dict[str, int]:
+        """Bytes of weights per buffer type: ``CPU_Mapped``/``CPU`` for weights used as stored, ``AMX`` and
+        ``CPU_REPACK`` for weights repacked at load time for those kernels (``use_extra_bufts=True``)."""
+        return dict(self.model.buffers())
 
     @property
     def ctx(self) -> _core.Context:

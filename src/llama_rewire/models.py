@@ -386,14 +386,18 @@ def fetch(name: str = DEFAULT_MODEL, *, cache: Path | None = None, progress: boo
 def resolve(model: str | os.PathLike[str] | None) -> Path:
     """Map a model argument to a GGUF path.
 
-    ``None`` fetches :data:`DEFAULT_MODEL`; a known model name (or alias) is fetched;
-    anything else is taken as a file path and returned unchecked.
+    ``None`` fetches :data:`DEFAULT_MODEL`; a known model name (or alias) is fetched; anything else is
+    taken as a file path, which must exist: otherwise a ValueError lists the known names.
     """
     if model is None:
         return fetch(DEFAULT_MODEL)
     if isinstance(model, str) and model.strip().lower() in known_names():
         return fetch(model)
-    return Path(model)
+    path = Path(model)
+    if not path.exists():
+        raise ValueError(f"{str(model)!r}: no such GGUF file (the path does not exist), and not a known "
+                         f"model name; known names: {', '.join(known_names())}")
+    return path
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -46,7 +46,8 @@ static std::vector<llama_model_kv_override> kv_overrides_from(const py::dict & d
 
 static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_layers, bool use_mmap,
                                          bool use_mlock, bool vocab_only, int main_gpu, int split_mode,
-                                         const std::vector<float> & tensor_split, const py::dict & kv_overrides) {
+                                         const std::vector<float> & tensor_split, const py::dict & kv_overrides,
+                                         bool use_extra_bufts) {
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
     params.main_gpu     = main_gpu;
@@ -70,6 +71,7 @@ static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_lay
                         : use_mmap              ? LLAMA_LOAD_MODE_MMAP
                                                 : LLAMA_LOAD_MODE_NONE;
     params.vocab_only   = vocab_only;
+    params.use_extra_bufts = use_extra_bufts;
     llama_model * ptr = nullptr;
     {
         py::gil_scoped_release release;
@@ -178,6 +180,21 @@ static py::bytes model_detokenize(const model & self, const std::vector<llama_to
     return py::bytes(buf.data(), n < 0 ? 0 : n);
 }
 
+static py::dict model_buffers(const model & self) {
+    py::dict out;
+    const int32_t n = llama_rewire_model_n_buffers(self.get());
+    for (int32_t i = 0; i < n; ++i) {
+        const char * name = nullptr;
+        size_t size = 0;
+        if (llama_rewire_model_buffer(self.get(), i, &name, &size) == LLAMA_REWIRE_OK && name != nullptr) {
+            py::str key(name);
+            const size_t before = out.contains(key) ? out[key].cast<size_t>() : 0;
+            out[key] = before + size;
+        }
+    }
+    return out;
+}
+
 static std::string model_desc(const model & self) {
     char buf[256];
     const int32_t n = llama_model_desc(self.get(), buf, sizeof(buf));
@@ -189,7 +206,7 @@ void bind_model(py::module_ & m) {
         .def(py::init(&model_load), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
              py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("main_gpu") = 0,
              py::arg("split_mode") = -1, py::arg("tensor_split") = std::vector<float>(),
-             py::arg("kv_overrides") = py::dict())
+             py::arg("kv_overrides") = py::dict(), py::arg("use_extra_bufts") = true)
         .def("close", &model::close, "Free the model now; later calls raise.")
         .def_property_readonly("closed", &model::closed)
         .def("n_layer", [](const model & s) { return llama_model_n_layer(s.get()); })
@@ -199,6 +216,7 @@ void bind_model(py::module_ & m) {
         .def("n_params", [](const model & s) { return llama_model_n_params(s.get()); })
         .def("size", [](const model & s) { return llama_model_size(s.get()); })
         .def("desc", &model_desc)
+        .def("buffers", &model_buffers, "Bytes of weights per buffer type name (CPU, CPU_REPACK, AMX, ...).")
         .def("meta", &model_meta, py::arg("key"), "A metadata value as a string, or None.")
         .def("metadata", &model_metadata, "All metadata as a dict of strings.")
         .def("chat_template", [](const model & s) -> py::object {

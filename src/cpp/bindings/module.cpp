@@ -15,6 +15,34 @@ PYBIND11_MODULE(_core, m) {
     llama_backend_init();
 
     m.def("system_info", []() { return std::string(llama_print_system_info()); });
+    m.def("cpu_features", []() {
+        // what the CPU backend reports: build-time and detected features ("AVX2", "AMX_INT8", ...)
+        py::list out;
+        ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+        auto get = reg ? (ggml_backend_get_features_t) ggml_backend_reg_get_proc_address(reg, "ggml_backend_get_features")
+                       : nullptr;
+        if (get != nullptr) {
+            for (ggml_backend_feature * f = get(reg); f->name != nullptr; ++f) {
+                out.append(py::make_tuple(std::string(f->name), std::string(f->value)));
+            }
+        }
+        return out;
+    });
+    m.def("cpu_extra_buffer_types", []() {
+        // the CPU device's extra buffer types, into which use_extra_bufts repacks weights ("AMX", "CPU_REPACK")
+        py::list out;
+        ggml_backend_dev_t dev = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+        ggml_backend_reg_t reg = dev ? ggml_backend_dev_backend_reg(dev) : nullptr;
+        auto get = reg ? (ggml_backend_dev_get_extra_bufts_t) ggml_backend_reg_get_proc_address(
+                             reg, "ggml_backend_dev_get_extra_bufts")
+                       : nullptr;
+        if (get != nullptr) {
+            for (ggml_backend_buffer_type_t * b = get(dev); b != nullptr && *b != nullptr; ++b) {
+                out.append(std::string(ggml_backend_buft_name(*b)));
+            }
+        }
+        return out;
+    });
     m.def("supports_gpu_offload", []() { return llama_supports_gpu_offload(); });
 
     // the enum values users pass to Llama(...), as llama_cpp exposes them

@@ -19,6 +19,7 @@
 #define LLAMA_REWIRE_H
 
 #include <stdbool.h>
+#include <stddef.h>
 #include <stdint.h>
 
 #ifdef __cplusplus
@@ -83,6 +84,7 @@ extern "C" {
     };
 
     struct llama_context;
+    struct llama_model;
 
     // Name of an activation type ("silu", "leaky_relu", ...), or NULL for an unknown type.
     const char * llama_rewire_act_name(enum llama_rewire_act_type type);
@@ -119,6 +121,20 @@ extern "C" {
             const struct llama_context   * ctx,
             int32_t                        il,
             struct llama_rewire_ffn_info * info);
+
+    // Where a loaded model's weights live, one entry per buffer type: "CPU" (or "CPU_Mapped" style
+    // host buffers), "CPU_REPACK" and "AMX" (weights repacked for those kernels when the model was
+    // loaded with use_extra_bufts), a GPU's name, ... llama_rewire_model_n_buffers returns the number
+    // of entries (0 for a vocab-only model, -1 for a NULL model). llama_rewire_model_buffer fills the
+    // buffer type's name (a static string owned by ggml) and the bytes it holds for entry i; returns
+    // LLAMA_REWIRE_OK, or LLAMA_REWIRE_ERR_ARG for a NULL pointer or an i out of range.
+    int32_t llama_rewire_model_n_buffers(const struct llama_model * model);
+
+    int32_t llama_rewire_model_buffer(
+            const struct llama_model * model,
+            int32_t                    i,
+            const char              ** name,
+            size_t                   * size);
 
 #ifdef __cplusplus
 }

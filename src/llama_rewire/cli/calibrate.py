@@ -6,12 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from .common import add_model_arg, resolve_model, run_guarded
+from .common import add_model_arg, model_options, parse, resolve_model, run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-rewire calibrate", description=__doc__)
-    add_model_arg(p, positional=True)
+    add_model_arg(p)
     p.add_argument("--sparsity", type=float, required=True, help="target fraction of zeros, in [0, 1)")
     p.add_argument("--text", default=None, help="calibration text (default: the packaged sample text)")
     p.add_argument("-o", "--output", default=None, help="profile file to write (.json or .toml)")
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
 
     def body() -> int:
         from ..eval.progress import want_progress
@@ -36,7 +36,7 @@ def main(argv: list[str] | None = None) -> int:
         text = load_text(args.text)
         path = resolve_model(args.model)
         with Llama(str(path), n_ctx=args.ctx, n_batch=args.ctx, n_threads=args.threads, verbose=False,
-                   observe_ffn=True) as llm:
+                   observe_ffn=True, **model_options(args)) as llm:
             result = calibrate(llm, text, args.sparsity, args.ctx, progress=want_progress(args.json))
         out = {"model": str(path), **result.to_dict()}
         if args.output:

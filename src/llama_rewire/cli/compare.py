@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 
-from .common import run_guarded
+from .common import parse, run_guarded
 from .perplexity import add_eval_args, emit, header, open_for, show_progress
 
 
@@ -22,7 +22,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
 
     def body() -> int:
         from ..eval import compare

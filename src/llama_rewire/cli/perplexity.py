@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_arg, run_guarded
+from .common import add_model_arg, model_options, parse, run_guarded
 
 if TYPE_CHECKING:
     from ..llama import Llama
@@ -54,7 +54,8 @@ def open_for(args: argparse.Namespace) -> tuple[Llama, str]:
     if args.max_windows is not None and args.max_windows < 1:
         raise ValueError(f"--max-windows must be positive, got {args.max_windows}")
     text = load_text(args.text)
-    return load(args.model, args.ctx, n_threads=args.threads, flash_attn=args.flash_attn), text
+    return load(args.model, args.ctx, n_threads=args.threads, flash_attn=args.flash_attn,
+                **model_options(args)), text
 
 
 def show_progress(args: argparse.Namespace) -> bool:
@@ -112,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
 
     def body() -> int:
         from ..eval import perplexity

@@ -7,7 +7,7 @@ import json
 import shutil
 import textwrap
 
-from .common import add_model_arg, resolve_model, run_guarded
+from .common import add_model_arg, model_options, parse, resolve_model, run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +37,7 @@ def side_by_side(left: str, right: str, titles: tuple[str, str]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
 
     def body() -> int:
         from ..llama import Llama
@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
             {"temperature": 0.0} if args.seed is None else {"temperature": args.temp, "seed": args.seed}
         )
         path = resolve_model(args.model)
-        with Llama(path, n_ctx=args.ctx, n_threads=args.threads, verbose=False) as llm:
+        with Llama(path, n_ctx=args.ctx, n_threads=args.threads, verbose=False, **model_options(args)) as llm:
             llm.set_activations(args.act)  # validate the spec before spending time on the original
             table = llm.activations
             llm.set_activations(None)

@@ -7,12 +7,12 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_model_arg, resolve_model, run_guarded
+from .common import add_model_arg, model_options, parse, resolve_model, run_guarded
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-rewire stats", description=__doc__)
-    add_model_arg(p, positional=True)
+    add_model_arg(p)
     p.add_argument("--text", default=None, help="text to run (default: the packaged sample text)")
     p.add_argument("--act", default=None, help="rewiring to apply first (a spec or a profile file)")
     p.add_argument("--kind", choices=["down_in", "act"], default="down_in",
@@ -55,7 +55,7 @@ def plot_histograms(stats: object, path: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(build_parser(), argv)
 
     def body() -> int:
         from ..eval.progress import want_progress
@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         text = load_text(args.text)
         path = resolve_model(args.model)
         with Llama(str(path), n_ctx=args.ctx, n_batch=args.ctx, n_threads=args.threads, verbose=False,
-                   observe_ffn=True, ffn_stats_eps=args.eps, activations=args.act) as llm:
+                   observe_ffn=True, ffn_stats_eps=args.eps, activations=args.act,
+                   **model_options(args)) as llm:
             llm.reset_ffn_stats()
             n_tokens = sum(observe(llm, text, args.ctx, want_progress(args.json)))
             stats = llm.ffn_stats(args.kind)

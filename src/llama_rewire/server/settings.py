@@ -42,6 +42,9 @@ class ModelSettings(BaseModel):
     pooling_type: int = Field(-1, description="embedding pooling: -1 the model's, 0 none (a vector per "
                                               "token), 1 mean, 2 cls, 3 last")
     flash_attn: bool = Field(False, description="use flash attention")
+    use_extra_bufts: bool = Field(True, description="repack weights for the CPU's fastest kernels (AMX, "
+                                                    "CPU_REPACK) at load time; --no-repack keeps them as "
+                                                    "stored")
     logits_all: bool = Field(False, description="keep every position's logits (for echo with logprobs)")
     verbose: bool = Field(False, description="print llama.cpp's log")
 
@@ -132,6 +135,9 @@ def _add_fields(group: Any, model: type[BaseModel]) -> None:
         if _is_bool(field.annotation):
             group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,
                                default=argparse.SUPPRESS, help=help_text)
+            if name == "use_extra_bufts":
+                group.add_argument("--no-repack", dest=name, action="store_false", default=argparse.SUPPRESS,
+                                   help="the same as --no-use_extra_bufts")
         else:
             if field.default is not None and "default" not in help_text:
                 help_text += f" (default: {field.default})"
@@ -144,6 +150,8 @@ def build_parser(prog: str = "python -m llama_rewire.server") -> argparse.Argume
         prog=prog, description="An OpenAI-compatible HTTP server for llama-rewire models.")
     _add_fields(parser.add_argument_group("server"), ServerSettings)
     _add_fields(parser.add_argument_group("model (one model; several go in a --config_file)"), ModelSettings)
+    parser.add_argument("model_positional", nargs="?", default=None, metavar="MODEL",
+                        help="the model, as --model takes it")
     parser.add_argument("--config_file", "--config-file", default=None, metavar="FILE",
                         help="a JSON or TOML file with server settings and a 'models' list of model settings;"
                              " server flags given here override the file's")
@@ -156,6 +164,11 @@ def parse_settings(argv: Optional[list[str]] = None,
     parser = build_parser(prog)
     given = vars(parser.parse_args(argv))
     config_file = given.pop("config_file")
+    positional = given.pop("model_positional")
+    if positional is not None:
+        if given.get("model", positional) != positional:
+            parser.error(f"two models given: {positional!r} and --model {given['model']!r}")
+        given["model"] = positional
     server = {k: v for k, v in given.items() if k in ServerSettings.model_fields}
     model = {k: v for k, v in given.items() if k in ModelSettings.model_fields}
     try:
