@@ -11,13 +11,14 @@ override that keeps a fused GLU kernel, with composed activations (mish, relu2);
 release dies with SIGILL on CPUs with AMX); and llama-bench built from the same patched llama.cpp tree
 (the native ceiling). llama-rewire, llama-cpp-python and llama-bench also run with the weights as stored
 (``use_extra_bufts=False``, ``--repack 0``) next to their default, which repacks them at load time for
-the CPU's fastest kernels (AMX tiles, CPU_REPACK). Each configuration runs in its own process (bench_worker.py, or llama-bench), whose peak RSS is
-reported; this process imports neither numpy nor a model, as a child's peak RSS counts its parent's. It
-also measures the machine's read bandwidth (the decode ceiling is bandwidth / weight bytes, as every
-weight is read once per token), how a generated token's time splits between each Python library's
-``Llama.eval`` (llama_decode) and the rest (sampling, the Python loop), and the time from
-``set_activations`` to the end of the first decode after it, next to loading a new model. Each ratio a
-target names is the median over rounds, with a distribution-free confidence interval for it.
+the CPU's fastest kernels (AMX tiles, CPU_REPACK). Each configuration runs in its own process
+(bench_worker.py, or llama-bench), whose peak RSS is reported; this process imports neither numpy nor a
+model, as a child's peak RSS counts its parent's. It also measures the machine's read bandwidth (the
+decode ceiling is bandwidth / weight bytes, as every weight is read once per token), how a generated
+token's time splits between each Python library's ``Llama.eval`` (llama_decode) and the rest (sampling,
+the Python loop), and the time from ``set_activations`` to the end of the first decode after it, next to
+loading a new model. Each ratio a target names is the median over rounds, with a distribution-free
+confidence interval for it.
 """
 
 from __future__ import annotations
@@ -210,13 +211,15 @@ class ModelInfo:
     size: int  # weight bytes (llama_model_size): what each generated token reads
     n_params: int
     native_act: str
+    weight_buffers: dict[str, int]  # where llama-rewire's default load (use_extra_bufts) puts the weights
 
 
 def model_info(name: str, threads: int) -> ModelInfo:
     """Fetch the model (llama_rewire.models.fetch) and describe it, in a child process."""
     d = worker_json("info", "--model", name, "--threads", str(threads))
     return ModelInfo(name=name, path=Path(d["path"]), description=d["description"], size=int(d["size"]),
-                     n_params=int(d["n_params"]), native_act=d["native_act"])  # fmt: skip
+                     n_params=int(d["n_params"]), native_act=d["native_act"],
+                     weight_buffers=dict(d["weight_buffers"]))  # fmt: skip
 
 
 def fused_override(native_act: str) -> str:
@@ -387,6 +390,16 @@ def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
 # --------------------------------------------------------------------------- reporting
 
 
+def describe_repack(buffers: dict[str, int]) -> str:
+    """Which of the weights the default load repacks here (the 'weights as stored' rows keep them all)."""
+    repacked = {k: v for k, v in buffers.items() if k in ("AMX", "CPU_REPACK")}
+    if not repacked:
+        return ("Repacked at load on this CPU: none (no extra buffer type takes these tensors here), so the "
+                "'weights as stored' rows run the same kernels as the default ones.")
+    parts = ", ".join(f"{v / 1e6:.1f} MB of tensors into {k}" for k, v in repacked.items())
+    return f"Repacked at load on this CPU: {parts} (a copy beside the mapped file)."
+
+
 def median(xs: Sequence[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
 
@@ -533,7 +546,7 @@ def model_section(res: ModelResult, bandwidth: float) -> list[str]:
         "",
         f"`{info.path.name}`: {info.size / 1e6:.1f} MB of weights, {info.n_params / 1e6:.0f} M parameters, "
         f"FFN activation `{info.native_act}`. Decode ceiling: {bandwidth:.1f} GB/s / {info.size / 1e6:.1f} "
-        f"MB per token = **{ceiling:,.0f} tokens/s**.",
+        f"MB per token = **{ceiling:,.0f} tokens/s**. {describe_repack(info.weight_buffers)}",
         "",
         f"| configuration | pp{N_PROMPT} (t/s) | tg{N_GEN} (t/s) | tg / ceiling | peak RSS (MiB) |",
         "|---|---:|---:|---:|---:|",
@@ -562,7 +575,8 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         f"n_batch = n_ubatch = {N_BATCH}; no flash attention; "
         "window-sized sliding-window caches (swa_full off, as in llama-bench); CPU only",
         f"- llama.cpp {llama_cpp_commit()} (vendored, patched) for llama-rewire and llama-bench; "
-        f"llama-cpp-python {args.lcpp_version or '(not measured)'} with its own build of the same llama.cpp",
+        f"llama-cpp-python {args.lcpp_version or '(not measured)'} with its own build of the same llama.cpp, "
+        "built from its sdist with patches/0003 (the stock 0.3.36 dies with SIGILL on CPUs with AMX)",
         f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads",
         f"- pp{N_PROMPT}: one `eval` of {N_PROMPT} random tokens from an empty cache. tg{N_GEN}: {N_GEN} "
         f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "

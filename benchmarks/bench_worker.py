@@ -320,6 +320,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             "size": int(llm.model.size()),
             "n_params": int(llm.model.n_params()),
             "native_act": str(llm.describe_ffn()[0]["act"]),
+            "weight_buffers": llm.weight_buffers(),
         }
 
 

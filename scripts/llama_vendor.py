@@ -5,6 +5,7 @@
     python scripts/llama_vendor.py apply    # fetch if missing, then apply patches/*.patch (idempotent)
     python scripts/llama_vendor.py export   # write vendor/llama.cpp's commits since `upstream` to patches/
     python scripts/llama_vendor.py status   # which patches are applied
+    python scripts/llama_vendor.py tests    # llama-cpp-python's own tests, from the same sdist
 
 The upstream source is the llama.cpp copy vendored inside the llama-cpp-python sdist named below,
 downloaded with pip by name and version and checked against a pinned sha256. vendor/llama.cpp is made
@@ -35,6 +36,9 @@ LLAMA_CPP_COMMIT = "0c1e570"
 
 ROOT = Path(__file__).resolve().parent.parent
 VENDOR = ROOT / "vendor" / "llama.cpp"
+# llama-cpp-python's test suite and the modules it is checked against (tests/test_lcpp_suite.py)
+LCPP_TESTS = ROOT / "vendor" / "llama-cpp-python-tests"
+LCPP_TEST_FILES = ("tests/", "llama_cpp/llama_types.py")
 PATCHES = ROOT / "patches"
 
 # Fixed identity and dates so that applying the series gives the same commits everywhere.
@@ -117,6 +121,14 @@ def download_sdist(dest: Path) -> Path:
     return path
 
 
+def extract(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo] | None = None) -> None:
+    """Extract members (default: all) of a checked archive, with the "data" filter where Python has it."""
+    if hasattr(tarfile, "data_filter"):
+        tar.extractall(dest, members=members, filter="data")
+    else:  # Python < 3.11.4
+        tar.extractall(dest, members=members)
+
+
 def extract_llama_cpp(sdist: Path) -> None:
     prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
     tmp = VENDOR.parent / ".llama.cpp.partial"
@@ -135,10 +147,7 @@ def extract_llama_cpp(sdist: Path) -> None:
             members.append(m)
         if not members:
             raise VendorError(f"{sdist.name} holds no {prefix}")
-        if hasattr(tarfile, "data_filter"):
-            tar.extractall(tmp, members=members, filter="data")
-        else:  # Python < 3.11.4
-            tar.extractall(tmp, members=members)
+        extract(tar, tmp, members)
     tmp.rename(VENDOR)
 
 
@@ -205,6 +214,31 @@ def export() -> None:
         log(f"exported {p.name}")
 
 
+def extract_lcpp_tests() -> Path:
+    """llama-cpp-python's tests/ (and the llama_types module they import) from the pinned sdist, into
+    vendor/llama-cpp-python-tests (downloaded once, sha256-checked); returns that folder."""
+    if (LCPP_TESTS / "tests").is_dir():
+        return LCPP_TESTS
+    prefix = f"llama_cpp_python-{SDIST_VERSION}/"
+    tmp = LCPP_TESTS.parent / ".llama-cpp-python-tests.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    with tempfile.TemporaryDirectory() as dl, tarfile.open(download_sdist(Path(dl)), "r:gz") as tar:
+        members = []
+        for m in tar.getmembers():
+            name = m.name[len(prefix):] if m.name.startswith(prefix) else ""
+            if m.isfile() and any(name.startswith(f) for f in LCPP_TEST_FILES):
+                m.name = name
+                members.append(m)
+        if not members:
+            raise VendorError(f"the sdist of {SDIST_NAME}=={SDIST_VERSION} holds no tests/")
+        extract(tar, tmp, members)
+    shutil.rmtree(LCPP_TESTS, ignore_errors=True)
+    tmp.rename(LCPP_TESTS)
+    log(f"extracted {SDIST_NAME} {SDIST_VERSION}'s tests into {LCPP_TESTS.relative_to(ROOT)}")
+    return LCPP_TESTS
+
+
 def status() -> None:
     fetch()
     for patch in series():
@@ -215,10 +249,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["fetch", "apply", "export", "status"])
+    parser.add_argument("command", choices=["fetch", "apply", "export", "status", "tests"])
     args = parser.parse_args(argv)
     try:
-        {"fetch": fetch, "apply": apply, "export": export, "status": status}[args.command]()
+        {"fetch": fetch, "apply": apply, "export": export, "status": status,
+         "tests": extract_lcpp_tests}[args.command]()
     except (VendorError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", None) or ""
         log(f"error: {e}\n{detail}")

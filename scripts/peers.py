@@ -63,10 +63,7 @@ def build_lcpp(venv: Path) -> Path:
     with tempfile.TemporaryDirectory() as tmp:
         sdist = llama_vendor.download_sdist(Path(tmp))
         with tarfile.open(sdist, "r:gz") as tar:
-            if hasattr(tarfile, "data_filter"):
-                tar.extractall(tmp, filter="data")
-            else:  # Python < 3.11.4
-                tar.extractall(tmp)
+            llama_vendor.extract(tar, Path(tmp))  # the sdist's sha256 is checked
         src = Path(tmp) / f"llama_cpp_python-{llama_vendor.SDIST_VERSION}"
         # git apply works outside a repository; --directory: the patch's paths are relative to llama.cpp
         echo_run(["git", "apply", "--directory=vendor/llama.cpp", str(llama_vendor.PATCHES / AMX_PATCH)],

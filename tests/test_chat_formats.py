@@ -68,7 +68,7 @@ EXPECTED = {
         ["<|eot_id|>"],
     ),
     "mistral-instruct": (
-        "[INST] You are terse.\n\nHi [/INST] Hello!</s>[INST] Name a color. [/INST]",
+        "[INST] You are terse.\n\nHi [/INST]Hello!</s>[INST] Name a color. [/INST]",
         ["</s>"],
     ),
     "gemma": (
@@ -148,7 +148,7 @@ EXPECTED_NO_SYSTEM = {
             "<|im_start|>assistant\nHello!<|im_end|>\n<|im_start|>user\nName a color.<|im_end|>\n"
             "<|im_start|>assistant\n",
     "llama-2": "[INST] Hi [/INST] Hello! </s><s>[INST] Name a color. [/INST]",
-    "mistral-instruct": "[INST] Hi [/INST] Hello!</s>[INST] Name a color. [/INST]",
+    "mistral-instruct": "[INST] Hi [/INST]Hello!</s>[INST] Name a color. [/INST]",
     "alpaca": "Below is an instruction that describes a task. Write a response that appropriately "
               "completes the request.\n\n### Instruction:\nHi\n\n### Response:\nHello!\n\n"
               "### Instruction:\nName a color.\n\n### Response:\n",

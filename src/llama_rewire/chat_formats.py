@@ -209,14 +209,14 @@ def format_llama3(*, messages: Messages, **kwargs: Any) -> ChatFormatterResponse
 def format_mistral_instruct(
     *, messages: Messages, **kwargs: Any
 ) -> ChatFormatterResponse:
-    """Mistral instruct (v0.1/v0.2 docs)::
+    """Mistral instruct, as the models' own template renders it::
 
-        <s>[INST] {user} [/INST] {answer}</s>[INST] {user} [/INST]
+        <s>[INST] {user} [/INST]{answer}</s>[INST] {user} [/INST]
 
     There is no system role: the system prompt leads the first user message.
     """
     turns = _merge_system_into_first_user(_messages(messages))
-    templates = {"user": "[INST] {text} [/INST]", "assistant": " {text}</s>"}
+    templates = {"user": "[INST] {text} [/INST]", "assistant": "{text}</s>"}
     return ChatFormatterResponse(prompt=_roles_prompt(turns, templates, ""), stop=["</s>"])
 
 

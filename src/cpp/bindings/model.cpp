@@ -232,6 +232,10 @@ void bind_model(py::module_ & m) {
         .def("has_encoder", [](const model & s) { return llama_model_has_encoder(s.get()); })
         .def("has_decoder", [](const model & s) { return llama_model_has_decoder(s.get()); })
         .def("n_swa", [](const model & s) { return llama_model_n_swa(s.get()); })
+        .def("is_recurrent", [](const model & s) { return llama_model_is_recurrent(s.get()); },
+             "Whether the memory is recurrent state only (Mamba, RWKV): no partial rollback.")
+        .def("is_hybrid", [](const model & s) { return llama_model_is_hybrid(s.get()); },
+             "Whether the memory mixes attention layers with recurrent ones (Jamba, Falcon-H1, ...).")
         .def("n_embd_out", [](const model & s) { return llama_model_n_embd_out(s.get()); })
         .def("token_text", [](const model & s, llama_token t) {
             check_token(s, t);

@@ -1,0 +1,84 @@
+"""Speculative decoding: the step generator of ``Llama`` when it has a ``draft_model``.
+
+Each round evaluates the token just sampled together with the draft model's guesses of the tokens after
+it, in one decode that keeps the logits of every position. Then the sampler draws the next token from
+each position in turn, exactly as it would one decode at a time: while its token equals the guess, that
+guess is already evaluated and the next position's logits are there too; at the first difference the
+sampled token is the next one to evaluate and the KV cache of the rejected guesses is removed. The tokens
+(and the sampler's random draws) are those of plain decoding; only the number of decodes changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+
+from . import _core
+
+if TYPE_CHECKING:
+    from .llama import Llama, LogitsProcessor
+    from .llama_speculative import LlamaDraftModel
+
+Step = tuple[int, "npt.NDArray[np.single] | None"]
+
+
+def _draft(llama: Llama, draft_model: LlamaDraftModel, token: int) -> list[int]:
+    """The draft model's guesses after the evaluated tokens and token, cut to what one decode can take."""
+    n_past = llama.n_tokens
+    llama.input_ids[n_past] = token
+    history = llama.input_ids[: n_past + 1]
+    history.flags.writeable = False  # a view of the model's own buffer
+    guess = np.asarray(draft_model(history)).reshape(-1)
+    room = min(llama._n_batch, llama._n_ctx - n_past) - 1
+    out: list[int] = []
+    n_vocab = llama.n_vocab()
+    for t in guess[: max(0, room)].tolist():
+        if not 0 <= int(t) < n_vocab:
+            break  # a guess that is no token ends the draft
+        out.append(int(t))
+    return out
+
+
+def steps(
+    llama: Llama,
+    sampler: _core.Sampler,
+    draft_model: LlamaDraftModel,
+    *,
+    logits_processor: LogitsProcessor | None,
+    want_logits: bool,
+) -> Iterator[Step]:
+    """After the prompt is evaluated: yield (token, raw logits or None) as ``Llama._steps`` does.
+
+    At each yield ``n_tokens`` counts the tokens before the yielded one and ``last_logits`` are the logits
+    it was sampled from, as in plain decoding.
+    """
+    ctx = llama.ctx
+
+    def sample(out: int) -> Step:
+        raw = llama.last_logits.copy() if (want_logits or logits_processor is not None) else None
+        if logits_processor is not None:
+            assert raw is not None
+            return int(sampler.sample_logits(logits_processor(llama._input_ids, raw.copy()))), raw
+        return int(sampler.sample(ctx, out)), raw
+
+    try:
+        step = sample(-1)
+        while True:
+            yield step
+            token = step[0]
+            draft = _draft(llama, draft_model, token)
+            n_past = llama.n_tokens
+            llama._eval_outputs([token, *draft])
+            for i in range(len(draft) + 1):
+                llama._select_output(n_past + 1 + i, i)
+                step = sample(i)
+                if i == len(draft) or step[0] != draft[i]:
+                    llama._drop_uncounted()  # the rejected guesses draft[i:]
+                    break
+                yield step  # a guess that holds: already evaluated
+    finally:
+        if llama._ctx is not None:
+            llama._drop_uncounted()  # evaluated guesses after the last yielded token
