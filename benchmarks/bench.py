@@ -70,7 +70,7 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("fused", "none", "tg", 0.97),
     *((c, "none", m, 0.93) for c in COMPOSED for m in ("pp", "tg")),
     # no goal: weights repacked at load time (AMX tiles, CPU_REPACK) against weights used as stored
-    *((f"{k}", f"{k}-plain", m, None) for k in ("none", "lcpp", "llama-bench") for m in ("pp", "tg")),
+    *((k, f"{k}-plain", m, None) for k in ("none", "lcpp", "llama-bench") for m in ("pp", "tg")),
     *(("none-plain", "llama-bench-plain", m, None) for m in ("pp", "tg")),
 )
 SWITCH_GOAL_MS = 20.0

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from llama_rewire import Llama, system_info
+from llama_rewire.eval.windows import divergence
 
 ROOT = Path(__file__).resolve().parents[1]
 MMQ = ROOT / "vendor" / "llama.cpp" / "ggml" / "src" / "ggml-cpu" / "amx" / "mmq.cpp"
@@ -38,12 +39,6 @@ def test_info_system_prints_the_features(capsys: pytest.CaptureFixture[str]) -> 
     assert main(["info", "--system"]) == 0
     out = capsys.readouterr().out
     assert SYSTEM["cpu_path"] in out and SYSTEM["system_info"] in out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits.astype(np.float64) - logits.max(axis=-1, keepdims=True)
-    p = np.exp(z)
-    return p / p.sum(axis=-1, keepdims=True)  # type: ignore[no-any-return]
 
 
 def greedy(llm: Llama, n: int) -> tuple[list[int], list[int]]:
@@ -84,8 +79,8 @@ def test_repacked_weights_agree_with_weights_as_stored(real_model_path: Path) ->
     assert not extra & set(plain_buffers), plain_buffers
     assert sum(repacked_buffers.values()) >= sum(plain_buffers.values()) * 0.9
     assert gen_r == gen_p
-    p, q = softmax(scores_r), softmax(scores_p)
-    kl = np.sum(p * (np.log(p + 1e-30) - np.log(q + 1e-30)), axis=-1)
+    targets = np.array([*prompt[1:], *gen_r], dtype=np.int64)[: len(scores_r)]
+    _, kl, _ = divergence(scores_r, scores_p, targets)  # KL(repacked || plain) per position
     assert float(kl.mean()) < 0.02, float(kl.mean())
     if not extra & set(repacked_buffers):  # nothing of this model was repacked here: the very same kernels
         assert np.array_equal(scores_r, scores_p)

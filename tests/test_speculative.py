@@ -72,6 +72,25 @@ def test_draft_model_must_be_callable(smollm2_path: Path) -> None:
         Llama(str(smollm2_path), n_ctx=64, verbose=False, draft_model=3)  # type: ignore[arg-type]
 
 
+class OutOfVocabulary(LlamaDraftModel):
+    """Guesses ids that are no token: the draft ends there, nothing is decoded from them."""
+
+    def __call__(self, input_ids: Any, /, **kwargs: Any) -> Any:
+        return np.array([-1, 10**9], dtype=np.int64)
+
+
+def test_bad_draft_ids_and_sample_positions_are_errors_or_ignored(smollm2_path: Path) -> None:
+    with Llama(str(smollm2_path), n_ctx=512, verbose=False) as plain, \
+            Llama(str(smollm2_path), n_ctx=512, verbose=False, draft_model=OutOfVocabulary()) as bad:
+        assert _text(bad, max_tokens=12) == _text(plain, max_tokens=12)
+        plain.reset()
+        plain.eval(plain.tokenize(b"Hello there"))
+        for idx in (0, -5, 10**6):  # without logits_all only the last position's logits are kept
+            with pytest.raises(ValueError, match="idx="):
+                plain.sample(idx=idx)
+        assert 0 <= plain.sample(idx=plain.n_tokens - 1) < plain.n_vocab()  # still usable
+
+
 # -- the same text, fewer decodes ----------------------------------------------------------------------
 
 
