@@ -72,6 +72,8 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     # no goal: weights repacked at load time (AMX tiles, CPU_REPACK) against weights used as stored
     *((k, f"{k}-plain", m, None) for k in ("none", "lcpp", "llama-bench") for m in ("pp", "tg")),
     *(("none-plain", "llama-bench-plain", m, None) for m in ("pp", "tg")),
+    # no goal: a quarter of the layers skipped (skip=layer) drops their matmuls from the graph
+    *(("skip", "none", m, None) for m in ("pp", "tg")),
 )
 SWITCH_GOAL_MS = 20.0
 BUSY_CORES = 0.2  # other processes' average use of the cores above which a run is flagged as noisy
@@ -100,7 +102,7 @@ ORDER_SEED = 20261123
 
 @dataclass
 class Config:
-    key: str  # none, loop, fused, a composed name, lcpp, llama-bench
+    key: str  # none, loop, fused, a composed name, skip, lcpp, llama-bench
     label: str  # its row in the table
     short: str  # its name in the ratios
     cmd: list[str]  # `bench_worker.py serve ...`, or llama-bench for one run of each test
@@ -211,6 +213,7 @@ class ModelInfo:
     size: int  # weight bytes (llama_model_size): what each generated token reads
     n_params: int
     native_act: str
+    n_layer: int
     weight_buffers: dict[str, int]  # where llama-rewire's default load (use_extra_bufts) puts the weights
 
 
@@ -218,13 +221,19 @@ def model_info(name: str, threads: int) -> ModelInfo:
     """Fetch the model (llama_rewire.models.fetch) and describe it, in a child process."""
     d = worker_json("info", "--model", name, "--threads", str(threads))
     return ModelInfo(name=name, path=Path(d["path"]), description=d["description"], size=int(d["size"]),
-                     n_params=int(d["n_params"]), native_act=d["native_act"],
+                     n_params=int(d["n_params"]), native_act=d["native_act"], n_layer=int(d["n_layer"]),
                      weight_buffers=dict(d["weight_buffers"]))  # fmt: skip
 
 
 def fused_override(native_act: str) -> str:
     """An override that maps to another fused GLU op: SwiGLU -> GeGLU, anything else -> SwiGLU."""
     return "*:gelu" if native_act == "silu" else "*:silu"
+
+
+def skip_quarter(n_layer: int) -> str:
+    """skip=layer on a quarter of the layers: the ones just before the last."""
+    q = max(1, n_layer // 4)
+    return f"{n_layer - 1 - q}-{n_layer - 2}:skip=layer"
 
 
 def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
@@ -245,6 +254,9 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
     ]
     out += [Config(c, f"llama-rewire, `*:{c}` (composed)", f"`*:{c}`", [*rewire, "--act", f"*:{c}"])
             for c in COMPOSED]  # fmt: skip
+    skip = skip_quarter(info.n_layer)
+    out.append(Config("skip", f"llama-rewire, `{skip}` (a quarter of the layers skipped)", f"`{skip}`",
+                      [*rewire, "--act", skip]))  # fmt: skip
     if args.repack_rows:
         out.append(Config("none-plain", "llama-rewire, no override, weights as stored (--no-repack)",
                           "no override, no repack", [*rewire, "--no-repack"]))  # fmt: skip

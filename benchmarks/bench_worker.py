@@ -122,7 +122,7 @@ def open_backend(args: argparse.Namespace, activations: str | None = None) -> Ba
         return LcppBackend(llama_cpp.Llama(model_path=args.model, **common))
     from llama_rewire import Llama
 
-    return RewireBackend(Llama(args.model, activations=activations or None,
+    return RewireBackend(Llama(args.model, wiring=activations or None,
                                use_extra_bufts=not args.no_repack, **common))
 
 
@@ -320,6 +320,7 @@ def info(args: argparse.Namespace) -> dict[str, Any]:
             "size": int(llm.model.size()),
             "n_params": int(llm.model.n_params()),
             "native_act": str(llm.describe_ffn()[0]["act"]),
+            "n_layer": llm.n_layer(),
             "weight_buffers": llm.weight_buffers(),
         }
 
@@ -347,7 +348,7 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--backend", choices=["rewire", "lcpp"], required=True)
         p.add_argument("--model", required=True, help="a GGUF path")
         p.add_argument("--threads", type=int, required=True)
-        p.add_argument("--act", default=None, help="activation spec (rewire only)")
+        p.add_argument("--act", default=None, help="wiring spec: activations, skips... (rewire only)")
         p.add_argument("--no-repack", action="store_true",
                        help="weights as stored: no AMX / CPU_REPACK buffers (use_extra_bufts=False)")
         p.add_argument("--reps", type=int, default=5)

@@ -1,18 +1,20 @@
 """Independent float64 numpy forward pass for the tiny models of ``tiny_models``.
 
-``forward(spec, tokens, acts)`` returns the logits of every position of one
+``forward(spec, tokens, acts, wiring=...)`` returns the logits of every position of one
 causal sequence (positions 0..n-1), with the FFN activation of each layer
-optionally overridden.  The math follows llama.cpp (commit 0c1e570) for the
-"llama" (dense and mixtral-style MoE), "gpt2", "qwen2moe", "phi3" (fused gate+up
-``ffn_up``) and "hy_v3" (merged ``ffn_gate_up_exps`` experts, Q/K norm, ungated
-shared expert) architectures.
+optionally overridden, and each layer optionally rewired (see ``WIRING_KEYS``).
+The math follows llama.cpp (commit 0c1e570) for the "llama" (dense and
+mixtral-style MoE), "gpt2", "qwen2moe", "phi3" (fused gate+up ``ffn_up``),
+"hy_v3" (merged ``ffn_gate_up_exps`` experts, Q/K norm, ungated shared expert)
+and "gemma3" (scaled embeddings, post-norms, sliding-window layers with their
+own RoPE base, tied output) architectures.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Callable, Optional, Union
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 
@@ -20,8 +22,26 @@ if TYPE_CHECKING:  # only for annotations: the spec is duck-typed
     from tiny_models import ModelSpec
 
 Activation = Callable[[np.ndarray, Optional[float]], np.ndarray]
-# one entry of ``acts``: (name, param), a bare name, or None for the arch's default
-ActEntry = Union[tuple[str, Optional[float]], str, None]
+ActFn = Callable[[np.ndarray], np.ndarray]
+# one entry of ``acts``: (name, param), (name, param, threshold), a bare name, a function of x (an
+# expression activation), or None for the arch's default
+ActEntry = Union[tuple[str, Optional[float]], tuple[str, Optional[float], float], str, ActFn, None]
+# one layer's rewiring: a dict with some of WIRING_KEYS (a missing key keeps the model's own behaviour)
+Wiring = Mapping[str, Any]
+
+WIRING_KEYS = frozenset({
+    "act",           # ActEntry for every FFN scope of the layer (the same as acts[il])
+    "act.dense",     # ActEntry for the dense FFN only (a non-MoE layer); overrides "act"
+    "act.shared",    # ActEntry for the shared expert only (not its sigmoid gate); overrides "act"
+    "act.experts",   # ActEntry for the routed experts only; overrides "act"
+    "skip_attn",     # bool: the attention adds nothing to the residual stream
+    "skip_ffn",      # bool: the FFN (routed + shared) adds nothing to the residual stream
+    "attn_scale",    # float s: x = x + s * post_norm(attn(norm(x))) (no post_norm: s * attn(norm(x)))
+    "ffn_scale",     # float s: the same for the FFN; for MoE s * (routed + shared)
+    "heads_off",     # list of query heads whose outputs are 0 before attn_output
+    "experts_used",  # int k: top-k routed experts per token (weights normalised as the arch does)
+    "experts_off",   # list of experts whose router logits are -inf before the softmax
+})
 
 # ---------------------------------------------------------------- activations
 
@@ -74,12 +94,14 @@ ACTIVATIONS: dict[str, Activation] = {
 }
 
 
-def resolve_act(spec: ModelSpec, act: ActEntry) -> Callable[[np.ndarray], np.ndarray]:
+def resolve_act(spec: ModelSpec, act: ActEntry) -> ActFn:
     """Turn one entry of ``acts`` into a function; None / "default" = the arch's own.
 
-    An entry is a name, (name, param) or (name, param, threshold): with a threshold t > 0 the
-    activation a is kept where |a| > t and set to 0 elsewhere.
+    An entry is a function of x (used as is), a name, (name, param) or (name, param, threshold):
+    with a threshold t > 0 the activation a is kept where |a| > t and set to 0 elsewhere.
     """
+    if callable(act):
+        return act
     name, param, *rest = (act, None) if act is None or isinstance(act, str) else act
     threshold = float(rest[0]) if rest else 0.0
     if name is None or name == "default":
@@ -121,14 +143,14 @@ def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
     return e / e.sum(axis=axis, keepdims=True)
 
 
-def _rope(spec: ModelSpec, x: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def _rope(spec: ModelSpec, x: np.ndarray, pos: np.ndarray, base: float) -> np.ndarray:
     """Rotate pairs of x [n_tokens, n_heads, head_dim] by pos * base^(-2i/head_dim).
 
     "norm" (llama): pair i is (x[2i], x[2i+1]); "neox" (qwen2): pair i is (x[i], x[i+d/2]).
     (a, b) -> (a cos - b sin, a sin + b cos).
     """
     d = x.shape[-1]
-    theta = pos[:, None] * spec.rope_freq_base ** (-np.arange(0, d, 2) / d)  # [n_tokens, d/2]
+    theta = pos[:, None] * base ** (-np.arange(0, d, 2) / d)  # [n_tokens, d/2]
     cos, sin = np.cos(theta)[:, None, :], np.sin(theta)[:, None, :]
     if spec.rope == "norm":
         a, b = x[..., 0::2], x[..., 1::2]
@@ -159,8 +181,14 @@ def _qkv(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> tuple[
             v.reshape(t, spec.n_head_kv, spec.head_dim))
 
 
-def _attention(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> np.ndarray:
-    """Causal multi-head attention; query head j reads kv head j // (n_head / n_head_kv)."""
+def _attention(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, il: int,
+               heads_off: Sequence[int] = ()) -> np.ndarray:
+    """Causal multi-head attention; query head j reads kv head j // (n_head / n_head_kv).
+
+    On a sliding-window layer query i sees key j only when i - j < n_swa (llama.cpp masks
+    p1 - p0 >= n_swa), and RoPE uses rope_freq_base_swa.  The outputs of the heads in
+    heads_off are 0 before the output projection.
+    """
     t = h.shape[0]
     q, k, v = _qkv(spec, layer, h)
     if spec.qk_norm:  # RMSNorm over head_dim of every head, before RoPE
@@ -168,14 +196,18 @@ def _attention(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> 
         k = _norm(spec, k, layer["attn_k_norm.weight"], None)
     if spec.rope is not None:
         pos = np.arange(t, dtype=np.float64)
-        q, k = _rope(spec, q, pos), _rope(spec, k, pos)
+        base = spec.rope_freq_base_swa if spec.is_swa(il) else spec.rope_freq_base
+        q, k = _rope(spec, q, pos, base), _rope(spec, k, pos, base)
     group = spec.n_head // spec.n_head_kv
     k, v = np.repeat(k, group, axis=1), np.repeat(v, group, axis=1)
-    # scores[head, i, j] = q_i . k_j / sqrt(head_dim), j <= i
+    # scores[head, i, j] = q_i . k_j / sqrt(head_dim), j <= i (and i - j < n_swa)
     scores = np.einsum("ihd,jhd->hij", q, k) / math.sqrt(spec.head_dim)
-    scores = np.where(np.tril(np.ones((t, t), dtype=bool)), scores, -np.inf)
-    out = np.einsum("hij,jhd->ihd", _softmax(scores), v).reshape(t, -1)
-    return _linear(out, layer["attn_output.weight"], layer.get("attn_output.bias"))
+    i, j = np.arange(t)[:, None], np.arange(t)[None, :]
+    visible = (j <= i) & ((i - j < spec.n_swa) if spec.is_swa(il) else True)
+    scores = np.where(visible, scores, -np.inf)
+    out = np.einsum("hij,jhd->ihd", _softmax(scores), v)  # [T, n_head, head_dim]
+    out[:, list(heads_off)] = 0.0
+    return _linear(out.reshape(t, -1), layer["attn_output.weight"], layer.get("attn_output.bias"))
 
 
 def _mlp(x: np.ndarray, act: Callable[[np.ndarray], np.ndarray], up: np.ndarray, down: np.ndarray,
@@ -203,24 +235,43 @@ def _dense_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act
                 down_b=layer.get("ffn_down.bias"))
 
 
-def _route(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Router: p = softmax(W_inp h) over all experts; keep the top n_expert_used.
+def _router_probs(layer: dict[str, np.ndarray], h: np.ndarray, experts_off: Sequence[int]) -> np.ndarray:
+    """p = softmax(W_inp h) over all experts, the logits of experts_off set to -inf first."""
+    logits = _linear(h, layer["ffn_gate_inp.weight"])
+    logits[:, list(experts_off)] = -np.inf
+    return _softmax(logits)
+
+
+def _experts_used(spec: ModelSpec, w: Wiring) -> int:
+    """The wiring's k (default n_expert_used), checked against the experts left on."""
+    k = int(w.get("experts_used", spec.n_expert_used))
+    n_on = spec.n_expert - len(set(w.get("experts_off", ())))
+    if not 1 <= k <= n_on:
+        raise ValueError(f"experts_used={k} with {n_on} of {spec.n_expert} experts on")
+    return k
+
+
+def _route(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray,
+           w: Wiring) -> tuple[np.ndarray, np.ndarray]:
+    """Router: p = softmax(W_inp h) (experts_off masked); keep the top k (experts_used).
 
     Returns (expert ids [T, k], weights [T, k]).  With expert_weights_norm the kept
     weights are divided by their sum (clamped below at 6.103515625e-5, as llama.cpp).
     """
-    probs = _softmax(_linear(h, layer["ffn_gate_inp.weight"]))
-    ids = np.argsort(-probs, axis=-1, kind="stable")[:, : spec.n_expert_used]
-    w = np.take_along_axis(probs, ids, axis=-1)
+    k = _experts_used(spec, w)
+    probs = _router_probs(layer, h, w.get("experts_off", ()))
+    ids = np.argsort(-probs, axis=-1, kind="stable")[:, :k]
+    weights = np.take_along_axis(probs, ids, axis=-1)
     if spec.expert_weights_norm:
-        w = w / np.maximum(w.sum(axis=-1, keepdims=True), 6.103515625e-5)
-    return ids, w
+        weights = weights / np.maximum(weights.sum(axis=-1, keepdims=True), 6.103515625e-5)
+    return ids, weights
 
 
-def _moe_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
+def _moe_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, wiring: Wiring) -> np.ndarray:
     """sum_k w_k expert_{id_k}(h) (+ g * shared_expert(h), g = sigmoid(ffn_gate_inp_shexp . h)
     when the layer has that gate (qwen2moe), else g = 1 (hy_v3))."""
-    ids, w = _route(spec, layer, h)
+    ids, w = _route(spec, layer, h, wiring)
+    act = _scope_act(spec, wiring, "experts")
     if "ffn_gate_up_exps.weight" in layer:  # merged experts: rows [gate; up] of every expert
         gate_exps, up_exps = _split_gate_up(layer["ffn_gate_up_exps.weight"])
     else:
@@ -231,8 +282,8 @@ def _moe_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: 
             out[t] += we * _mlp(h[t], act, up_exps[e], layer["ffn_down_exps.weight"][e],
                                 gate=gate_exps[e])
     if "ffn_up_shexp.weight" in layer:
-        shared = _mlp(h, act, layer["ffn_up_shexp.weight"], layer["ffn_down_shexp.weight"],
-                      gate=layer["ffn_gate_shexp.weight"])
+        shared = _mlp(h, _scope_act(spec, wiring, "shared"), layer["ffn_up_shexp.weight"],
+                      layer["ffn_down_shexp.weight"], gate=layer["ffn_gate_shexp.weight"])
         if "ffn_gate_inp_shexp.weight" in layer:
             shared = _sigmoid(h @ _f64(layer["ffn_gate_inp_shexp.weight"]))[:, None] * shared
         out += shared
@@ -240,51 +291,99 @@ def _moe_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: 
 
 
 def _embed(spec: ModelSpec, tokens: Sequence[int]) -> np.ndarray:
-    """Token embedding rows (+ learned position rows for gpt2)."""
+    """Token embedding rows * embd_scale (+ learned position rows for gpt2)."""
     ids = np.asarray(tokens, dtype=np.int64)
-    x = _f64(spec.tensors["token_embd.weight"])[ids]
+    x = _f64(spec.tensors["token_embd.weight"])[ids] * spec.embd_scale
     if "position_embd.weight" in spec.tensors:
         x = x + _f64(spec.tensors["position_embd.weight"])[: len(ids)]
     return x
 
 
+# ---------------------------------------------------------------- wiring
+
+def _wirings(spec: ModelSpec, acts: Sequence[ActEntry] | None,
+             wiring: Sequence[Wiring] | None) -> list[dict[str, Any]]:
+    """One checked wiring dict per layer, acts[il] (when not None) merged in as its "act"."""
+    for what, seq in (("acts", acts), ("wiring", wiring)):
+        if seq is not None and len(seq) != spec.n_layer:
+            raise ValueError(f"{what} has {len(seq)} entries, model has {spec.n_layer} layers")
+    out = []
+    for il in range(spec.n_layer):
+        w = dict(wiring[il]) if wiring is not None else {}
+        if unknown := sorted(set(w) - WIRING_KEYS):
+            raise KeyError(f"layer {il}: unknown wiring keys {unknown}")
+        if not all(0 <= j < spec.n_head for j in w.get("heads_off", ())):
+            raise ValueError(f"layer {il}: heads_off {w['heads_off']} outside 0..{spec.n_head - 1}")
+        if not all(0 <= e < spec.n_expert for e in w.get("experts_off", ())):
+            raise ValueError(f"layer {il}: experts_off {w['experts_off']} outside 0..{spec.n_expert - 1}")
+        if acts is not None and acts[il] is not None:
+            if "act" in w:
+                raise ValueError(f"layer {il}: an activation in both acts and wiring")
+            w["act"] = acts[il]
+        out.append(w)
+    return out
+
+
+def _scope_act(spec: ModelSpec, w: Wiring, scope: str) -> ActFn:
+    """The activation of one FFN scope ("dense", "shared" or "experts"): w["act.<scope>"] if the
+    wiring has that key, else w["act"], else the arch's own."""
+    key = f"act.{scope}"
+    return resolve_act(spec, w[key] if key in w else w.get("act"))
+
+
+def _post_norm(spec: ModelSpec, layer: dict[str, np.ndarray], name: str, y: np.ndarray) -> np.ndarray:
+    """norm(y) with the layer's post-norm weight ``name`` where the arch has post-norms, else y."""
+    return _norm(spec, y, layer[name], None) if spec.post_norm else y
+
+
 # ---------------------------------------------------------------- forward
 
-def _blocks(spec: ModelSpec, tokens: Sequence[int],
-            acts: Sequence[ActEntry] | None) -> tuple[np.ndarray, list[np.ndarray]]:
-    """Run all transformer blocks: x = x + attn(norm(x)); x = x + ffn(norm(x)).
+def _blocks(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None,
+            wiring: Sequence[Wiring] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Run all transformer blocks:
+        x = x + s_attn * post_norm(attn(norm(x)))
+        x = x + s_ffn  * post_norm(ffn(norm(x)))
+    post_norm only where the arch has one; s = the wiring's scale (default 1), and a skipped
+    sublayer adds nothing.
 
     Returns the final residual stream [T, n_embd] and each layer's FFN input norm(x).
     """
-    if acts is not None and len(acts) != spec.n_layer:
-        raise ValueError(f"acts has {len(acts)} entries, model has {spec.n_layer} layers")
     x = _embed(spec, tokens)
     ffn_inputs = []
-    for il, layer in enumerate(spec.layers):
-        act = resolve_act(spec, None if acts is None else acts[il])
-        h = _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias"))
-        x = x + _attention(spec, layer, h)
+    for il, (layer, w) in enumerate(zip(spec.layers, _wirings(spec, acts, wiring))):
+        if not w.get("skip_attn", False):
+            h = _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias"))
+            a = _attention(spec, layer, h, il, w.get("heads_off", ()))
+            x = x + w.get("attn_scale", 1.0) * _post_norm(spec, layer, "post_attention_norm.weight", a)
         h = _norm(spec, x, layer["ffn_norm.weight"], layer.get("ffn_norm.bias"))
-        x = x + (_moe_ffn(spec, layer, h, act) if spec.n_expert else _dense_ffn(spec, layer, h, act))
         ffn_inputs.append(h)
+        if not w.get("skip_ffn", False):
+            if spec.n_expert:
+                f = _moe_ffn(spec, layer, h, w)
+            else:
+                f = _dense_ffn(spec, layer, h, _scope_act(spec, w, "dense"))
+            x = x + w.get("ffn_scale", 1.0) * _post_norm(spec, layer, "post_ffw_norm.weight", f)
     return x, ffn_inputs
 
 
-def forward(spec: ModelSpec, tokens: Sequence[int],
-            acts: Sequence[ActEntry] | None = None) -> np.ndarray:
+def forward(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None = None, *,
+            wiring: Sequence[Wiring] | None = None) -> np.ndarray:
     """Logits [n_tokens, n_vocab] (float64) for one causal sequence at positions 0..n-1.
 
     ``acts[il]`` overrides the FFN activation of layer il (for gated FFNs the gate
     activation, for MoE every expert and the shared expert, not the shared expert's
     sigmoid gate); None or ("default", None) keeps the architecture's own activation.
+    ``wiring[il]`` rewires layer il (a dict with keys from WIRING_KEYS); acts[il] is the
+    same as wiring[il]["act"], and a layer may not set both.
+    The output is tied to token_embd when the model has no output.weight.
     """
-    x, _ = _blocks(spec, tokens, acts)
+    x, _ = _blocks(spec, tokens, acts, wiring)
     x = _norm(spec, x, spec.tensors["output_norm.weight"], spec.tensors.get("output_norm.bias"))
-    return _linear(x, spec.tensors["output.weight"])
+    return _linear(x, spec.tensors.get("output.weight", spec.tensors["token_embd.weight"]))
 
 
-def dense_ffn_tensors(spec: ModelSpec, tokens: Sequence[int],
-                      acts: Sequence[ActEntry] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
+def dense_ffn_tensors(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None = None, *,
+                      wiring: Sequence[Wiring] | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
     """For a dense (non-MoE) model: per layer (act output, ffn_down input), each [T, n_ff].
 
     For a gated FFN the act output is act(gate x) and the down input act(gate x) * (up x); for a plain
@@ -292,10 +391,10 @@ def dense_ffn_tensors(spec: ModelSpec, tokens: Sequence[int],
     """
     if spec.n_expert:
         raise ValueError("dense models only")
-    _, ffn_inputs = _blocks(spec, tokens, acts)
+    _, ffn_inputs = _blocks(spec, tokens, acts, wiring)
     out = []
-    for il, (layer, h) in enumerate(zip(spec.layers, ffn_inputs)):
-        act = resolve_act(spec, None if acts is None else acts[il])
+    for layer, h, w in zip(spec.layers, ffn_inputs, _wirings(spec, acts, wiring)):
+        act = _scope_act(spec, w, "dense")
         if spec.fused_gate_up:
             gate_w, up_w = _split_gate_up(layer["ffn_up.weight"])
         else:
@@ -310,17 +409,31 @@ def dense_ffn_tensors(spec: ModelSpec, tokens: Sequence[int],
     return out
 
 
-def router_margin(spec: ModelSpec, tokens: Sequence[int],
-                  acts: Sequence[ActEntry] | None = None) -> float:
+def router_probs(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None = None, *,
+                 wiring: Sequence[Wiring] | None = None) -> list[np.ndarray]:
+    """For an MoE model: per layer the router probabilities [T, n_expert] under the wiring,
+    softmax(W_inp h) with the logits of that layer's experts_off at -inf."""
+    if not spec.n_expert:
+        raise ValueError("MoE models only")
+    _, ffn_inputs = _blocks(spec, tokens, acts, wiring)
+    return [_router_probs(layer, h, w.get("experts_off", ()))
+            for layer, h, w in zip(spec.layers, ffn_inputs, _wirings(spec, acts, wiring))]
+
+
+def router_margin(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None = None, *,
+                  wiring: Sequence[Wiring] | None = None) -> float:
     """Smallest gap between the k-th and (k+1)-th router probability over all tokens and
-    layers (inf for dense models).  A gap near float32 precision (~1e-6) means llama.cpp
-    may select other experts than the reference."""
-    if not spec.n_expert or spec.n_expert_used >= spec.n_expert:
+    layers (inf for dense models), under each layer's wiring: its k (experts_used) and its
+    experts_off mask; layers whose FFN is skipped, or where k keeps every expert left on, do
+    not count.  A gap near float32 precision (~1e-6) means llama.cpp may select other experts
+    than the reference."""
+    if not spec.n_expert:
         return math.inf
-    _, ffn_inputs = _blocks(spec, tokens, acts)
-    k = spec.n_expert_used
-    margins = []
-    for layer, h in zip(spec.layers, ffn_inputs):
-        p = -np.sort(-_softmax(_linear(h, layer["ffn_gate_inp.weight"])), axis=-1)  # descending
+    margins = [math.inf]
+    for probs, w in zip(router_probs(spec, tokens, acts, wiring=wiring), _wirings(spec, acts, wiring)):
+        k = _experts_used(spec, w)
+        if w.get("skip_ffn", False) or k >= spec.n_expert - len(set(w.get("experts_off", ()))):
+            continue
+        p = -np.sort(-probs, axis=-1)  # descending
         margins.append(float(np.min(p[:, k - 1] - p[:, k])))
     return min(margins)

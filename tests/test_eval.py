@@ -326,7 +326,7 @@ def test_bad_input_raises_value_error(tiny_llm: Any, text: str, tmp_path: Path) 
         ev.sweep(llm, text, "relu", CTX, layers="1-3")
     with pytest.raises(ValueError, match="cannot parse 'x'"):
         ev.sweep(llm, text, "relu", CTX, layers="0,x")
-    with pytest.raises(ValueError, match=r"one activation .* not a spec"):
+    with pytest.raises(ValueError, match=r"one entry .* not a spec"):
         ev.sweep(llm, text, "0-1:relu", CTX)
     with pytest.raises(ValueError, match="unknown activation 'bogus'"):
         ev.sweep(llm, text, "bogus", CTX)

@@ -26,8 +26,15 @@ import pytest
 import uvicorn
 
 from llama_rewire import Llama
-from llama_rewire.errors import ActivationSpecError, ContextOverflowError, DecodeError, GrammarError
+from llama_rewire.errors import (
+    ActivationSpecError,
+    ContextOverflowError,
+    DecodeError,
+    GrammarError,
+    WiringSpecError,
+)
 from llama_rewire.server import ModelSettings, Settings, create_app, parse_settings
+from llama_rewire.server import main as server_main
 from llama_rewire.server.errors import APIError, from_exception
 from llama_rewire.server.pool import ModelPool, ServedModel, select_alias
 
@@ -477,6 +484,44 @@ def test_settings_from_the_command_line(tmp_path: Path) -> None:
         parse_settings(["--config_file", str(js)])
     with pytest.raises(SystemExit):  # models come from the file
         parse_settings(["--config_file", str(js), "--model", "x.gguf"])
+
+
+def test_the_wiring_setting(tmp_path: Path) -> None:
+    (m,) = parse_settings(["--model", "m.gguf", "--wiring", "0:skip=attn"]).models
+    assert (m.wiring, m.activations) == ("0:skip=attn", None)
+    assert m.llama_kwargs()["wiring"] == "0:skip=attn"
+    toml = tmp_path / "models.toml"
+    toml.write_text('[[models]]\nmodel = "m.gguf"\nmodel_alias = "orig"\n'
+                    '[[models]]\nmodel = "m.gguf"\nmodel_alias = "pruned"\nwiring = "1-2:skip=layer"\n'
+                    'activations = "*:relu"\n')
+    s = parse_settings(["--config_file", str(toml)])
+    assert [(m.alias, m.wiring, m.activations) for m in s.models] == [
+        ("orig", None, None), ("pruned", "1-2:skip=layer", "*:relu")]
+    js = tmp_path / "models.json"
+    js.write_text(json.dumps({"models": [{"model": "m.gguf", "wiring": {"1-2": {"skip": "layer"}}}]}))
+    assert parse_settings(["--config_file", str(js)]).models[0].wiring == {"1-2": {"skip": "layer"}}
+
+
+def test_a_model_served_with_a_wiring(tiny: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    path, _ = tiny("llama")
+    wiring = "0:skip=attn, 1:ffn_scale=0.5"
+    settings = Settings(models=[ModelSettings(model=str(path), model_alias="plain", n_ctx=64),
+                                ModelSettings(model=str(path), model_alias="wired", n_ctx=64, wiring=wiring)])
+    app = create_app(settings)
+    assert str(app.state.pool.get("wired").llama.wiring) == wiring
+    with running(app) as url:
+        models = httpx.get(f"{url}/v1/models").json()["data"]
+        assert [(m["id"], m["wiring"]) for m in models] == [("plain", None), ("wired", wiring)]
+        texts = [httpx.post(f"{url}/v1/completions", json={"model": m, "prompt": "hello", "max_tokens": 4,
+                                                            "temperature": 0}).json()["choices"][0]["text"]
+                 for m in ("plain", "wired")]
+        assert texts[0] != texts[1]
+    # an invalid wiring fails at load, with the reason
+    with pytest.raises(WiringSpecError, match="unknown skip 'sideways'"):
+        create_app(Settings(models=[ModelSettings(model=str(path), wiring="0:skip=sideways")]))
+    assert server_main(["--model", str(path), "--wiring", "9:skip=layer"]) == 1
+    err = capsys.readouterr().err
+    assert "error: " in err and "layer 9 is out of range" in err and err.count("\n") == 1
 
 
 def test_llama_rewire_serve(smollm2_path: Path) -> None:

@@ -21,6 +21,7 @@ activation changes the logits at O(1) level.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -35,7 +36,8 @@ _TT_NORMAL, _TT_UNKNOWN, _TT_CONTROL, _TT_BYTE = 1, 2, 3, 6
 class ModelSpec:
     """Everything the numpy reference needs to run one tiny model."""
 
-    arch: str                 # GGUF architecture: "llama", "gpt2", "qwen2moe", "phi3" or "hy_v3"
+    arch: str                 # GGUF architecture: "llama", "gpt2", "qwen2moe", "phi3", "hy_v3", "gemma3"
+                              # or "mamba"
     n_vocab: int
     n_embd: int
     n_layer: int
@@ -59,12 +61,30 @@ class ModelSpec:
     # shape (n_expert, 2 n_ff, n_embd) (merged experts); the FFN is act(first half) * second half
     fused_gate_up: bool = False
     qk_norm: bool = False     # RMSNorm (weights attn_q_norm / attn_k_norm) on every Q and K head, before RoPE
+    embd_scale: float = 1.0   # token embedding rows are multiplied by this (gemma3: sqrt(n_embd))
+    # norm (weights post_attention_norm / post_ffw_norm) of each sublayer's output, before the residual add:
+    # x = x + post_norm(attn(norm(x))); x = x + post_norm(ffn(norm(x)))
+    post_norm: bool = False
+    # sliding-window attention: on the layers il with swa_layers[il], query i sees key j only when
+    # i - j < n_swa, and RoPE uses rope_freq_base_swa instead of rope_freq_base
+    n_swa: int = 0
+    swa_layers: list[bool] = field(default_factory=list)
+    rope_freq_base_swa: float = 10000.0
+    # selective state-space (Mamba) mixer in place of attention, 0 = none: the causal conv1d width,
+    # the inner width (2 n_embd), the state size per inner channel and the rank of the dt projection
+    ssm_d_conv: int = 0
+    ssm_d_inner: int = 0
+    ssm_d_state: int = 0
+    ssm_dt_rank: int = 0
     tensors: dict[str, np.ndarray] = field(default_factory=dict)
     layers: list[dict[str, np.ndarray]] = field(default_factory=list)
 
     @property
     def head_dim(self) -> int:
         return self.n_embd // self.n_head
+
+    def is_swa(self, il: int) -> bool:
+        return bool(self.swa_layers) and self.swa_layers[il]
 
 
 # ---------------------------------------------------------------- random weights
@@ -417,6 +437,105 @@ def write_moe_merged(path: str | Path, seed: int = 0, n_layer: int = 2, n_embd: 
     return spec
 
 
+def write_gemma3(path: str | Path, seed: int = 0, n_layer: int = 4, n_embd: int = 64,
+                 n_head: int = 4, n_head_kv: int = 2, n_ff: int = 128, n_ctx_train: int = 256,
+                 norm_eps: float = 1e-6, rope_freq_base: float = 1_000_000.0,
+                 rope_freq_base_swa: float = 10_000.0, n_swa: int = 5, swa_pattern: int = 2) -> ModelSpec:
+    """gemma3: embeddings scaled by sqrt(n_embd), RMSNorm everywhere (the weights are used as stored:
+    llama.cpp's converter has already added Gemma's 1), per-head Q/K RMSNorm before RoPE (neox),
+    GQA with scale 1/sqrt(head_dim), post-norms on the attention and FFN outputs before each residual
+    add, a GELU(tanh)-gated FFN down(gelu(gate x) * up x), and the output tied to token_embd.
+
+    Of every ``swa_pattern`` layers the last is global (il % swa_pattern == swa_pattern - 1, llama.cpp's
+    rule) and the others use a sliding window of ``n_swa`` positions and RoPE base ``rope_freq_base_swa``.
+    Embeddings are N(0, 1/n_embd), so the scaled rows, and the tied logits, are O(1).
+    """
+    init = _Init(seed)
+    swa_layers = [il % swa_pattern < swa_pattern - 1 for il in range(n_layer)]
+    spec = ModelSpec(arch="gemma3", n_vocab=SPM_VOCAB_SIZE, n_embd=n_embd, n_layer=n_layer,
+                     n_head=n_head, n_head_kv=n_head_kv, n_ff=n_ff, n_ctx_train=n_ctx_train,
+                     norm="rms", norm_eps=norm_eps, rope="neox", rope_freq_base=rope_freq_base,
+                     default_act="gelu", gated=True, qk_norm=True, embd_scale=math.sqrt(n_embd),
+                     post_norm=True, n_swa=n_swa, swa_layers=swa_layers,
+                     rope_freq_base_swa=rope_freq_base_swa)
+    spec.tensors = {
+        "token_embd.weight": init.normal(spec.n_vocab, n_embd, scale=1.0 / math.sqrt(n_embd)),
+        "output_norm.weight": init.norm_weight(n_embd),
+    }
+    hd = spec.head_dim
+    for _ in range(n_layer):
+        layer = _llama_attn(init, n_embd, n_head, n_head_kv, qkv_bias=False)
+        layer["attn_q_norm.weight"] = init.norm_weight(hd)
+        layer["attn_k_norm.weight"] = init.norm_weight(hd)
+        layer["post_attention_norm.weight"] = init.norm_weight(n_embd)
+        layer["ffn_norm.weight"] = init.norm_weight(n_embd)
+        layer["ffn_gate.weight"] = init.linear(n_ff, n_embd)
+        layer["ffn_up.weight"] = init.linear(n_ff, n_embd)
+        layer["ffn_down.weight"] = init.linear(n_embd, n_ff)
+        layer["post_ffw_norm.weight"] = init.norm_weight(n_embd)
+        spec.layers.append(layer)
+
+    def hparams(w: gguf.GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(norm_eps)
+        w.add_rope_freq_base(rope_freq_base)
+        w.add_rope_freq_base_swa(rope_freq_base_swa)
+        w.add_sliding_window(n_swa)
+        w.add_sliding_window_pattern(swa_pattern)
+
+    _write(path, spec, _add_spm_vocab, hparams)
+    return spec
+
+
+def write_mamba(path: str | Path, seed: int = 0, n_layer: int = 2, n_embd: int = 64,
+                d_state: int = 16, d_conv: int = 4, dt_rank: int | None = None,
+                n_ctx_train: int = 256, norm_eps: float = 1e-5) -> ModelSpec:
+    """mamba (Mamba-1): no attention and no FFN; every layer is x = x + mixer(rmsnorm(x)) with the
+    selective-SSM mixer of width d_inner = 2 n_embd (the only expansion llama.cpp supports):
+    [x; z] = ssm_in h, x = silu(causal_conv1d(x) + conv_b), [dt; B; C] = ssm_x x,
+    dt = softplus(ssm_dt dt + dt_b), the scan s = exp(dt A) s + dt B x, y = C s + D x, and
+    out = ssm_out (y * silu(z)).  Then the final RMSNorm and an untied output.
+
+    Like llama.cpp's converter the file says head_count = feed_forward_length = 0.  The
+    initialisation follows Mamba's: A = -[1..d_state] on every channel (stored as A, i.e. already
+    -exp(A_log)), D = 1, and dt_b = softplus^-1 of a log-uniform dt in [1e-3, 1e-1].
+    """
+    init = _Init(seed)
+    d_inner = 2 * n_embd
+    dt_rank = dt_rank or -(n_embd // -16)  # ceil(n_embd / 16), the Mamba default
+    spec = ModelSpec(arch="mamba", n_vocab=SPM_VOCAB_SIZE, n_embd=n_embd, n_layer=n_layer,
+                     n_head=0, n_head_kv=0, n_ff=0, n_ctx_train=n_ctx_train,
+                     norm="rms", norm_eps=norm_eps, rope=None, rope_freq_base=10000.0,
+                     default_act="silu", gated=False, ssm_d_conv=d_conv, ssm_d_inner=d_inner,
+                     ssm_d_state=d_state, ssm_dt_rank=dt_rank)
+    spec.tensors = _rms_head(init, spec.n_vocab, n_embd)
+    a = -np.tile(np.arange(1, d_state + 1, dtype=np.float32), (d_inner, 1))
+    for _ in range(n_layer):
+        dt = np.exp(init.rng.uniform(math.log(1e-3), math.log(1e-1), d_inner))
+        spec.layers.append({
+            "attn_norm.weight": init.norm_weight(n_embd),
+            "ssm_in.weight": init.linear(2 * d_inner, n_embd),              # rows: [x; z]
+            "ssm_conv1d.weight": init.linear(d_inner, d_conv),              # ggml {d_conv, d_inner}
+            "ssm_conv1d.bias": init.bias(d_inner),
+            "ssm_x.weight": init.linear(dt_rank + 2 * d_state, d_inner),    # rows: [dt; B; C]
+            "ssm_dt.weight": init.linear(d_inner, dt_rank),
+            "ssm_dt.bias": init._f32(dt + np.log(-np.expm1(-dt))),          # softplus^-1(dt)
+            "ssm_a": init._f32(a),                                          # ggml {d_state, d_inner}
+            "ssm_d": init._f32(np.ones(d_inner)),
+            "ssm_out.weight": init.linear(n_embd, d_inner),
+        })
+
+    def hparams(w: gguf.GGUFWriter) -> None:
+        w.add_layer_norm_rms_eps(norm_eps)
+        w.add_ssm_conv_kernel(d_conv)
+        w.add_ssm_inner_size(d_inner)
+        w.add_ssm_state_size(d_state)
+        w.add_ssm_time_step_rank(dt_rank)
+        w.add_ssm_dt_b_c_rms(False)
+
+    _write(path, spec, _add_spm_vocab, hparams)
+    return spec
+
+
 WRITERS = {
     "llama": write_llama,
     "gpt2": write_gpt2,
@@ -424,4 +543,6 @@ WRITERS = {
     "moe_shared": write_moe_shared,
     "phi3": write_phi3,
     "moe_merged": write_moe_merged,
+    "gemma3": write_gemma3,
+    "mamba": write_mamba,
 }

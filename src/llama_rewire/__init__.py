@@ -53,15 +53,16 @@ from ._core import (
     LLAMA_VOCAB_TYPE_UGM,
     LLAMA_VOCAB_TYPE_WPM,
 )
-from .activations import Activation, format_table, parse, parse_activation
 from .errors import (
     ActivationSpecError,
     ChatFormatError,
     ClosedError,
     ContextOverflowError,
     DecodeError,
+    ExpressionError,
     GrammarError,
     ModelLoadError,
+    WiringSpecError,
 )
 from .llama import (
     LLAMA_DEFAULT_SEED,
@@ -140,6 +141,16 @@ from .llama_types import (
     JsonType,
 )
 from .system import system_info
+from .wiring import (
+    Activation,
+    LayerInfo,
+    LayerWiring,
+    Wiring,
+    format_table,
+    parse,
+    parse_activation,
+    parse_wiring,
+)
 
 __version__ = "0.1.0"
 
@@ -254,8 +265,11 @@ __all__ = [
     "Embedding",
     "EmbeddingData",
     "EmbeddingUsage",
+    "ExpressionError",
     "GrammarError",
     "JsonType",
+    "LayerInfo",
+    "LayerWiring",
     "Llama",
     "LlamaCache",
     "LlamaDiskCache",
@@ -269,6 +283,8 @@ __all__ = [
     "ModelLoadError",
     "StoppingCriteria",
     "StoppingCriteriaList",
+    "Wiring",
+    "WiringSpecError",
     "__version__",
     "format_table",
     "llama_cache",
@@ -278,5 +294,6 @@ __all__ = [
     "llama_types",
     "parse",
     "parse_activation",
+    "parse_wiring",
     "system_info",
 ]

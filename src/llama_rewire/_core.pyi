@@ -6,6 +6,11 @@ import numpy as np
 import numpy.typing as npt
 
 ACT_NAMES: tuple[str, ...]
+ACT_EXPR: int
+EXPR_OPS: dict[str, int]
+EXPR_MAX_NODES: int
+EXPR_MAX_STACK: int
+EXPR_MAX_OPS: int
 LOG_LEVEL_DEBUG: int
 LOG_LEVEL_INFO: int
 LOG_LEVEL_WARN: int
@@ -72,6 +77,17 @@ def rewire_n_layer(ctx: Context) -> int: ...
 def rewire_set(ctx: Context, table: list[tuple[int, float, float]]) -> None: ...
 def rewire_get(ctx: Context) -> list[tuple[int, float, float]]: ...
 def rewire_describe(ctx: Context, layer: int) -> dict[str, Any]: ...
+
+# one activation: (type, param, threshold, program of (op, a, b))
+NativeAct = tuple[int, float, float, list[tuple[int, float, float]]]
+# one layer: (acts per scope (dense, shared, experts), skip_attn, skip_ffn, attn_scale, ffn_scale,
+#             heads_off, experts_used, experts_off)
+NativeLayer = tuple[tuple[NativeAct, NativeAct, NativeAct], bool, bool, float, float, list[int], int,
+                    list[int]]
+
+def rewire_wiring_set(ctx: Context, layers: list[NativeLayer]) -> None: ...
+def rewire_wiring_get(ctx: Context) -> list[NativeLayer]: ...
+def rewire_layer_describe(ctx: Context, layer: int) -> dict[str, Any]: ...
 
 class Model:
     def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True, use_mlock: bool = False,

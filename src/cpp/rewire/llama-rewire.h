@@ -1,9 +1,10 @@
-// llama-rewire: per-layer FFN activation overrides for llama.cpp.
+// llama-rewire: per-layer rewiring of llama.cpp's graphs: FFN activations, skips, scales, heads, MoE routing.
 //
-// This header is included at the end of llama.h (patches/0001). It is the contract of the hook: each
-// llama_context holds a table with one entry per layer; an entry other than LLAMA_REWIRE_ACT_DEFAULT
-// replaces the activation of that layer's feed-forward networks (dense FFN, shared experts and routed
-// experts alike) the next time a graph is built:
+// This header is included at the end of llama.h (patches/0001). It is the contract of the hooks: each
+// llama_context holds a wiring with one entry per layer (llama_rewire_layer, set with
+// llama_rewire_wiring_set; llama_rewire_set is the activation-only form). An activation other than
+// LLAMA_REWIRE_ACT_DEFAULT replaces the activation of that layer's feed-forward networks of its scope
+// (dense FFN, shared experts, routed experts) the next time a graph is built:
 //
 //   gated FFN:  down(act(gate(x)) * up(x))      the override replaces the gate activation
 //   plain FFN:  down(act(up(x)))                the override replaces the one activation
@@ -12,6 +13,11 @@
 // An overridden activation is a graph node named "ffn_rewire_act-<layer>" unless it runs as a fused GLU
 // kernel (silu, gelu, gelu_erf, gelu_quick, relu without threshold): observers (cb_eval) can read it.
 // A thresholded one is also available before thresholding, as "ffn_rewire_raw-<layer>".
+//
+// The other knobs' nodes are named too: "rewire_attn_skipped-<layer>" / "rewire_ffn_skipped-<layer>"
+// (the zeros a skipped sublayer adds), "rewire_attn_scaled-<layer>" / "rewire_ffn_scaled-<layer>",
+// "rewire_heads_off-<layer>", "rewire_experts_off-<layer>" (the masked router logits), and the steps of
+// an expression activation "ffn_rewire_expr<step>-<layer>".
 //
 // The weights are never touched.
 
@@ -45,15 +51,114 @@ extern "C" {
         LLAMA_REWIRE_ACT_HARDSIGMOID = 14, // min(1, max(0, (x + 3) / 6))
         LLAMA_REWIRE_ACT_SWISH       = 15, // x * sigmoid(p x)              (p: beta, finite)
         LLAMA_REWIRE_ACT_IDENTITY    = 16, // x
+        LLAMA_REWIRE_ACT_EXPR        = 17, // an expression program (llama_rewire_act::expr)
         LLAMA_REWIRE_ACT_COUNT,
+    };
+
+    // Expression activations: a postfix program for a stack machine whose only input is x. Each op pops
+    // its operands and pushes its result; the program must leave exactly one value, which depends on x.
+    // a and b are the op's constants (unused ones 0). Binary ops take two stack values (tensors):
+    // constants are folded into affine / rdiv / clamp by whoever writes the program.
+    enum llama_rewire_op_type {
+        LLAMA_REWIRE_OP_X        = 0,  // push x
+        LLAMA_REWIRE_OP_DUP      = 1,  // push a copy of the top
+        LLAMA_REWIRE_OP_AFFINE   = 2,  // t -> a t + b
+        LLAMA_REWIRE_OP_ADD      = 3,  // l, r -> l + r
+        LLAMA_REWIRE_OP_SUB      = 4,  // l, r -> l - r
+        LLAMA_REWIRE_OP_MUL      = 5,  // l, r -> l * r
+        LLAMA_REWIRE_OP_DIV      = 6,  // l, r -> l / r
+        LLAMA_REWIRE_OP_RDIV     = 7,  // t -> a / t
+        LLAMA_REWIRE_OP_MAX      = 8,  // l, r -> max(l, r)
+        LLAMA_REWIRE_OP_MIN      = 9,  // l, r -> min(l, r)
+        LLAMA_REWIRE_OP_CLAMP    = 10, // t -> min(max(t, a), b)   (a may be -inf, b +inf; a <= b)
+        LLAMA_REWIRE_OP_SQR      = 11, // t^2
+        LLAMA_REWIRE_OP_SQRT     = 12,
+        LLAMA_REWIRE_OP_EXP      = 13,
+        LLAMA_REWIRE_OP_LOG      = 14,
+        LLAMA_REWIRE_OP_ABS      = 15,
+        LLAMA_REWIRE_OP_NEG      = 16,
+        LLAMA_REWIRE_OP_TANH     = 17,
+        LLAMA_REWIRE_OP_SIGMOID  = 18,
+        LLAMA_REWIRE_OP_RELU     = 19,
+        LLAMA_REWIRE_OP_GELU     = 20, // the tanh approximation, as LLAMA_REWIRE_ACT_GELU
+        LLAMA_REWIRE_OP_SILU     = 21,
+        LLAMA_REWIRE_OP_SOFTPLUS = 22, // log(1 + e^t)
+        LLAMA_REWIRE_OP_SIN      = 23,
+        LLAMA_REWIRE_OP_COS      = 24,
+        LLAMA_REWIRE_OP_STEP     = 25, // t > 0 ? 1 : 0
+        LLAMA_REWIRE_OP_COUNT,
+    };
+
+    // Limits of one program: graph nodes it adds (x and dup add none, rdiv 2, max and min 3, every
+    // other op 1), stack depth, and length.
+    #define LLAMA_REWIRE_EXPR_MAX_NODES 24
+    #define LLAMA_REWIRE_EXPR_MAX_STACK 8
+    #define LLAMA_REWIRE_EXPR_MAX_OPS   48
+
+    struct llama_rewire_op {
+        enum llama_rewire_op_type op;
+        float                     a;
+        float                     b;
     };
 
     // One table entry. With threshold t > 0 the activation is sparsified: a = act(x) is kept where
     // |a| > t and set to 0 elsewhere (CATS-style thresholding; t finite, >= 0; not with DEFAULT).
     struct llama_rewire_act {
-        enum llama_rewire_act_type type;
-        float                      param;     // ignored by activations without a parameter
-        float                      threshold; // 0: no thresholding
+        enum llama_rewire_act_type     type;
+        float                          param;     // ignored by activations without a parameter
+        float                          threshold; // 0: no thresholding
+        const struct llama_rewire_op * expr;      // LLAMA_REWIRE_ACT_EXPR only: the program (copied)
+        int32_t                        n_expr;
+    };
+
+    // The scopes of a layer's FFN activation: a dense FFN (build_ffn in a layer without routed experts),
+    // the shared expert(s) of an MoE layer (build_ffn in a layer with routed experts), the routed experts
+    // (build_moe_ffn).
+    enum llama_rewire_scope {
+        LLAMA_REWIRE_SCOPE_DENSE   = 0,
+        LLAMA_REWIRE_SCOPE_SHARED  = 1,
+        LLAMA_REWIRE_SCOPE_EXPERTS = 2,
+        LLAMA_REWIRE_SCOPE_COUNT,
+    };
+
+    // The wiring of one layer. llama_rewire_layer_identity() gives the entry that changes nothing.
+    //   skip_attn / skip_ffn  the sublayer adds nothing to the residual stream: build_attn (build_ffn,
+    //                         build_moe_ffn) returns zeros before any of its nodes (the QKV projections
+    //                         feed nothing and drop out of the graph; no K/V is stored for the layer)
+    //   attn_scale / ffn_scale  the sublayer's contribution is multiplied by s: after the layer's post-norm
+    //                         (attn_post_norm / ffn_post_norm) where it has one, else on build_attn's
+    //                         (build_ffn's, build_moe_ffn's) output; finite; 1 adds no node
+    //   heads_off             those query heads' attention outputs are zero before the output projection
+    //   experts_used          routed experts per token (top-k), 0: the model's own; the weights are
+    //                         normalised as the architecture does over the k chosen
+    //   experts_off           those experts' router logits are -inf before the gating function, and they
+    //                         are never selected
+    struct llama_rewire_layer {
+        struct llama_rewire_act act[LLAMA_REWIRE_SCOPE_COUNT];
+        bool                    skip_attn;
+        bool                    skip_ffn;
+        float                   attn_scale;
+        float                   ffn_scale;
+        int32_t                 experts_used;
+        const int32_t         * heads_off;     // n_heads_off head indices (copied)
+        int32_t                 n_heads_off;
+        const int32_t         * experts_off;   // n_experts_off expert indices (copied)
+        int32_t                 n_experts_off;
+    };
+
+    // What a layer offers to the wiring, as the graph builder of this context sees it.
+    struct llama_rewire_layer_info {
+        bool    attn;             // attention that build_attn builds (false: recurrent or no attention)
+        int32_t n_head;           // query heads (heads_off range)
+        int32_t n_head_kv;
+        bool    recurrent;        // a recurrent (SSM / RWKV) layer
+        bool    kv_reused;        // later layers read this layer's KV cache: its attention can't be skipped
+        bool    scopes[LLAMA_REWIRE_SCOPE_COUNT]; // FFN scopes present
+        int32_t n_expert;         // routed experts (0: none)
+        int32_t n_expert_used;    // the model's own top-k
+        int32_t max_experts_used; // the largest top-k the router can take (expert groups limit it)
+        bool    attn_post_norm;   // a post-norm follows the attention (scales apply after it)
+        bool    ffn_post_norm;
     };
 
     // Return codes of the functions below.
@@ -65,6 +170,10 @@ extern "C" {
         LLAMA_REWIRE_ERR_PARAM        = -4, // NaN, infinite or out-of-range parameter or threshold
         LLAMA_REWIRE_ERR_UNREACHABLE  = -5, // the layer has no FFN that the hook can reach (e.g. rwkv)
         LLAMA_REWIRE_ERR_RESERVE      = -6, // the new graph could not be reserved; the old table is kept
+        LLAMA_REWIRE_ERR_EXPR         = -7, // an expression program is malformed or over its limits
+        LLAMA_REWIRE_ERR_KNOB         = -8, // a scale that is not finite, a head or expert out of range, a
+                                            // top-k out of range or above the experts left on
+        LLAMA_REWIRE_ERR_SKIP         = -9, // a skip the layer can't honour (no such sublayer, reused KV)
     };
 
     // Kinds of FFN found in a layer (bit mask of llama_rewire_ffn_info::kinds).
@@ -92,8 +201,11 @@ extern "C" {
     // Activation type of a name, or -1 when the name is unknown.
     int32_t llama_rewire_act_from_name(const char * name);
 
-    // Check one entry without applying it. Returns LLAMA_REWIRE_OK, _ERR_ACT or _ERR_PARAM.
+    // Check one entry without applying it. Returns LLAMA_REWIRE_OK, _ERR_ACT, _ERR_PARAM or _ERR_EXPR.
     int32_t llama_rewire_act_check(struct llama_rewire_act act);
+
+    // The entry that changes nothing: default activations, no skips, scales 1, the model's own routing.
+    struct llama_rewire_layer llama_rewire_layer_identity(void);
 
     // Number of layers of the table (the model's layer count).
     int32_t llama_rewire_n_layer(const struct llama_context * ctx);
@@ -109,7 +221,30 @@ extern "C" {
             int32_t                        n_acts,
             int32_t                      * bad_layer);
 
-    // Copy the current table into acts (n_acts must be the layer count).
+    // Replace the whole wiring: n_layers entries, one per layer, or 0 to restore the model. Same rules as
+    // llama_rewire_set (next decode, no reuse of older graphs, re-reserve, memory cleared on a change),
+    // and every entry is checked against the layer (llama_rewire_layer_describe) first: on error nothing
+    // changes and *bad_layer receives the offending layer. Returns LLAMA_REWIRE_OK or an error code.
+    int32_t llama_rewire_wiring_set(
+            struct llama_context             * ctx,
+            const struct llama_rewire_layer  * layers,
+            int32_t                            n_layers,
+            int32_t                          * bad_layer);
+
+    // The current wiring of layer il: *layer is filled; its heads_off / experts_off / act[].expr point
+    // into the context's storage, valid until the next wiring change.
+    int32_t llama_rewire_wiring_get(
+            const struct llama_context * ctx,
+            int32_t                      il,
+            struct llama_rewire_layer  * layer);
+
+    // Describe what layer il offers to the wiring (valid right after llama_init_from_model).
+    int32_t llama_rewire_layer_describe(
+            const struct llama_context     * ctx,
+            int32_t                          il,
+            struct llama_rewire_layer_info * info);
+
+    // Copy the current table into acts (n_acts must be the layer count): the dense scope's activation.
     int32_t llama_rewire_get(
             const struct llama_context * ctx,
             struct llama_rewire_act    * acts,

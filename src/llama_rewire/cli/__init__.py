@@ -10,10 +10,11 @@ SUBCOMMANDS = {
     "run": "complete a prompt with the original and the rewired model, side by side",
     "perplexity": "perplexity over a text in fixed windows, as llama.cpp's llama-perplexity computes it",
     "compare": "the original and the rewired model on a text: perplexity of both, KL, top-1 agreement",
-    "sweep": "an activation on each layer (or group) alone: dPPL and KL against the original, table and plot",
+    "sweep": "one change (an activation or a knob) on each layer alone: dPPL and KL, table and plot",
+    "prune": "pick layers to skip within a held-out perplexity budget; write the wiring; speed-up",
     "stats": "per-layer FFN activation statistics over a text, with a histogram plot",
     "calibrate": "per-layer thresholds for a target activation sparsity, written as a profile",
-    "serve": "an OpenAI-compatible HTTP server; several models (and activations) side by side",
+    "serve": "an OpenAI-compatible HTTP server; several models (and wirings) side by side",
 }
 
 

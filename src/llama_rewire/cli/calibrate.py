@@ -28,8 +28,8 @@ def main(argv: list[str] | None = None) -> int:
         from ..eval.progress import want_progress
         from ..eval.text import load_text
         from ..llama import Llama
-        from ..profile import save_profile
-        from ..sparsity import calibrate
+        from ..wiring.profile import save_profile
+        from ..wiring.sparsity import calibrate
 
         if not 0.0 <= args.sparsity < 1.0:
             raise ValueError(f"--sparsity must be in [0, 1), got {args.sparsity}")

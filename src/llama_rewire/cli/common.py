@@ -6,7 +6,13 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ..llama import Llama
+    from ..wiring.table import Wiring
+
+WIRING_EXAMPLE = '"*:gelu, 0-3:ffn_scale=0.5, 20:skip=ffn, 5:heads_off=[0,3]"'
 
 
 def add_model_arg(parser: argparse.ArgumentParser) -> None:
@@ -28,6 +34,39 @@ def parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.N
             parser.error(f"two models given: {positional!r} and -m {args.model!r}")
         args.model = positional
     return args
+
+
+def add_wiring_args(parser: argparse.ArgumentParser, *, what: str = "the wiring to run") -> None:
+    """``--wiring SPEC`` and ``--act SPEC`` (read them with :func:`wiring_of`)."""
+    parser.add_argument("--wiring", default=None, metavar="SPEC",
+                        help=f"{what}: a wiring spec, e.g. {WIRING_EXAMPLE}, or a profile file")
+    parser.add_argument("--act", default=None, metavar="SPEC",
+                        help='activations, e.g. "0-11:relu, *:gelu" (with --wiring: they replace its '
+                             "activations)")
+
+
+def wiring_given(args: argparse.Namespace) -> bool:
+    return args.wiring is not None or args.act is not None
+
+
+def wiring_text(args: argparse.Namespace) -> str:
+    """The wiring options as given, for reports."""
+    parts = [args.wiring, args.act]
+    return ", ".join(str(p) for p in parts if p is not None)
+
+
+def wiring_of(args: argparse.Namespace, llm: Llama) -> Wiring | None:
+    """The wiring that ``--wiring`` and ``--act`` give together, checked against the model (None when
+    neither is given): ``--wiring``, then ``--act`` for the activations (alone, ``--act`` takes any
+    wiring spec, as it always took profiles)."""
+    from ..wiring.spec import parse_activations, parse_wiring
+
+    if args.wiring is None:
+        return None if args.act is None else parse_wiring(args.act, llm.layout)
+    wiring = parse_wiring(args.wiring, llm.layout)
+    if args.act is not None:
+        wiring = wiring.with_activations(parse_activations(args.act, llm.n_layer())).bind(llm.layout)
+    return wiring
 
 
 def model_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -37,6 +37,7 @@ def main(argv: list[str] | None = None) -> int:
         path = resolve_model(args.model)
         with Llama(path, n_ctx=64, n_batch=64, verbose=False, **model_options(args)) as llm:
             layers = llm.describe_ffn()
+            wiring = llm.describe_layers()
             buffers = llm.weight_buffers()
             info: dict[str, Any] = {
                 "model": str(path),
@@ -49,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
                 "n_ctx_train": llm.model.n_ctx_train(),
                 "weight_buffers": buffers,
                 "layers": layers,
+                "wiring": wiring,
             }
         if system is not None:
             info = {"system": system, **info}
@@ -63,12 +65,17 @@ def main(argv: list[str] | None = None) -> int:
         where = ", ".join(f"{name} {size / 2**20:.1f} MiB" for name, size in buffers.items())
         print(f"{'weights':13s} {where}")
         print()
-        print(f"{'layer':>5s}  {'activation':10s} {'form':10s} ffn")
-        for row in layers:
+        print(f"{'layer':>5s}  {'activation':10s} {'form':10s} {'ffn scopes':16s} {'heads':>5s}  experts")
+        for row, w in zip(layers, wiring):
             form = "fused GLU" if row["fused"] else "gated" if row["gated"] else "plain"
-            kinds = "+".join(k for k in ("dense", "moe") if row[k]) or "-"
-            clamp = "  (clamped)" if row["clamped"] else ""
-            print(f"{row['layer']:5d}  {row['act'] or 'none':10s} {form:10s} {kinds}{clamp}")
+            scopes = "+".join(w["scopes"]) or "-"
+            heads = str(w["n_head"]) if w["attn"] else "-"
+            experts = f"{w['n_expert_used']} of {w['n_expert']}" if w["n_expert"] else "-"
+            notes = [n for n, on in (("clamped", row["clamped"]), ("post-norms", w["ffn_post_norm"]),
+                                     ("recurrent", w["recurrent"])) if on]
+            extra = f"  ({', '.join(notes)})" if notes else ""
+            print(f"{row['layer']:5d}  {row['act'] or 'none':10s} {form:10s} {scopes:16s} {heads:>5s}  "
+                  f"{experts}{extra}")
         return 0
 
     return run_guarded(body)

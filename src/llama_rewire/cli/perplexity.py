@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .common import add_model_arg, model_options, parse, run_guarded
+from .common import add_model_arg, add_wiring_args, model_options, parse, run_guarded, wiring_of, wiring_text
 
 if TYPE_CHECKING:
     from ..llama import Llama
@@ -20,14 +20,11 @@ if TYPE_CHECKING:
 EXIT_INTERRUPTED = 130
 
 
-def add_eval_args(p: argparse.ArgumentParser, act_required: bool, act_help: str | None = None,
+def add_eval_args(p: argparse.ArgumentParser, what: str = "the wiring to run (default: the model's own)",
                   output_help: str = "also write the result as JSON",
                   plot_help: str = "also write a plot of the perplexity of each window (PNG)") -> None:
     add_model_arg(p)
-    if act_help is None:
-        act_help = 'activation spec, e.g. "0-11:relu, *:gelu"'
-        act_help += "" if act_required else " (default: the model's own)"
-    p.add_argument("--act", required=act_required, default=None, help=act_help)
+    add_wiring_args(p, what=what)
     p.add_argument("--text", metavar="FILE", default=None,
                    help="UTF-8 text to evaluate (default: the sample text shipped with llama-rewire)")
     p.add_argument("-c", "--ctx", type=int, default=512,
@@ -108,7 +105,7 @@ def header(result: Any, text_arg: str | None) -> list[str]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-rewire perplexity", description=__doc__.split("\n\n")[0])
-    add_eval_args(p, act_required=False)
+    add_eval_args(p)
     return p
 
 
@@ -121,15 +118,16 @@ def main(argv: list[str] | None = None) -> int:
 
         llm, text = open_for(args)
         with llm:
-            if args.act:
-                llm.set_activations(args.act)
+            wiring = wiring_of(args, llm)
+            if wiring is not None:
+                llm.set_wiring(wiring)
             result = perplexity(llm, text, args.ctx, max_windows=args.max_windows,
                                 progress=show_progress(args))
         if args.plot:
             plot_windows(result, args.plot)
         lines = header(result, args.text)
-        if args.act:
-            lines.append(f"act:     {args.act}")
+        if wiring is not None:
+            lines.append(f"wiring:  {wiring_text(args)}")
         lines.append(f"\nPPL = {result.ppl:.4f} +/- {result.ppl_stderr:.5f}")
         return emit(result, args, lines)
 

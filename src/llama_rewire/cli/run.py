@@ -7,13 +7,23 @@ import json
 import shutil
 import textwrap
 
-from .common import add_model_arg, model_options, parse, resolve_model, run_guarded
+from .common import (
+    add_model_arg,
+    add_wiring_args,
+    model_options,
+    parse,
+    resolve_model,
+    run_guarded,
+    wiring_given,
+    wiring_of,
+    wiring_text,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-rewire run", description=__doc__)
     add_model_arg(p)
-    p.add_argument("--act", required=True, help='activation spec, e.g. "0-11:relu, *:gelu"')
+    add_wiring_args(p, what="the rewiring (--wiring or --act is required)")
     p.add_argument("-p", "--prompt", default="The capital of France is", help="the prompt")
     p.add_argument("-n", "--n-predict", type=int, default=32, help="tokens to generate (default 32)")
     p.add_argument("--seed", type=int, default=None, help="sample with this seed (default: greedy)")
@@ -44,24 +54,27 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.n_predict <= 0:
             raise ValueError("-n must be positive")
+        if not wiring_given(args):
+            raise ValueError("give the rewiring with --wiring SPEC or --act SPEC")
         sampling = (
             {"temperature": 0.0} if args.seed is None else {"temperature": args.temp, "seed": args.seed}
         )
         path = resolve_model(args.model)
         with Llama(path, n_ctx=args.ctx, n_threads=args.threads, verbose=False, **model_options(args)) as llm:
-            llm.set_activations(args.act)  # validate the spec before spending time on the original
-            table = llm.activations
-            llm.set_activations(None)
+            wiring = wiring_of(args, llm)  # checked before any time is spent on the original
+            assert wiring is not None
+            table, canonical = wiring.act_texts(), str(wiring)
             original = llm.create_completion(args.prompt, max_tokens=args.n_predict, **sampling)
-            llm.set_activations(args.act)
+            llm.set_wiring(wiring)
             rewired = llm.create_completion(args.prompt, max_tokens=args.n_predict, **sampling)
         a = original["choices"][0]["text"]  # type: ignore[index]
         b = rewired["choices"][0]["text"]  # type: ignore[index]
         if args.json:
-            print(json.dumps({"model": str(path), "prompt": args.prompt, "act": args.act,
-                              "activations": table, "original": a, "rewired": b}, indent=2))
+            print(json.dumps({"model": str(path), "prompt": args.prompt, "act": args.act, "wiring": canonical,
+                              "activations": table, "original": a, "rewired": b},
+                             indent=2))
             return 0
-        print(f"model:  {path.name}\nprompt: {args.prompt!r}\nact:    {args.act}\n")
+        print(f"model:  {path.name}\nprompt: {args.prompt!r}\nwiring: {wiring_text(args)}\n")
         print(side_by_side(args.prompt + a, args.prompt + b, ("original", "rewired")))
         return 0
 

@@ -7,14 +7,22 @@ import argparse
 import json
 from pathlib import Path
 
-from .common import add_model_arg, model_options, parse, resolve_model, run_guarded
+from .common import (
+    add_model_arg,
+    add_wiring_args,
+    model_options,
+    parse,
+    resolve_model,
+    run_guarded,
+    wiring_of,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="llama-rewire stats", description=__doc__)
     add_model_arg(p)
     p.add_argument("--text", default=None, help="text to run (default: the packaged sample text)")
-    p.add_argument("--act", default=None, help="rewiring to apply first (a spec or a profile file)")
+    add_wiring_args(p, what="rewiring to apply first")
     p.add_argument("--kind", choices=["down_in", "act"], default="down_in",
                    help="down_in: the input of ffn_down (default); act: the overridden activation")
     p.add_argument("--eps", type=float, default=1e-3, help="report the fraction with |x| < eps")
@@ -34,7 +42,7 @@ def plot_histograms(stats: object, path: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from ..stats import FfnStats
+    from ..wiring.stats import FfnStats
 
     assert isinstance(stats, FfnStats)
     fig, ax = plt.subplots(figsize=(9, 5))
@@ -61,15 +69,17 @@ def main(argv: list[str] | None = None) -> int:
         from ..eval.progress import want_progress
         from ..eval.text import load_text
         from ..llama import Llama
-        from ..sparsity import observe
+        from ..wiring.sparsity import observe
 
         if not args.eps >= 0:
             raise ValueError("--eps must be >= 0")
         text = load_text(args.text)
         path = resolve_model(args.model)
         with Llama(str(path), n_ctx=args.ctx, n_batch=args.ctx, n_threads=args.threads, verbose=False,
-                   observe_ffn=True, ffn_stats_eps=args.eps, activations=args.act,
-                   **model_options(args)) as llm:
+                   observe_ffn=True, ffn_stats_eps=args.eps, **model_options(args)) as llm:
+            wiring = wiring_of(args, llm)
+            if wiring is not None:
+                llm.set_wiring(wiring)
             llm.reset_ffn_stats()
             n_tokens = sum(observe(llm, text, args.ctx, want_progress(args.json)))
             stats = llm.ffn_stats(args.kind)

@@ -7,7 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from ..activations import Spec
+from ..wiring.spec import WiringSpec as Spec
+from ..wiring.table import Wiring
 from .measure import measure
 from .windows import check_ctx, check_llm, finite_or_none, make_windows
 
@@ -40,6 +41,7 @@ class CompareResult:
     n_ctx: int
     model: str = ""
     interrupted: bool = False
+    wiring: str = ""  # the canonical spec of the whole wiring that ran
     window_ppl_original: list[float] = field(default_factory=list)
     window_ppl_rewired: list[float] = field(default_factory=list)
     window_kl: list[float] = field(default_factory=list)
@@ -60,6 +62,8 @@ def spec_text(spec: Spec) -> str:
     """A spec as one line of text (for reports)."""
     if spec is None:
         return ""
+    if isinstance(spec, Wiring):
+        return str(spec)
     if isinstance(spec, Mapping):
         return ", ".join(f"{k}:{v}" for k, v in spec.items())
     return os.fspath(spec).strip()  # a spec string, or the path of a profile
@@ -67,7 +71,7 @@ def spec_text(spec: Spec) -> str:
 
 def compare(llm: Llama, text: str, spec: Spec, n_ctx: int = 512, *, max_windows: int | None = None,
             prompt: str | None = None, n_predict: int = 32, progress: bool = False) -> CompareResult:
-    """Compare the model's own activations with ``spec`` over ``text`` in windows of ``n_ctx`` tokens.
+    """Compare the model as stored with the wiring ``spec`` over ``text`` in windows of ``n_ctx`` tokens.
 
     ``llm`` needs ``logits_all=True`` and a context of at least ``n_ctx`` (see :func:`load`); its
     activation table is restored afterwards. An empty spec compares the original with itself (KL 0,
@@ -75,16 +79,16 @@ def compare(llm: Llama, text: str, spec: Spec, n_ctx: int = 512, *, max_windows:
     """
     check_llm(llm, check_ctx(n_ctx))
     windows = make_windows(llm, text, n_ctx, max_windows)
-    saved = dict(enumerate(llm._table))
-    llm.set_activations(spec)  # a bad spec fails here, before any work
-    table = llm.activations
-    llm.set_activations(saved)
+    saved = llm.wiring
+    llm.set_wiring(spec)  # a bad spec fails here, before any work
+    table, canonical = llm.activations, str(llm.wiring)
+    llm.set_wiring(saved)
 
     m = measure(llm, windows, [spec], progress=progress, desc="compare")
     orig, rew = m.original, m.rewired[0]
     (p0, e0), (p1, e1) = orig.ppl(), rew.ppl()
     result = CompareResult(
-        spec=spec_text(spec), activations=table,
+        spec=spec_text(spec), activations=table, wiring=canonical,
         ppl_original=p0, ppl_original_stderr=e0, ppl_rewired=p1, ppl_rewired_stderr=e1, delta_ppl=p1 - p0,
         kl_mean=rew.kl_mean(), kl_max=rew.kl_max(), top1_agreement=rew.top1_agreement(),
         n_tokens=rew.n_tokens, n_windows=m.n_windows, n_windows_total=windows.count, n_ctx=n_ctx,
@@ -101,13 +105,13 @@ def greedy_pair(llm: Llama, prompt: str, spec: Spec, n_predict: int) -> dict[str
     """The greedy completions of ``prompt`` by the original and the rewired model."""
     if isinstance(n_predict, bool) or not isinstance(n_predict, int) or n_predict < 1:
         raise ValueError(f"n_predict must be a positive integer, got {n_predict!r}")
-    saved = dict(enumerate(llm._table))
+    saved = llm.wiring
     out: dict[str, str] = {}
     try:
         for name, wiring in (("original", None), ("rewired", spec)):
-            llm.set_activations(wiring)
+            llm.set_wiring(wiring)
             done = llm.create_completion(prompt, max_tokens=n_predict, temperature=0.0)
             out[name] = done["choices"][0]["text"]  # type: ignore[index]
     finally:
-        llm.set_activations(saved)
+        llm.set_wiring(saved)
     return out

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from ..activations import Spec
+from ..wiring.spec import WiringSpec as Spec
 from .windows import F32, F64, Windows, divergence, ppl_stats, run_windows, token_nll
 
 Scored = tuple[F64, F64, npt.NDArray[np.bool_]]  # per token: NLL, KL(original || this), top-1 agrees

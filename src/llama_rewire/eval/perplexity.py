@@ -41,6 +41,7 @@ class PerplexityResult:
     n_ctx: int
     activations: list[str]
     model: str = ""
+    wiring: str = ""  # the canonical spec of the wiring that ran
     interrupted: bool = False
     window_ppl: list[float] = field(default_factory=list)
 
@@ -78,6 +79,6 @@ def summarize(nlls: list[F64], llm: Llama, n_windows_total: int, n_ctx: int,
     return PerplexityResult(
         ppl=ppl, ppl_stderr=err, nll=float(allnll.mean()) if len(allnll) else float("nan"),
         n_tokens=len(allnll), n_windows=len(nlls), n_windows_total=n_windows_total, n_ctx=n_ctx,
-        activations=llm.activations, model=llm.model_path, interrupted=interrupted,
+        activations=llm.activations, model=llm.model_path, interrupted=interrupted, wiring=str(llm.wiring),
         window_ppl=[ppl_stats(w)[0] for w in nlls],
     )

@@ -1,4 +1,9 @@
-"""Layer sensitivity: one activation applied to each layer (or group of layers) alone, or to the first k."""
+"""Layer sensitivity: one wiring entry applied to each layer (or group of layers) alone, or to the first k.
+
+The entry is an activation (``relu``, ``leaky_relu(0.05)``, an expression) or a knob
+(``skip=layer``: which layers can be dropped? ``experts_used=1``: where does top-1 routing hurt?
+``ffn_scale=0.5``, ``heads_off=[0]``...).
+"""
 
 from __future__ import annotations
 
@@ -9,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Union
 
-from ..activations import Activation, parse, parse_activation
+from ..wiring.activations import Activation, parse_activation
+from ..wiring.knobs import is_identity, parse_value
+from ..wiring.spec import parse_wiring
 from .measure import measure
 from .windows import check_ctx, check_llm, finite_or_none, make_windows
 
@@ -24,7 +31,7 @@ CSV_FIELDS = ("label", "spec", "ppl", "ppl_stderr", "delta_ppl", "kl_mean", "kl_
 
 @dataclass
 class SweepRow:
-    """One configuration: ``act`` on ``layers``, everything else the model's own."""
+    """One configuration: the swept entry on ``layers``, everything else the model's own."""
 
     layers: list[int]
     label: str  # the layers as ranges: "3", "0-3", "0-2,5"
@@ -42,7 +49,7 @@ class SweepRow:
 
 @dataclass
 class SweepResult:
-    act: str
+    act: str  # the entry swept: an activation, or knob=value
     group: int
     cumulative: bool
     ppl_original: float
@@ -136,32 +143,72 @@ def configurations(layers: list[int], group: int, cumulative: bool) -> list[list
     return [[il for g in groups[: k + 1] for il in g] for k in range(len(groups))]
 
 
-def sweep_act(act: ActArg) -> tuple[Activation, str]:
-    """The one activation a sweep applies, and its text for specs."""
+_KNOB_ENTRY = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_.]*)\s*=(.*)$", re.DOTALL)
+
+
+def sweep_act(act: ActArg) -> tuple[Activation | None, str]:
+    """The one entry a sweep applies, and its text for specs: an activation (returned parsed), or a
+    ``knob=value`` entry (returned as None, its text normalised)."""
     if isinstance(act, str) and ":" in act:
-        raise ValueError(f"a sweep takes one activation (e.g. relu or leaky_relu(0.05)), applied to each "
-                         f"layer in turn, not a spec: got {act!r}")
+        raise ValueError(f"a sweep takes one entry (e.g. relu, leaky_relu(0.05) or skip=layer), applied to "
+                         f"each layer in turn, not a spec: got {act!r}")
+    m = _KNOB_ENTRY.match(act) if isinstance(act, str) else None
+    if m and isinstance(act, str):
+        knob = m.group(1).strip()
+        where = f"sweep entry {act!r}"
+        value = parse_value(knob, m.group(2).strip(), where)  # a bad knob or value fails here
+        if knob == "act" or knob.startswith("act."):
+            value = parse_activation(m.group(2).strip(), where=where)
+        if is_identity(knob, value) or (isinstance(value, Activation) and value.name == "default"):
+            raise ValueError(f"sweeping {act.strip()!r} would compare the model with itself: name a change")
+        return None, f"{knob}={m.group(2).strip()}"
     parsed = parse_activation(act, where="sweep activation")
     if parsed.name == "default":
         raise ValueError("sweeping 'default' would compare the model with itself: name an activation")
     return parsed, act.strip() if isinstance(act, str) else str(parsed)
 
 
+def applicable_layers(llm: Llama, entry: str) -> list[int]:
+    """The layers that can take ``entry`` (e.g. skip=attn not where later layers reuse the KV cache,
+    experts_used only where there are experts)."""
+    out = []
+    for il in range(llm.n_layer()):
+        try:
+            parse_wiring(f"{il}:{entry}", llm.layout)
+        except ValueError:
+            continue
+        out.append(il)
+    return out
+
+
 def sweep(llm: Llama, text: str, act: ActArg, n_ctx: int = 512, *, group: int = 1, cumulative: bool = False,
           layers: Layers = None, max_windows: int | None = None, progress: bool = False) -> SweepResult:
-    """Apply ``act`` to each layer (or group of ``group`` layers) alone, or with ``cumulative`` to the
-    first k groups, and measure each configuration against the original on the same windows.
+    """Apply ``act`` (an activation or a ``knob=value`` entry, e.g. ``skip=layer``) to each layer (or
+    group of ``group`` layers) alone, or with ``cumulative`` to the first k groups, and measure each
+    configuration against the original on the same windows.
 
-    ``layers`` restricts the sweep (e.g. "0-11"). ``llm`` needs ``logits_all=True`` and a context of at
-    least ``n_ctx`` (see :func:`load`); its activation table is restored afterwards. Ctrl-C returns the
-    completed windows' figures with ``interrupted=True``.
+    ``layers`` restricts the sweep (e.g. "0-11"); by default it covers every layer that can take the
+    entry. ``llm`` needs ``logits_all=True`` and a context of at least ``n_ctx`` (see :func:`load`); its
+    wiring is restored afterwards. Ctrl-C returns the completed windows' figures with ``interrupted=True``.
     """
     check_llm(llm, check_ctx(n_ctx))
     _, act_text = sweep_act(act)
-    configs = configurations(parse_layers(layers, llm.n_layer()), group, cumulative)
+    if layers is None:
+        picked = applicable_layers(llm, act_text)
+        if not picked:
+            parse_wiring(f"0:{act_text}", llm.layout)  # raises the reason for layer 0
+            raise ValueError(f"no layer of the model can take {act_text!r}")
+    else:
+        picked = parse_layers(layers, llm.n_layer())
+    # e.g. experts_used=k where k is the layer's own: that layer would be compared with itself
+    picked = [il for il in picked if not parse_wiring(f"{il}:{act_text}", llm.layout).is_identity()]
+    if not picked:
+        raise ValueError(f"sweeping {act_text!r} would compare the model with itself (it is what these "
+                         "layers do already): name a change")
+    configs = configurations(picked, group, cumulative)
     specs = [", ".join(f"{r}:{act_text}" for r in ranges_text(c).split(",")) for c in configs]
     for s in specs:
-        parse(s, llm.n_layer())  # checked in the form that will run, before any work
+        parse_wiring(s, llm.layout)  # checked in the form that will run, before any work
     windows = make_windows(llm, text, n_ctx, max_windows)
 
     m = measure(llm, windows, specs, progress=progress, desc="sweep")

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Callable, Final, Generic, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from ..activations import Spec
+from ..wiring.spec import WiringSpec as Spec
 from .progress import progress_bar
 
 if TYPE_CHECKING:
@@ -207,11 +207,11 @@ def run_windows(llm: Llama, windows: Windows, wirings: Sequence[Spec | object],
                 desc: str = "eval") -> LoopOutcome[T]:
     """For each window (outer) and each wiring (inner): wire, evaluate, score.
 
-    A wiring is an activation spec, or :data:`KEEP` for the model as it is. The scorer's results for a
+    A wiring is a wiring spec, or :data:`KEEP` for the model as it is. The scorer's results for a
     window are kept only once every wiring has seen it, so an interrupted run (Ctrl-C, caught here) stops
-    with whole windows only. The model's activation table is restored at the end.
+    with whole windows only. The model's wiring is restored at the end.
     """
-    saved = dict(enumerate(llm._table))
+    saved = llm.wiring
     per_window: list[list[T]] = []
     interrupted = False
     bar = progress_bar(total=windows.count * len(wirings), desc=desc, enabled=progress)
@@ -220,7 +220,7 @@ def run_windows(llm: Llama, windows: Windows, wirings: Sequence[Spec | object],
             results = []
             for j, wiring in enumerate(wirings):
                 if wiring is not KEEP:
-                    llm.set_activations(wiring)  # type: ignore[arg-type]  # a Spec here
+                    llm.set_wiring(wiring)  # type: ignore[arg-type]  # a spec here
                 results.append(score(i, j, window_logits(llm, windows, i)))
                 bar.update(1)
             per_window.append(results)
@@ -229,6 +229,6 @@ def run_windows(llm: Llama, windows: Windows, wirings: Sequence[Spec | object],
     finally:
         bar.close()
         if any(w is not KEEP for w in wirings):
-            llm.set_activations(saved)
+            llm.set_wiring(saved)
         llm.reset()
     return LoopOutcome(per_window, interrupted)

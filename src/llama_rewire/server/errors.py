@@ -19,6 +19,7 @@ from ..errors import (
     ContextOverflowError,
     DecodeError,
     GrammarError,
+    WiringSpecError,
 )
 
 log = logging.getLogger("llama_rewire.server")
@@ -55,6 +56,8 @@ def from_exception(exc: BaseException, param: str | None = None) -> APIError:
     message = str(exc) or type(exc).__name__
     if isinstance(exc, ContextOverflowError):
         return APIError(400, message, param=param, code="context_length_exceeded")
+    if isinstance(exc, WiringSpecError):
+        return APIError(400, message, param="wiring", code="invalid_wiring_spec")
     if isinstance(exc, ActivationSpecError):
         return APIError(400, message, param="activations", code="invalid_activation_spec")
     if isinstance(exc, GrammarError):

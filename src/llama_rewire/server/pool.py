@@ -73,6 +73,7 @@ class ServedModel:
             "owned_by": "llama-rewire",
             "permissions": [],
             "activations": self.settings.activations,
+            "wiring": str(self.llama.wiring) or None,  # the effective wiring, canonical
             "n_ctx": self.settings.n_ctx,
         }
 

@@ -1,8 +1,8 @@
 """Server settings: the server's own, one set per served model, config files and the command line.
 
 The command line has one flag per settings field (``--n_ctx`` and ``--n-ctx`` alike), as in
-llama-cpp-python's server, plus ``--act`` for ``--activations`` and ``--config_file`` for a JSON or
-TOML file holding the server settings and a ``models`` list. Values given on the command line are
+llama-cpp-python's server, plus ``--act`` for ``--activations``, ``--wiring``, and ``--config_file`` for a
+JSON or TOML file holding the server settings and a ``models`` list. Values given on the command line are
 validated by the same pydantic models as config files, so both report errors the same way.
 """
 
@@ -32,6 +32,9 @@ class ModelSettings(BaseModel):
         None, description="the name requests select this model by (default: the model argument)")
     activations: Optional[Union[str, dict[str, Any]]] = Field(
         None, description="FFN activation spec, e.g. '*:relu' or '0-11:gelu' (default: the model's own)")
+    wiring: Optional[Union[str, dict[str, Any]]] = Field(
+        None, description="wiring spec or profile, e.g. '*:gelu, 20:skip=ffn, 5:heads_off=[0,3]' (default: "
+                          "the model as stored; activations, if given too, replace its activations)")
     n_ctx: int = Field(2048, ge=0, description="context window in tokens (0: the model's training context)")
     n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch")
     n_gpu_layers: int = Field(0, description="layers to offload to the GPU (-1: all)")

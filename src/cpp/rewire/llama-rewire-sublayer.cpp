@@ -1,0 +1,142 @@
+// llama-rewire: sublayer knobs: skips, output scales, head ablation.
+#include "llama-rewire-graph.h"
+
+#include <cmath>
+
+#include "llama-cparams.h"
+#include "llama-rewire-input.h"
+
+#include "ggml.h"
+#include "ggml-backend.h"
+
+// Zeros of shape [n0, n1, n2, n3], as a graph input (no node of the skipped sublayer is needed for it).
+static ggml_tensor * rewire_zeros(const llm_graph_context & gctx, const int64_t ne[4], const char * what, int il) {
+    ggml_tensor * t = ggml_new_tensor_4d(gctx.ctx0, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3]);
+    ggml_set_input(t);
+    ggml_format_name(t, "rewire_%s_skipped-%d", what, il);
+    gctx.res->add_input(std::make_unique<llama_rewire_input>(t, std::vector<float>()));
+    return t;
+}
+
+ggml_tensor * llama_rewire_attn_skip(const llm_graph_context & gctx, int il, const ggml_tensor * wo,
+        const ggml_tensor * q_cur, const ggml_tensor * k_cur, const ggml_tensor * v_cur, const ggml_tensor * v_mla) {
+    llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || il < 0 || (size_t) il >= state->layers.size()) {
+        return nullptr;
+    }
+    state->ffn[il].attn = true;
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer == nullptr || !layer->skip_attn) {
+        return nullptr;
+    }
+    // q [head_dim, n_head, n_tokens]; the output is wo's, or the heads' values side by side
+    const int64_t n_head   = q_cur->ne[1];
+    const int64_t n_tokens = q_cur->ne[2] * q_cur->ne[3];
+    const int64_t head_v   = v_mla ? v_mla->ne[1] : v_cur ? v_cur->ne[0] : k_cur->ne[0];
+    const int64_t ne[4]    = {wo ? wo->ne[1] : head_v * n_head, n_tokens, 1, 1};
+    return rewire_zeros(gctx, ne, "attn", il);
+}
+
+ggml_tensor * llama_rewire_ffn_skip(const llm_graph_context & gctx, int il, int64_t n_out, ggml_tensor * inp) {
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer == nullptr || !layer->skip_ffn) {
+        return nullptr;
+    }
+    const int64_t ne[4] = {n_out, inp->ne[1], inp->ne[2], inp->ne[3]};
+    return rewire_zeros(gctx, ne, "ffn", il);
+}
+
+static ggml_tensor * rewire_scaled(const llm_graph_context & gctx, ggml_tensor * out, float s, const char * what, int il) {
+    if (s == 1.0f) {
+        return out;
+    }
+    ggml_tensor * t = ggml_scale(gctx.ctx0, out, s);
+    ggml_format_name(t, "rewire_%s_scaled-%d", what, il);
+    return t;
+}
+
+ggml_tensor * llama_rewire_attn_out(const llm_graph_context & gctx, int il, ggml_tensor * out) {
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer == nullptr || gctx.cparams.rewire->model[il].attn_post_norm) {
+        return out; // a post-norm follows: the scale applies after it (llama_rewire_norm_out)
+    }
+    return rewire_scaled(gctx, out, layer->attn_scale, "attn", il);
+}
+
+ggml_tensor * llama_rewire_ffn_out(const llm_graph_context & gctx, int il, ggml_tensor * out) {
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer == nullptr || gctx.cparams.rewire->model[il].ffn_post_norm) {
+        return out;
+    }
+    return rewire_scaled(gctx, out, layer->ffn_scale, "ffn", il);
+}
+
+ggml_tensor * llama_rewire_norm_out(const llm_graph_context & gctx, int il, const ggml_tensor * mw, ggml_tensor * out) {
+    const llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || !state->active || mw == nullptr) {
+        return out;
+    }
+    // some architectures build a post-norm without its layer index (gemma3's ffn_post_norm has il = -1):
+    // the weight tells the layer
+    const int n_layer = (int) state->model.size();
+    for (int k = 0; k < n_layer; ++k) {
+        const int i = il >= 0 && il < n_layer ? (il + k) % n_layer : k;
+        const llama_rewire_state::shape & shape = state->model[i];
+        if (mw == shape.attn_post_w) {
+            return rewire_scaled(gctx, out, state->layers[i].attn_scale, "attn", i);
+        }
+        if (mw == shape.ffn_post_w) {
+            return rewire_scaled(gctx, out, state->layers[i].ffn_scale, "ffn", i);
+        }
+    }
+    return out;
+}
+
+ggml_tensor * llama_rewire_attn_heads(const llm_graph_context & gctx, int il, int64_t n_head, ggml_tensor * kqv) {
+    llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || il < 0 || (size_t) il >= state->layers.size()) {
+        return kqv;
+    }
+    state->ffn[il].n_head = (int32_t) n_head;
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer == nullptr || layer->heads_off.empty() || n_head <= 0 || kqv->ne[0] % n_head != 0) {
+        return kqv;
+    }
+    // kqv [head_dim * n_head, n_tokens] -> [head_dim, n_head, n_tokens] * mask [1, n_head, 1]
+    std::vector<float> mask(n_head, 1.0f);
+    for (int32_t h : layer->heads_off) {
+        if (h >= 0 && h < n_head) {
+            mask[h] = 0.0f;
+        }
+    }
+    ggml_tensor * m = ggml_new_tensor_3d(gctx.ctx0, GGML_TYPE_F32, 1, n_head, 1);
+    ggml_set_input(m);
+    ggml_format_name(m, "rewire_heads_mask-%d", il);
+    gctx.res->add_input(std::make_unique<llama_rewire_input>(m, std::move(mask)));
+
+    const int64_t n_tokens = ggml_nelements(kqv) / kqv->ne[0];
+    ggml_tensor * cur = ggml_reshape_3d(gctx.ctx0, kqv, kqv->ne[0] / n_head, n_head, n_tokens);
+    cur = ggml_mul(gctx.ctx0, cur, m);
+    ggml_format_name(cur, "rewire_heads_off-%d", il);
+    return ggml_reshape(gctx.ctx0, cur, kqv);
+}
+
+void llama_rewire_graph_done(const llm_graph_context & gctx) {
+    const llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || !state->active || gctx.gf == nullptr) {
+        return;
+    }
+    bool skips = false;
+    for (const llama_rewire_layer_slot & l : state->layers) {
+        skips = skips || l.skip_attn || l.skip_ffn;
+    }
+    if (!skips) {
+        return;
+    }
+    // expanding a tensor that is already in the graph is a no-op
+    for (ggml_tensor * t = ggml_get_first_tensor(gctx.ctx0); t != nullptr; t = ggml_get_next_tensor(gctx.ctx0, t)) {
+        if ((t->flags & GGML_TENSOR_FLAG_INPUT) && t->op == GGML_OP_NONE) {
+            ggml_build_forward_expand(gctx.gf, t);
+        }
+    }
+}
