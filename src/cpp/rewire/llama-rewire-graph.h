@@ -61,6 +61,8 @@ struct llama_rewire_state {
         int32_t n_head   = 0;             // query heads seen by build_attn_mha
         int32_t n_expert = 0;             // routed experts seen by build_moe_ffn
         int32_t n_expert_used = 0;        // their top-k
+        bool    attn_post_seen = false;   // build_norm built the layer's post-norm (where a scale goes)
+        bool    ffn_post_seen  = false;
     };
     std::vector<seen> ffn;               // [n_layer]
 

@@ -10,10 +10,18 @@
 #include "ggml-backend.h"
 
 // Zeros of shape [n0, n1, n2, n3], as a graph input (no node of the skipped sublayer is needed for it).
+// One tensor of each shape serves every skipped sublayer of a graph: it is only ever read.
 static ggml_tensor * rewire_zeros(const llm_graph_context & gctx, const int64_t ne[4], const char * what, int il) {
+    for (const llm_graph_input_ptr & input : gctx.res->inputs) {
+        const auto * zeros = dynamic_cast<const llama_rewire_input *>(input.get());
+        if (zeros != nullptr && zeros->values.empty() && zeros->t->ne[0] == ne[0] && zeros->t->ne[1] == ne[1] &&
+            zeros->t->ne[2] == ne[2] && zeros->t->ne[3] == ne[3]) {
+            return zeros->t;
+        }
+    }
     ggml_tensor * t = ggml_new_tensor_4d(gctx.ctx0, GGML_TYPE_F32, ne[0], ne[1], ne[2], ne[3]);
     ggml_set_input(t);
-    ggml_format_name(t, "rewire_%s_skipped-%d", what, il);
+    ggml_format_name(t, "rewire_%s_skipped-%d", what, il); // named after the first sublayer that uses it
     gctx.res->add_input(std::make_unique<llama_rewire_input>(t, std::vector<float>()));
     return t;
 }
@@ -72,8 +80,8 @@ ggml_tensor * llama_rewire_ffn_out(const llm_graph_context & gctx, int il, ggml_
 }
 
 ggml_tensor * llama_rewire_norm_out(const llm_graph_context & gctx, int il, const ggml_tensor * mw, ggml_tensor * out) {
-    const llama_rewire_state * state = gctx.cparams.rewire.get();
-    if (state == nullptr || !state->active || mw == nullptr) {
+    llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || mw == nullptr) {
         return out;
     }
     // some architectures build a post-norm without its layer index (gemma3's ffn_post_norm has il = -1):
@@ -83,10 +91,12 @@ ggml_tensor * llama_rewire_norm_out(const llm_graph_context & gctx, int il, cons
         const int i = il >= 0 && il < n_layer ? (il + k) % n_layer : k;
         const llama_rewire_state::shape & shape = state->model[i];
         if (mw == shape.attn_post_w) {
-            return rewire_scaled(gctx, out, state->layers[i].attn_scale, "attn", i);
+            state->ffn[i].attn_post_seen = true;
+            return state->active ? rewire_scaled(gctx, out, state->layers[i].attn_scale, "attn", i) : out;
         }
         if (mw == shape.ffn_post_w) {
-            return rewire_scaled(gctx, out, state->layers[i].ffn_scale, "ffn", i);
+            state->ffn[i].ffn_post_seen = true;
+            return state->active ? rewire_scaled(gctx, out, state->layers[i].ffn_scale, "ffn", i) : out;
         }
     }
     return out;

@@ -155,6 +155,13 @@ static int32_t rewire_layer_take(const llama_context & ctx, int32_t il, const ll
     if (!std::isfinite(in.attn_scale) || !std::isfinite(in.ffn_scale)) {
         return LLAMA_REWIRE_ERR_KNOB;
     }
+    // a post-norm the architecture builds without build_norm would undo a scale applied before it
+    const llama_rewire_state::seen  & seen  = ctx.get_cparams().rewire->ffn[il];
+    const llama_rewire_state::shape & shape = ctx.get_cparams().rewire->model[il];
+    if ((in.attn_scale != 1.0f && shape.attn_post_norm && !seen.attn_post_seen) ||
+        (in.ffn_scale  != 1.0f && shape.ffn_post_norm  && !seen.ffn_post_seen)) {
+        return LLAMA_REWIRE_ERR_KNOB;
+    }
     if (in.skip_attn && (!info.attn || info.kv_reused)) {
         return LLAMA_REWIRE_ERR_SKIP;
     }

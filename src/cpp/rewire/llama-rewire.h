@@ -15,7 +15,7 @@
 // A thresholded one is also available before thresholding, as "ffn_rewire_raw-<layer>".
 //
 // The other knobs' nodes are named too: "rewire_attn_skipped-<layer>" / "rewire_ffn_skipped-<layer>"
-// (the zeros a skipped sublayer adds), "rewire_attn_scaled-<layer>" / "rewire_ffn_scaled-<layer>",
+// (the zeros a skipped sublayer adds, one input of each shape per graph, named after its first layer), "rewire_attn_scaled-<layer>" / "rewire_ffn_scaled-<layer>",
 // "rewire_heads_off-<layer>", "rewire_experts_off-<layer>" (the masked router logits), and the steps of
 // an expression activation "ffn_rewire_expr<step>-<layer>".
 //
@@ -127,7 +127,9 @@ extern "C" {
     //                         feed nothing and drop out of the graph; no K/V is stored for the layer)
     //   attn_scale / ffn_scale  the sublayer's contribution is multiplied by s: after the layer's post-norm
     //                         (attn_post_norm / ffn_post_norm) where it has one, else on build_attn's
-    //                         (build_ffn's, build_moe_ffn's) output; finite; 1 adds no node
+    //                         (build_ffn's, build_moe_ffn's) output; finite; 1 adds no node; refused
+    //                         (LLAMA_REWIRE_ERR_KNOB) where the architecture builds its post-norm
+    //                         without build_norm, since the norm would undo it
     //   heads_off             those query heads' attention outputs are zero before the output projection
     //   experts_used          routed experts per token (top-k), 0: the model's own; the weights are
     //                         normalised as the architecture does over the k chosen
