@@ -130,8 +130,10 @@ void llama_rewire_graph_done(const llm_graph_context & gctx);
 
 // MoE hooks (llama-rewire-moe.cpp), called by build_moe_ffn.
 //
-// The top-k to use: the layer's experts_used, or k as given. Records the layer's experts.
-int64_t llama_rewire_moe_k(const llama_cparams & cparams, int il, int64_t n_expert, int64_t k);
+// The top-k to use: the layer's experts_used, or k as given. Records the layer's experts. A layer whose
+// experts are chosen by the architecture without the router (fixed = true: deepseek4's hash routing) takes
+// neither experts_used nor experts_off: it is recorded without routed experts to choose from.
+int64_t llama_rewire_moe_k(const llama_cparams & cparams, int il, int64_t n_expert, int64_t k, bool fixed);
 
 // logits [n_expert, n_tokens] with -inf added for the layer's experts_off (or logits as they are).
 ggml_tensor * llama_rewire_moe_mask(const llm_graph_context & gctx, int il, ggml_tensor * logits);

@@ -8,12 +8,17 @@
 
 #include "ggml.h"
 
-int64_t llama_rewire_moe_k(const llama_cparams & cparams, int il, int64_t n_expert, int64_t k) {
+int64_t llama_rewire_moe_k(const llama_cparams & cparams, int il, int64_t n_expert, int64_t k, bool fixed) {
     llama_rewire_state * state = cparams.rewire.get();
     if (state == nullptr || il < 0 || (size_t) il >= state->layers.size()) {
         return k;
     }
     llama_rewire_state::seen & s = state->ffn[il];
+    if (fixed) {
+        s.n_expert      = 0;
+        s.n_expert_used = 0;
+        return k;
+    }
     s.n_expert = (int32_t) n_expert;
     const llama_rewire_layer_slot * layer = llama_rewire_layer_of(cparams, il);
     if (layer == nullptr || layer->experts_used <= 0) {
