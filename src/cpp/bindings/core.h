@@ -40,6 +40,10 @@ class closed_error : public std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// The first error llama.cpp logged on this thread since log_errors_clear() (log.cpp).
+void        log_errors_clear();
+std::string log_first_error();
+
 // Owns a llama_model. Contexts hold a shared_ptr to it, so the model outlives them.
 class model {
 public:

@@ -6,12 +6,22 @@
 
 #include <atomic>
 #include <cstdio>
+#include <string>
 
 namespace rewire {
 
 static std::atomic<int> g_log_level{GGML_LOG_LEVEL_ERROR};
 static std::atomic<int> g_log_last{GGML_LOG_LEVEL_NONE};
 static std::atomic<PyObject *> g_log_sink{nullptr};  // a strong reference, never released
+static thread_local std::string g_first_error;       // the first error message since log_errors_clear
+
+void log_errors_clear() {
+    g_first_error.clear();
+}
+
+std::string log_first_error() {
+    return g_first_error;
+}
 
 static bool python_finalizing() {
 #if PY_VERSION_HEX >= 0x030D0000
@@ -27,6 +37,9 @@ static void log_callback(ggml_log_level level, const char * text, void * /*user_
         level = (ggml_log_level) g_log_last.load();
     } else {
         g_log_last = level;
+    }
+    if (level == GGML_LOG_LEVEL_ERROR && g_first_error.empty() && text != nullptr) {
+        g_first_error = text;  // what a failing call said first, for its exception (whatever the level shown)
     }
     if ((int) level < g_log_level.load()) {
         return;

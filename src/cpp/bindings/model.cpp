@@ -73,12 +73,30 @@ static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_lay
     params.vocab_only   = vocab_only;
     params.use_extra_bufts = use_extra_bufts;
     llama_model * ptr = nullptr;
+    char bad[512] = "";
     {
         py::gil_scoped_release release;
+        llama_rewire_clear_abort();
+        log_errors_clear();
         ptr = llama_model_load_from_file(path.c_str(), params);
+        // values that would make a later decode abort inside ggml
+        if (ptr != nullptr && llama_rewire_model_check(ptr, bad, sizeof(bad)) != LLAMA_REWIRE_OK) {
+            llama_model_free(ptr);
+            ptr = nullptr;
+        }
     }
     if (ptr == nullptr) {
-        throw model_load_error("failed to load model from file: " + path);
+        // what llama.cpp said (an assert it hit on the file's contents, or the loader's error)
+        std::string why = bad[0] ? bad : llama_rewire_last_abort() ? llama_rewire_last_abort() : log_first_error();
+        const std::string marker = "error loading model: ";
+        const size_t at = why.find(marker);
+        if (at != std::string::npos) {
+            why = why.substr(at + marker.size());
+        }
+        while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) {
+            why.pop_back();
+        }
+        throw model_load_error("failed to load model from file: " + path + (why.empty() ? "" : ": " + why));
     }
     return std::make_shared<model>(ptr);
 }

@@ -273,6 +273,20 @@ extern "C" {
             const char              ** name,
             size_t                   * size);
 
+    // Check a loaded model's hyperparameters and tensor types against what ggml's kernels assert on at
+    // decode time (norm epsilons finite and >= 0; rope dimensions positive, even and within the head;
+    // norm weights, biases and the SSM's state tensors in F32; no integer-typed weights). Returns
+    // LLAMA_REWIRE_OK, or LLAMA_REWIRE_ERR_PARAM with a message naming the value in msg (n bytes).
+    int32_t llama_rewire_model_check(const struct llama_model * model, char * msg, size_t n);
+
+    // Inside the llama library a failed GGML_ASSERT / GGML_ABORT throws (llama-rewire-abort.h): the API
+    // call that hit it returns its error (llama_model_load_from_file: NULL) or lets the exception out to a
+    // C++ caller. llama_rewire_last_abort returns the message of the last one on this thread ("file:line:
+    // GGML_ASSERT(...) failed"), or NULL; llama_rewire_clear_abort forgets it.
+    const char * llama_rewire_last_abort(void);
+
+    void llama_rewire_clear_abort(void);
+
 #ifdef __cplusplus
 }
 #endif

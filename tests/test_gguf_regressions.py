@@ -1,0 +1,58 @@
+"""Well-formed GGUF files with one wrong value, each of which used to kill the process (SIGABRT, SIGSEGV or a
+hang), found by ``scripts/fuzz_gguf.py``: each is now a ModelLoadError that says what is wrong, and the
+process lives. Every case runs in a child process: a regression would kill the child, not the suite."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
+
+import gguf_mutate
+
+# (base, mutation label after "<base>: ", a fragment of the ModelLoadError message)
+CASES = [
+    # llama-model.cpp asserts at load time (GGML_ASSERT throws inside the llama library)
+    ("llama", "kv-set llama.block_count = 0 (0)", "n_layer_all > 0"),
+    ("llama", "kv-set llama.block_count = 2**31-1 (0x7fffffff)", "LLAMA_MAX_LAYERS"),
+    ("moe", "kv-set llama.expert_count = 2**31-1 (0x7fffffff)", "LLAMA_MAX_EXPERTS"),
+    ("moe", "kv-set llama.expert_used_count = 0 (0)", "n_expert_used_max > 0"),
+    ("moe", "kv-del llama.expert_count = removed", "n_expert_used_max <= hparams.n_expert"),
+    ("llama", "kv-set tokenizer.ggml.tokens = [n-1] = [n-2] (duplicate entry)", "id_to_token.size()"),
+    # values ggml's kernels assert on at decode time, checked right after loading
+    ("llama", "kv-set llama.attention.layer_norm_rms_epsilon = -1 (-1.0)", "norm epsilon"),
+    ("llama", "kv-set llama.attention.layer_norm_rms_epsilon = nan (nan)", "norm epsilon"),
+    ("gpt2", "kv-set gpt2.attention.layer_norm_epsilon = -inf (-inf)", "norm epsilon"),
+    ("phi3", "kv-set phi3.rope.dimension_count = v-1 (15)", "rope.dimension_count is 15"),
+    ("phi3", "kv-set phi3.rope.dimension_count = v+1 (17)", "rope.dimension_count is 17"),
+    ("phi3", "kv-set phi3.rope.dimension_count = 0 (0)", "rope.dimension_count is 0"),  # it hung
+    ("llama", "tensor-type blk.0.attn_norm.weight = F32 -> F16", "reads it as F32"),
+    ("gpt2", "tensor-type blk.0.attn_norm.bias = F32 -> Q8_0", "reads it as F32"),
+    ("mamba", "tensor-type blk.0.ssm_a = F32 -> F16", "reads it as F32"),
+    ("llama", "tensor-type token_embd.weight = F32 -> I32", "integer type"),
+    ("llama", "tensor-type blk.0.attn_q.weight = F32 -> I32", "integer type"),
+]
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("fuzz_bases")
+    return {base: gguf_mutate.read_image(gguf_mutate.base_path(base, root))
+            for base in sorted({c[0] for c in CASES})}
+
+
+@pytest.mark.parametrize(("base", "label", "message"), CASES, ids=[f"{b}-{lab[:50]}" for b, lab, _ in CASES])
+def test_wrong_metadata_is_a_model_load_error(images: dict[str, Any], tmp_path: Path, base: str, label: str,
+                                              message: str) -> None:
+    img = images[base]
+    found = [m for m in gguf_mutate.all_mutations(img, base) if m.label == f"{base}: {label}"]
+    assert len(found) == 1, f"no mutation {label!r} of {base}"
+    out, _ = gguf_mutate.run_case(img, found[0], workdir=tmp_path, timeout=60)
+    assert out.verdict == "exception", (out.verdict, out.where, out.stderr_tail[-500:])
+    assert out.exc_type == "ModelLoadError(ModelLoadError)" or "ModelLoadError" in out.exc_type
+    assert out.stage == "load"
+    assert message in out.exc_msg, out.exc_msg
