@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from .errors import WiringSpecError
 from .wiring.activations import Spec
 from .wiring.layout import LayerInfo, describe_layout
 from .wiring.spec import WiringSpec, parse_activations, parse_wiring
@@ -56,7 +57,10 @@ class RewiringMixin:
         self._apply_wiring(wiring)
 
     def _apply_wiring(self, wiring: Wiring) -> None:
-        _core.rewire_wiring_set(self.ctx, wiring.native())
+        try:
+            _core.rewire_wiring_set(self.ctx, wiring.native())
+        except ValueError as e:  # the native checks, behind the Python ones: still a spec error
+            raise WiringSpecError(str(e)) from None
         self._wiring = wiring
         self.n_tokens = 0
         self._row_pending = False

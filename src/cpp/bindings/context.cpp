@@ -13,6 +13,12 @@
 
 namespace rewire {
 
+// While a context is created, an assert in ggml's C code (graph building on a model whose file lacks a
+// tensor the architecture needs) throws instead of aborting: llama_init_from_model catches it and fails.
+[[noreturn]] static void abort_as_exception(const char * message) {
+    throw std::runtime_error(message ? message : "ggml abort");
+}
+
 class context {
 public:
     context(std::shared_ptr<model> mdl, llama_context_params params, std::unique_ptr<ffn_observer> observer)
@@ -24,10 +30,19 @@ public:
         }
         {
             py::gil_scoped_release release;
+            llama_rewire_clear_abort();
+            log_errors_clear();
+            ggml_abort_callback_t previous = ggml_set_abort_callback(abort_as_exception);
             ptr_ = llama_init_from_model(m, params);
+            ggml_set_abort_callback(previous);
         }
         if (ptr_ == nullptr) {
-            throw std::runtime_error("failed to create a llama_context (see the log above for the cause)");
+            const char * why = llama_rewire_last_abort();
+            std::string text = why ? why : log_first_error();
+            while (!text.empty() && (text.back() == '\n' || text.back() == ' ')) {
+                text.pop_back();
+            }
+            throw std::runtime_error("failed to create a llama_context" + (text.empty() ? std::string() : ": " + text));
         }
         attach_threadpool(std::max(params.n_threads, params.n_threads_batch));
         batch_ = llama_batch_init((int32_t) llama_n_batch(ptr_), 0, (int32_t) llama_n_seq_max(ptr_));

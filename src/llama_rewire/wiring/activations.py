@@ -162,6 +162,8 @@ def _check_threshold(name: str, value: Any, where: str) -> float:
     t = float(value)
     if not math.isfinite(t) or t < 0:
         raise ActivationSpecError(f"{where}: a threshold must be finite and >= 0, got {value!r}")
+    if t > 3.4028234663852886e38:  # the largest float32: the native table holds float32
+        raise ActivationSpecError(f"{where}: the threshold {value!r} does not fit in float32")
     if name == "default" and t > 0:
         raise ActivationSpecError(f"{where}: a threshold needs an explicit activation, not 'default'")
     return t
