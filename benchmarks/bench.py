@@ -74,7 +74,21 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     *(("none-plain", "llama-bench-plain", m, None) for m in ("pp", "tg")),
     # no goal: a quarter of the layers skipped (skip=layer) drops their matmuls from the graph
     *(("skip", "none", m, None) for m in ("pp", "tg")),
+    # the residual stream: a control vector added after every layer on every token costs <= 2% of decode;
+    # a capture of resid_post on every layer <= 10% of a plain eval of the same prompt
+    ("steer", "none", "tg", 0.98),
+    ("steer", "none", "pp", None),
+    ("capture", "none", "pp", 0.90),
+    # no goal: a capture needs the last layer's every row; had it asked llama.cpp for every position as
+    # an output, it would compute every position's logits too, as logits_all does
+    ("logits", "none", "pp", None),
+    ("capture", "logits", "pp", None),
+    # no goal: the capture configuration generates with no edit: an A/A row for tg
+    ("capture", "none", "tg", None),
 )
+# (numerator, denominator, metric) rows that compare a configuration with itself in another process
+AA_ROWS = {("loop", "none", "pp"), ("capture", "none", "tg")}
+RESIDUAL = ("steer", "capture", "logits")
 SWITCH_GOAL_MS = 20.0
 BUSY_CORES = 0.2  # other processes' average use of the cores above which a run is flagged as noisy
 
@@ -257,6 +271,14 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
     skip = skip_quarter(info.n_layer)
     out.append(Config("skip", f"llama-rewire, `{skip}` (a quarter of the layers skipped)", f"`{skip}`",
                       [*rewire, "--act", skip]))  # fmt: skip
+    out += [
+        Config("steer", "llama-rewire, a control vector on every layer and token (`set_steering`)",
+               "steering every layer", [*rewire, "--edit", "steer"]),
+        Config("capture", "llama-rewire, pp: `capture` of `resid_post` on every layer (tg: no edit)",
+               "capture of resid_post", [*rewire, "--edit", "capture"]),
+        Config("logits", "llama-rewire, pp: eval keeping every position's logits (`logits_all`)",
+               "eval with logits_all", [*rewire, "--logits-all"]),
+    ]
     if args.repack_rows:
         out.append(Config("none-plain", "llama-rewire, no override, weights as stored (--no-repack)",
                           "no override, no repack", [*rewire, "--no-repack"]))  # fmt: skip
@@ -275,6 +297,12 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
         if args.repack_rows:
             out.append(Config("llama-bench-plain", "llama-bench, weights as stored (--repack 0)",
                               "llama-bench, no repack", [*cmd, "--repack", "0"], native=True))  # fmt: skip
+    if args.only:
+        unknown = set(args.only) - {c.key for c in out}
+        if unknown:
+            raise SystemExit(f"--only: no configuration {', '.join(sorted(unknown))} (there are "
+                             f"{', '.join(c.key for c in out)})")
+        out = [c for c in out if c.key == "none" or c.key in args.only]
     return out
 
 
@@ -291,6 +319,13 @@ def measure_split(info: ModelInfo, c: Config, args: argparse.Namespace) -> dict[
     return json.loads(stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
+def measure_resid(info: ModelInfo, args: argparse.Namespace) -> dict[str, Any]:
+    """Steering and capture against their plain counterparts, in pairs within one process."""
+    return worker_json("resid", "--backend", "rewire", "--model", str(info.path), "--threads",
+                       str(args.threads), "--reps", str(args.pairs),
+                       "--tg-method", args.tg_method)  # fmt: skip
+
+
 @dataclass
 class ModelResult:
     info: ModelInfo
@@ -298,6 +333,7 @@ class ModelResult:
     samples: dict[str, Samples]
     switch: dict[str, dict[str, Any]]
     split: dict[str, dict[str, Any]]  # config key -> bench_worker split (ms per generated token)
+    resid: dict[str, list[float]] = field(default_factory=dict)  # bench_worker resid (tokens/s, paired)
 
 
 class CpuMeter:
@@ -387,16 +423,22 @@ def bench_model(info: ModelInfo, args: argparse.Namespace) -> ModelResult:
         for key, (pp, tg) in runs.items():
             samples[key].pp.append(median(pp))
             samples[key].tg.append(median(tg))
-    split = {}
+    split: dict[str, dict[str, Any]] = {}
+    switch: dict[str, dict[str, Any]] = {}
+    resid: dict[str, list[float]] = {}
+    if args.pairs > 0 and any(c.key in ("steer", "capture") for c in todo):
+        log(f"  [{info.name}] steering and capture, paired in one process ({args.pairs} pairs)")
+        resid = measure_resid(info, args)
+    if args.only:  # a run of a few rows: no split or switch measurements
+        return ModelResult(info, todo, samples, switch, split, resid)
     for c in todo:
         if c.key in ("none", "lcpp"):
             log(f"  [{info.name}] time per generated token: {c.label}")
             split[c.key] = measure_split(info, c, args)
-    switch = {}
     for spec in (fused_override(info.native_act), f"*:{COMPOSED[0]}"):
         log(f"  [{info.name}] changing the wiring: {spec}")
         switch[spec] = measure_switch(info, spec, args)
-    return ModelResult(info, todo, samples, switch, split)
+    return ModelResult(info, todo, samples, switch, split, resid)
 
 
 # --------------------------------------------------------------------------- reporting
@@ -495,8 +537,8 @@ def ratio_rows(res: ModelResult) -> list[str]:
             met = "**no** (goal inside the interval)" if high >= goal else "**no**"
         want = "-" if goal is None else f"≥ {goal:.2f}"
         name = f"{metric}: {short[num]} / {short[den]}"
-        if (num, den, metric) == ("loop", "none", "pp"):
-            name = f"{metric}: {short[den]} / itself in another process (A/A)"
+        if (num, den, metric) in AA_ROWS:
+            name = f"{metric}: {short['none']} / itself in another process (A/A)"
         rows.append(f"| {name} | {ratio:.3f} | {low:.3f} - {high:.3f} | {want} | {met} |")
     n = min((len(s.tg) for s in res.samples.values()), default=0)
     rows += [
@@ -510,7 +552,39 @@ def ratio_rows(res: ModelResult) -> list[str]:
     return rows
 
 
+RESID_PAIRS = (
+    ("tg", "tg_steer", "tg_plain", "a control vector on every layer and token / none", 0.98),
+    ("pp", "pp_capture", "pp_plain", "`capture` of `resid_post` on every layer / plain `eval`", 0.90),
+)
+
+
+def resid_rows(res: ModelResult) -> list[str]:
+    """The paired measurement: the ratio within each pair, its median and a confidence interval."""
+    if not res.resid:
+        return []
+    n = len(res.resid["tg_plain"])
+    rows = [
+        f"Paired in one process ({n} pairs, each in a seeded random order; the ratio is taken within a "
+        "pair, so the drift of the machine's speed between processes and over minutes cancels):",
+        "",
+        "| ratio within a pair | with (t/s) | without (t/s) | median | confidence interval | goal | met |",
+        "|---|---:|---:|---:|---:|---:|:---:|",
+    ]
+    coverage = float("nan")
+    for metric, num, den, name, goal in RESID_PAIRS:
+        ratios = [a / b for a, b in zip(res.resid[num], res.resid[den])]
+        ratio = median(ratios)
+        low, high, coverage = median_ci(ratios)
+        met = "yes" if ratio >= goal else "**no** (goal inside the interval)" if high >= goal else "**no**"
+        rows.append(f"| {metric}: {name} | {fmt_rate(res.resid[num])} | {fmt_rate(res.resid[den])} "
+                    f"| {ratio:.3f} | {low:.3f} - {high:.3f} | ≥ {goal:.2f} | {met} |")  # fmt: skip
+    rows += ["", f"Confidence interval: for the median of the {n} per-pair ratios ({coverage:.0%} coverage)."]
+    return rows
+
+
 def switch_rows(res: ModelResult) -> list[str]:
+    if not res.switch:
+        return []
     rows = [
         "Changing the wiring, in ms (median). A decode is one token at position 0 and its argmax "
         "(`set_activations` drops the KV cache; so does a new `Llama`).",
@@ -567,7 +641,8 @@ def model_section(res: ModelResult, bandwidth: float) -> list[str]:
         s = res.samples[c.key]
         frac = f"{median(s.tg) / ceiling:.2f}" if s.tg else "-"
         lines.append(f"| {c.label} | {fmt_rate(s.pp)} | {fmt_rate(s.tg)} | {frac} | {s.rss_kb / 1024:.0f} |")
-    return [*lines, "", *ratio_rows(res), "", *split_rows(res), "", *switch_rows(res), ""]
+    return [*lines, "", *ratio_rows(res), "", *resid_rows(res), "", *split_rows(res), "", *switch_rows(res),
+            ""]
 
 
 def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: float, started: str,
@@ -602,6 +677,7 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "seeded random order drawn for every pass; a round keeps the median of its runs. (With a fixed "
         "order, the configuration that always ran right after llama-bench measured 3-4% slower than a "
         "copy of itself placed elsewhere.)",
+        *residual_notes(results),
         "",
         "## Results",
         "",
@@ -616,6 +692,9 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "python benchmarks/bench.py setup   # build/bench/bin/llama-bench, benchmarks/.venv-lcpp",
         f"python benchmarks/bench.py run -t {args.threads} --reps {args.reps} --runs {args.runs}"
         + (f" --tg-method {args.tg_method}" if args.tg_method != "generate" else "")
+        + (f" --only {' '.join(args.only)}" if args.only else "")
+        + (f" --pairs {args.pairs}" if args.pairs != 20 else "")
+        + ("" if args.repack_rows else " --no-repack-rows")
         + f" --models {' '.join(args.models)}",
         "```",
         "",
@@ -624,6 +703,22 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "",
     ]  # fmt: skip
     return "\n".join(lines)
+
+
+def residual_notes(results: list[ModelResult]) -> list[str]:
+    """What the residual-stream rows measure, when the run has them."""
+    if not any(k in r.samples for r in results for k in RESIDUAL):
+        return []
+    return [
+        "- Residual stream: \"a control vector on every layer and token\" is `set_steering` with one "
+        "direction for each layer (random values; an addition costs the same whatever they are), applied "
+        "at every position of pp and tg. \"capture\" measures pp as `llm.capture(tokens, "
+        "taps=\"resid_post\")` over the same 512 tokens (one float32 row per layer and token copied out, "
+        "`[n_layer, 512, n_embd]`); its tg is plain generation. A capture needs every row of the last "
+        "layer; it keeps them without making every position an output, so only the last position's "
+        "logits are computed. The `logits_all` row is a plain eval that keeps every position's logits: "
+        "what a capture would cost if it got those rows by asking for every output.",
+    ]
 
 
 def lcpp_version(python: str) -> str:
@@ -660,7 +755,8 @@ def run(args: argparse.Namespace) -> int:
         log(f"wrote {args.out}")
     if args.json:
         raw = [{"model": r.info.name, "size": r.info.size, "bandwidth_gbps": bandwidth,
-                "samples": {k: vars(s) for k, s in r.samples.items()}, "switch": r.switch, "split": r.split}
+                "samples": {k: vars(s) for k, s in r.samples.items()}, "switch": r.switch, "split": r.split,
+                "resid": r.resid}
                for r in results]  # fmt: skip
         Path(args.json).write_text(json.dumps(raw, indent=1))
     return 0
@@ -694,6 +790,12 @@ def main(argv: list[str] | None = None) -> int:
         default="generate",
         help="generation loop of both Python libraries: generate(temperature=0) or eval + argmax",
     )
+    p.add_argument("--pairs", type=int, default=20,
+                   help="steering and capture measured in pairs within one process, after the rounds (20; "
+                        "0: not)")
+    p.add_argument("--only", nargs="+", metavar="KEY", default=None,
+                   help="measure only these configurations next to 'none' (e.g. loop steer capture "
+                        "logits); skips the split and switch measurements")
     p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="markdown output ('' for none)")
     p.add_argument("--json", help="also write the raw samples here")
     p.set_defaults(func=run)

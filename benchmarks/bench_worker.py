@@ -10,11 +10,16 @@ Subcommands:
   empty cache, as llama-bench's pp test) and generation (``n_gen`` greedy tokens after a short prompt,
   each a single-token decode, as llama-bench's tg test), ``reps`` times each after one warm-up.
 - ``serve``: the same runs, one per request read from stdin (what bench.py uses).
+- ``--edit steer``: the same runs with a control vector added to the residual stream after every layer,
+  on every token (``set_steering``); ``--edit capture``: pp is ``capture`` of ``resid_post`` on every
+  layer over the same tokens (tg has no edit); ``--logits-all``: pp keeps every position's logits.
 - ``split``: where a generated token's time goes: inside the library's ``Llama.eval`` (llama_decode and
   the little around it) and outside it (sampling, the generator loop), over ``reps`` generation runs.
 - ``switch`` (rewire only): the time from ``set_activations`` to the end of the first decode after it
   (one token, as a generation step), next to the same decode with no change and to loading a new ``Llama``
   with the activations and decoding that token.
+- ``resid`` (rewire only): the costs of steering every layer (tg) and of a capture of resid_post on every
+  layer (pp), each measured in pairs with its plain counterpart within one process.
 - ``info`` (main Python): fetch a model by name and describe it.
 - ``bandwidth``: the machine's read bandwidth (numpy), so that the parent process stays small: a child's
   peak RSS as the kernel reports it is at least its parent's.
@@ -107,6 +112,8 @@ def open_backend(args: argparse.Namespace, activations: str | None = None) -> Ba
     if args.backend == "lcpp":
         if activations:
             raise SystemExit("llama-cpp-python has no activation overrides")
+        if args.edit != "none" or args.logits_all:
+            raise SystemExit("the residual-stream edits and --logits-all are measured on llama-rewire only")
         import llama_cpp
 
         if args.no_repack:
@@ -122,6 +129,8 @@ def open_backend(args: argparse.Namespace, activations: str | None = None) -> Ba
         return LcppBackend(llama_cpp.Llama(model_path=args.model, **common))
     from llama_rewire import Llama
 
+    if args.logits_all:
+        common["logits_all"] = True
     return RewireBackend(Llama(args.model, wiring=activations or None,
                                use_extra_bufts=not args.no_repack, **common))
 
@@ -185,12 +194,41 @@ def time_generation(
     return time.perf_counter() - t0
 
 
+def every_layer_vector(llm: Any) -> Any:
+    """A control vector with a direction for every layer (random: the cost of an addition does not
+    depend on the values)."""
+    from llama_rewire.residual import ControlVector
+
+    rng = np.random.default_rng(TOKEN_SEED)
+    n_embd = llm.n_embd()
+    return ControlVector({il: (0.05 * rng.standard_normal(n_embd)).astype(np.float32)
+                          for il in range(llm.n_layer())})
+
+
+def steer_every_layer(llm: Any) -> None:
+    """The control vector of every_layer_vector, added at every position."""
+    llm.set_steering(every_layer_vector(llm), alpha=1.0, tokens="all")
+
+
+def time_capture(backend: Backend, tokens: list[int]) -> float:
+    """Seconds for ``capture`` of resid_post on every layer over tokens (from an empty cache)."""
+    backend.reset()
+    t0 = time.perf_counter()
+    out = backend.llm.capture(tokens, taps="resid_post")["resid_post"]
+    elapsed = time.perf_counter() - t0
+    assert out.shape[:2] == (backend.llm.n_layer(), len(tokens))
+    return elapsed
+
+
 class Bench:
     """One configuration, loaded and warmed up; each call times one run and returns tokens/s."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.n_prompt, self.n_gen, self.method = int(args.n_prompt), int(args.n_gen), str(args.tg_method)
         self.backend = open_backend(args, args.act)
+        self.edit = str(args.edit)
+        if self.edit == "steer":
+            steer_every_layer(self.backend.llm)
         self.pp_tokens = prompt_tokens(self.backend, self.n_prompt)
         self.tg_prompt = self.backend.tokenize(TG_PROMPT)
         # warm-up: one prompt and a few generated tokens (llama-bench warms up the same way)
@@ -198,6 +236,8 @@ class Bench:
         time_generation(self.backend, self.tg_prompt, 4, self.method)
 
     def pp(self) -> float:
+        if self.edit == "capture":
+            return self.n_prompt / time_capture(self.backend, self.pp_tokens)
         return self.n_prompt / time_prompt(self.backend, self.pp_tokens)
 
     def tg(self) -> float:
@@ -230,6 +270,49 @@ def serve(args: argparse.Namespace) -> None:
             raise SystemExit(f"unknown request {what!r}")
         print(json.dumps({what: bench.pp() if what == "pp" else bench.tg()}), flush=True)
     bench.close()
+
+
+def resid(args: argparse.Namespace) -> dict[str, Any]:
+    """The residual-stream costs measured in pairs within one process (rewire only): tg with and
+    without steering on every layer, and pp as a plain eval and as a capture of resid_post on every
+    layer, each pair in a seeded random order. Steering is set or removed before the generation's
+    prompt is evaluated (untimed), so a change of graph is not in the timed part; a capture's own
+    setting of its taps is (a caller pays it on every capture)."""
+    import random
+
+    if args.backend != "rewire":
+        raise SystemExit("resid measures llama-rewire only")
+    backend = open_backend(args)
+    llm = backend.llm
+    vector = every_layer_vector(llm)
+    pp_tokens = prompt_tokens(backend, args.n_prompt)
+    tg_prompt = backend.tokenize(TG_PROMPT)
+
+    def tg(steer: bool) -> float:
+        llm.set_steering(vector if steer else None, alpha=1.0, tokens="all")
+        return args.n_gen / time_generation(backend, tg_prompt, args.n_gen, args.tg_method)
+
+    def pp(capture: bool) -> float:
+        if capture:
+            return args.n_prompt / time_capture(backend, pp_tokens)
+        backend.reset()
+        backend.eval(pp_tokens[:1])  # untimed: a graph change after a capture is reserved here
+        return args.n_prompt / time_prompt(backend, pp_tokens)
+
+    for on in (True, False):  # warm-up
+        tg(on)
+        pp(on)
+    out: dict[str, list[float]] = {"tg_plain": [], "tg_steer": [], "pp_plain": [], "pp_capture": []}
+    order = random.Random(TOKEN_SEED)
+    for _ in range(args.reps):
+        for run, names in ((tg, ("tg_plain", "tg_steer")), (pp, ("pp_plain", "pp_capture"))):
+            pair = [False, True]
+            order.shuffle(pair)
+            for on in pair:
+                out[names[on]].append(run(on))
+    llm.set_steering(None)
+    backend.close()
+    return out
 
 
 def split(args: argparse.Namespace) -> dict[str, Any]:
@@ -342,7 +425,8 @@ def bandwidth(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="what", required=True)
-    for name, func in (("throughput", throughput), ("serve", serve), ("split", split), ("switch", switch)):
+    for name, func in (("throughput", throughput), ("serve", serve), ("split", split), ("switch", switch),
+                       ("resid", resid)):
         p = sub.add_parser(name)
         p.set_defaults(func=func)
         p.add_argument("--backend", choices=["rewire", "lcpp"], required=True)
@@ -358,6 +442,10 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--n-batch", type=int, default=512)
         p.add_argument("--n-ctx", type=int, default=640)
         p.add_argument("--tg-method", choices=["generate", "eval", "decode"], default="generate")
+        p.add_argument("--edit", choices=["none", "steer", "capture"], default="none",
+                       help="steer: a control vector on every layer and token; capture: pp is a capture "
+                            "of resid_post on every layer (rewire only)")
+        p.add_argument("--logits-all", action="store_true", help="keep every position's logits (rewire only)")
     p = sub.add_parser("info")
     p.set_defaults(func=info)
     p.add_argument("--model", required=True, help="a model name known to llama_rewire.models")

@@ -212,10 +212,14 @@ def _attention(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, il:
 
 def _mlp(x: np.ndarray, act: Callable[[np.ndarray], np.ndarray], up: np.ndarray, down: np.ndarray,
          gate: np.ndarray | None = None, up_b: np.ndarray | None = None,
-         down_b: np.ndarray | None = None) -> np.ndarray:
-    """Gated: down(act(gate x) * (up x)).  Plain: down(act(up x + up_b)) + down_b."""
+         down_b: np.ndarray | None = None,
+         down_in: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
+    """Gated: down(act(gate x) * (up x)).  Plain: down(act(up x + up_b)) + down_b.
+    down_in, if given, sees (and may replace) the input of down."""
     u = _linear(x, up, up_b)
     a = act(u) if gate is None else act(_linear(x, gate)) * u
+    if down_in is not None:
+        a = down_in(a)
     return _linear(a, down, down_b)
 
 
@@ -226,13 +230,14 @@ def _split_gate_up(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return w[..., :n_ff, :], w[..., n_ff:, :]
 
 
-def _dense_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: Callable) -> np.ndarray:
+def _dense_ffn(spec: ModelSpec, layer: dict[str, np.ndarray], h: np.ndarray, act: Callable,
+               down_in: Callable[[np.ndarray], np.ndarray] | None = None) -> np.ndarray:
     if spec.fused_gate_up:  # phi3: act(first half of ffn_up x) * (second half)
         gate, up = _split_gate_up(layer["ffn_up.weight"])
-        return _mlp(h, act, up, layer["ffn_down.weight"], gate=gate)
+        return _mlp(h, act, up, layer["ffn_down.weight"], gate=gate, down_in=down_in)
     return _mlp(h, act, layer["ffn_up.weight"], layer["ffn_down.weight"],
                 gate=layer.get("ffn_gate.weight"), up_b=layer.get("ffn_up.bias"),
-                down_b=layer.get("ffn_down.bias"))
+                down_b=layer.get("ffn_down.bias"), down_in=down_in)
 
 
 def _router_probs(layer: dict[str, np.ndarray], h: np.ndarray, experts_off: Sequence[int]) -> np.ndarray:
@@ -338,48 +343,98 @@ def _post_norm(spec: ModelSpec, layer: dict[str, np.ndarray], name: str, y: np.n
 
 # ---------------------------------------------------------------- forward
 
+# hook(point, layer, value [T, width]) -> value: sees (and may replace) each residual-stream point
+Hook = Callable[[str, int, np.ndarray], np.ndarray]
+
+
+def _no_hook(point: str, il: int, v: np.ndarray) -> np.ndarray:
+    return v
+
+
 def _blocks(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None,
-            wiring: Sequence[Wiring] | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
+            wiring: Sequence[Wiring] | None = None,
+            hook: Hook | None = None) -> tuple[np.ndarray, list[np.ndarray]]:
     """Run all transformer blocks:
-        x = x + s_attn * post_norm(attn(norm(x)))
-        x = x + s_ffn  * post_norm(ffn(norm(x)))
+        x = x + attn_out,  attn_out = s_attn * post_norm(attn(norm(x)))
+        x = x + ffn_out,   ffn_out  = s_ffn  * post_norm(ffn(norm(x)))   (ffn_act: the input of down)
+        resid_post = x
     post_norm only where the arch has one; s = the wiring's scale (default 1), and a skipped
-    sublayer adds nothing.
+    sublayer adds nothing (and has no point). hook sees each point (attn_out, ffn_act of a dense FFN,
+    ffn_out, resid_post) and returns its value.
 
     Returns the final residual stream [T, n_embd] and each layer's FFN input norm(x).
     """
+    hk = hook or _no_hook
     x = _embed(spec, tokens)
     ffn_inputs = []
     for il, (layer, w) in enumerate(zip(spec.layers, _wirings(spec, acts, wiring))):
         if not w.get("skip_attn", False):
             h = _norm(spec, x, layer["attn_norm.weight"], layer.get("attn_norm.bias"))
             a = _attention(spec, layer, h, il, w.get("heads_off", ()))
-            x = x + w.get("attn_scale", 1.0) * _post_norm(spec, layer, "post_attention_norm.weight", a)
+            a = _post_norm(spec, layer, "post_attention_norm.weight", a)
+            x = x + hk("attn_out", il, w.get("attn_scale", 1.0) * a)
         h = _norm(spec, x, layer["ffn_norm.weight"], layer.get("ffn_norm.bias"))
         ffn_inputs.append(h)
         if not w.get("skip_ffn", False):
             if spec.n_expert:
                 f = _moe_ffn(spec, layer, h, w)
             else:
-                f = _dense_ffn(spec, layer, h, _scope_act(spec, w, "dense"))
-            x = x + w.get("ffn_scale", 1.0) * _post_norm(spec, layer, "post_ffw_norm.weight", f)
+                f = _dense_ffn(spec, layer, h, _scope_act(spec, w, "dense"),
+                               down_in=lambda a, il=il: hk("ffn_act", il, a))
+            f = _post_norm(spec, layer, "post_ffw_norm.weight", f)
+            x = x + hk("ffn_out", il, w.get("ffn_scale", 1.0) * f)
+        x = hk("resid_post", il, x)
     return x, ffn_inputs
 
 
+def head(spec: ModelSpec, x: np.ndarray) -> np.ndarray:
+    """The final norm and output head: logits [T, n_vocab] of a residual stream x [T, n_embd]."""
+    x = _norm(spec, x, spec.tensors["output_norm.weight"], spec.tensors.get("output_norm.bias"))
+    return _linear(x, spec.tensors.get("output.weight", spec.tensors["token_embd.weight"]))
+
+
+def edit_hook(edits: Sequence[dict[str, Any]], taps: dict[str, dict[int, np.ndarray]] | None = None) -> Hook:
+    """A hook doing residual-stream edits, in the order patch, ablate, add at a point, then recording
+    the value in taps[point][layer]. An edit: {"kind": "patch" | "ablate" | "add", "point", "layer",
+    "rows" [n, width], "positions" (patch: one per row), "range" (ablate, add: [begin, end), end None)}.
+    Ablation rows must be orthonormal: h - R^T (R h)."""
+    def hook(point: str, il: int, v: np.ndarray) -> np.ndarray:
+        v = np.array(v, dtype=np.float64)
+        pos = np.arange(v.shape[0])
+        here = [e for e in edits if e["point"] == point and e["layer"] == il]
+        for kind in ("patch", "ablate", "add"):
+            for e in (e for e in here if e["kind"] == kind):
+                rows = np.asarray(e["rows"], dtype=np.float64)
+                if kind == "patch":
+                    for p, row in zip(e["positions"], rows):
+                        v[pos == p] = row
+                    continue
+                b, end = e.get("range", (0, None))
+                sel = (pos >= b) & ((pos < end) if end is not None else True)
+                if kind == "ablate":
+                    v[sel] = v[sel] - (v[sel] @ rows.T) @ rows
+                else:
+                    v[sel] = v[sel] + rows[0]
+        if taps is not None:
+            taps.setdefault(point, {})[il] = v.copy()
+        return v
+    return hook
+
+
 def forward(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None = None, *,
-            wiring: Sequence[Wiring] | None = None) -> np.ndarray:
+            wiring: Sequence[Wiring] | None = None, hook: Hook | None = None) -> np.ndarray:
     """Logits [n_tokens, n_vocab] (float64) for one causal sequence at positions 0..n-1.
 
     ``acts[il]`` overrides the FFN activation of layer il (for gated FFNs the gate
     activation, for MoE every expert and the shared expert, not the shared expert's
     sigmoid gate); None or ("default", None) keeps the architecture's own activation.
     ``wiring[il]`` rewires layer il (a dict with keys from WIRING_KEYS); acts[il] is the
-    same as wiring[il]["act"], and a layer may not set both.
+    same as wiring[il]["act"], and a layer may not set both. ``hook`` sees each residual-stream point
+    (see _blocks and edit_hook).
     The output is tied to token_embd when the model has no output.weight.
     """
-    x, _ = _blocks(spec, tokens, acts, wiring)
-    x = _norm(spec, x, spec.tensors["output_norm.weight"], spec.tensors.get("output_norm.bias"))
-    return _linear(x, spec.tensors.get("output.weight", spec.tensors["token_embd.weight"]))
+    x, _ = _blocks(spec, tokens, acts, wiring, hook)
+    return head(spec, x)
 
 
 def dense_ffn_tensors(spec: ModelSpec, tokens: Sequence[int], acts: Sequence[ActEntry] | None = None, *,

@@ -17,13 +17,33 @@ import gguf_mutate
 
 # (base, mutation label after "<base>: ", a fragment of the ModelLoadError message)
 CASES = [
-    # llama-model.cpp asserts at load time (GGML_ASSERT throws inside the llama library)
-    ("llama", "kv-set llama.block_count = 0 (0)", "n_layer_all > 0"),
-    ("llama", "kv-set llama.block_count = 2**31-1 (0x7fffffff)", "LLAMA_MAX_LAYERS"),
-    ("moe", "kv-set llama.expert_count = 2**31-1 (0x7fffffff)", "LLAMA_MAX_EXPERTS"),
-    ("moe", "kv-set llama.expert_used_count = 0 (0)", "n_expert_used_max > 0"),
-    ("moe", "kv-del llama.expert_count = removed", "n_expert_used_max <= hparams.n_expert"),
-    ("llama", "kv-set tokenizer.ggml.tokens = [n-1] = [n-2] (duplicate entry)", "id_to_token.size()"),
+    # llama-model.cpp asserts at load time (GGML_ASSERT throws inside the llama library); the metadata is
+    # checked before (src/llama_rewire/_gguf_check.py), so the message names the key and the value
+    ("llama", "kv-set llama.block_count = 0 (0)",
+     "llama.block_count is 0: the model must have at least one layer (1..512)"),
+    ("llama", "kv-set llama.block_count = 2**31-1 (0x7fffffff)",
+     "llama.block_count is 2147483647: llama.cpp supports at most 512 layers (1..512)"),
+    ("gemma3", "kv-set gemma3.block_count = max (0xffffffff)", "gemma3.block_count is 4294967295"),
+    ("moe", "kv-set llama.expert_count = 2**31-1 (0x7fffffff)",
+     "llama.expert_count is 2147483647: llama.cpp supports at most 1024 experts"),
+    ("moe", "kv-set llama.expert_used_count = 0 (0)",
+     "llama.expert_used_count is 0: a model with 4 experts (llama.expert_count) must route each token to at "
+     "least one (1..4)"),
+    ("moe", "kv-del llama.expert_used_count = removed", "llama.expert_used_count is missing: a model with 4"),
+    ("moe", "kv-set llama.expert_used_count = 2**31-1 (0x7fffffff)",
+     "llama.expert_used_count is 2147483647: more than the 4 experts of llama.expert_count (1..4)"),
+    ("moe", "kv-del llama.expert_count = removed",
+     "llama.expert_used_count is 2 but llama.expert_count is missing: a model without experts routes to"),
+    ("moe_shared", "kv-set qwen2moe.expert_count = 0 (0)",
+     "qwen2moe.expert_used_count is 2 but qwen2moe.expert_count is 0"),
+    ("moe_merged", "kv-set hy_v3.expert_gating_func = 2**31-1 (0x7fffffff)",
+     "hy_v3.expert_gating_func is 2147483647: not a gating function llama.cpp knows (0..4)"),
+    ("mamba", "kv-set mamba.ssm.inner_size = v+1 (129)",
+     "mamba.ssm.inner_size is 129: llama.cpp's mamba needs twice mamba.embedding_length (128)"),
+    ("llama", "kv-set llama.embedding_length = 0 (0)", "llama.embedding_length is 0"),
+    # found only in the vocabulary: explained once llama.cpp has refused the file
+    ("llama", "kv-set tokenizer.ggml.tokens = [n-1] = [n-2] (duplicate entry)",
+     "tokenizer.ggml.tokens holds the token '<0xFF>' twice (ids 258 and 259): every token must be unique"),
     # values ggml's kernels assert on at decode time, checked right after loading
     ("llama", "kv-set llama.attention.layer_norm_rms_epsilon = -1 (-1.0)", "norm epsilon"),
     ("llama", "kv-set llama.attention.layer_norm_rms_epsilon = nan (nan)", "norm epsilon"),

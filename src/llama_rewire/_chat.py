@@ -62,9 +62,14 @@ class TemplateChatHandler:
     ) -> _core.ChatRender:
         """Thinking is off unless asked for: the template then renders as it does without the variable
         on templates that support both, and small models answer directly."""
+        try:
+            messages_json, tools_json = json.dumps(messages), json.dumps(tools) if tools else ""
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"messages and tools must be JSON (strings, numbers, lists, dicts): {e}") \
+                from None
         return templates_of(llama).apply(
-            json.dumps(messages),
-            tools=json.dumps(tools) if tools else "",
+            messages_json,
+            tools=tools_json,
             tool_choice=tool_choice,
             add_generation_prompt=add_generation_prompt,
             enable_thinking=enable_thinking,

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 import numpy as np
 import numpy.typing as npt
 
+from . import _params
 from .errors import ContextOverflowError
 from .llama_grammar import LlamaGrammar
 
@@ -150,8 +151,8 @@ class CompletionRun:
                     self.finish_reason = "stop"
                     yield text[:cut]
                     return
-                if self.stopping_criteria is not None and self.stopping_criteria(
-                        self.llama._input_ids, self.llama.last_logits):
+                if self.stopping_criteria is not None and _params.stop_verdict(self.stopping_criteria(
+                        self.llama._input_ids, self.llama.last_logits)):
                     self.finish_reason = "stop"
                     yield text + decoder.decode(b"", final=True)
                     return
@@ -276,14 +277,20 @@ def create_completion(
     sampling: dict[str, Any],
 ) -> dict[str, Any] | CompletionIterator:
     """The body of ``Llama.create_completion``: checks, sampler, then a run (streamed or not)."""
-    if max_tokens is not None and (isinstance(max_tokens, bool) or not isinstance(max_tokens, int)):
+    if max_tokens is not None and not isinstance(max_tokens, (int, np.integer)):
         raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
-    if logprobs is not None and (isinstance(logprobs, bool) or not isinstance(logprobs, int) or logprobs < 0):
+    max_tokens = _params.optional_integer("max_tokens", max_tokens)
+    if logprobs is not None and (not isinstance(logprobs, (int, np.integer)) or logprobs < 0):
         raise ValueError(f"logprobs must be a non-negative integer or None, got {logprobs!r}")
-    if suffix:
+    logprobs = _params.optional_integer("logprobs", logprobs)
+    if _params.flag("suffix", suffix):
         raise ValueError("suffix (fill-in-the-middle) is not supported")
     if grammar is not None and not isinstance(grammar, LlamaGrammar):
         raise TypeError("grammar must be a LlamaGrammar (see LlamaGrammar.from_string)")
+    echo, stream = _params.flag("echo", echo), _params.flag("stream", stream)
+    stops = _params.stop_strings(stop)
+    _params.callback("stopping_criteria", stopping_criteria)
+    _params.callback("logits_processor", logits_processor)
     if echo and logprobs is not None and not llama.context_params["logits_all"]:
         raise ValueError("echo with logprobs needs a model created with logits_all=True")
     prompt_tokens = llama._prompt_tokens(prompt)
@@ -294,15 +301,12 @@ def create_completion(
         raise ContextOverflowError(len(prompt_tokens), n_ctx)
     budget = n_ctx - len(prompt_tokens)
     limit = budget if max_tokens is None or max_tokens <= 0 else min(max_tokens, budget)
-    stops = [stop] if isinstance(stop, str) else list(stop or [])
-    if not all(isinstance(s, str) for s in stops):
-        raise TypeError("stop must be a string or a list of strings")
     patterns, trigger_tokens = grammar_lazy if grammar_lazy is not None else ((), ())
     sampler = llama._sampler(**sampling, seed=llama._draw_seed(seed), grammar=grammar,
                              grammar_lazy=grammar_lazy is not None, trigger_patterns=patterns,
                              trigger_tokens=trigger_tokens)
     meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
-            "model": model or llama.model_path}
+            "model": model if model is not None else llama.model_path}
     to_eval = llama._prefix_reuse(prompt_tokens)
     if echo and logprobs is not None:
         llama.reset()  # every prompt token's logits are needed
@@ -326,6 +330,7 @@ def create_completion(
                         echo_text=echo_text, logprobs=logprobs, prompt_text_len=len(prompt_text),
                         stopping_criteria=stopping_criteria,
                         prompt_logprobs=prompt_lp, on_finish=finish)
-    if stream:
-        return CompletionIterator(run.chunks(), run)
+    if stream:  # the stream holds the Llama until it ends (see _guard.py)
+        chunks = llama._guard.open_stream(run.chunks(), "create_completion(stream=True)")
+        return CompletionIterator(chunks, run)
     return run.complete()

@@ -8,6 +8,10 @@ import numpy.typing as npt
 ACT_NAMES: tuple[str, ...]
 ACT_EXPR: int
 EXPR_OPS: dict[str, int]
+POINT_NAMES: tuple[str, str, str, str]
+EDIT_PATCH: int
+EDIT_ABLATE: int
+EDIT_ADD: int
 EXPR_MAX_NODES: int
 EXPR_MAX_STACK: int
 EXPR_MAX_OPS: int
@@ -88,6 +92,15 @@ NativeLayer = tuple[tuple[NativeAct, NativeAct, NativeAct], bool, bool, float, f
 def rewire_wiring_set(ctx: Context, layers: list[NativeLayer]) -> None: ...
 def rewire_wiring_get(ctx: Context) -> list[NativeLayer]: ...
 def rewire_layer_describe(ctx: Context, layer: int) -> dict[str, Any]: ...
+def rewire_point_width(ctx: Context, point: int, layer: int) -> int: ...
+def rewire_edits_set(
+    ctx: Context,
+    edits: list[tuple[int, int, int, npt.NDArray[np.float32], npt.NDArray[np.int32] | None, int, int]],
+) -> None: ...
+def rewire_taps_set(ctx: Context, taps: list[int]) -> None: ...
+def rewire_tap_read(
+    ctx: Context, point: int, layer: int
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int32]]: ...
 
 class Model:
     def __init__(self, path: str, n_gpu_layers: int = 0, use_mmap: bool = True, use_mlock: bool = False,

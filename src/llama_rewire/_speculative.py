@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
-from . import _core
+from . import _core, _params
 
 if TYPE_CHECKING:
     from .llama import Llama, LogitsProcessor
@@ -31,11 +31,13 @@ def _draft(llama: Llama, draft_model: LlamaDraftModel, token: int) -> list[int]:
     llama.input_ids[n_past] = token
     history = llama.input_ids[: n_past + 1]
     history.flags.writeable = False  # a view of the model's own buffer
-    guess = np.asarray(draft_model(history)).reshape(-1)
+    guess = np.asarray(draft_model(history))
+    if guess.ndim > 1 or not (np.issubdtype(guess.dtype, np.integer) or guess.size == 0):
+        raise TypeError(f"draft_model must return a list of token ids, got {guess!r:.80}")
     room = min(llama._n_batch, llama._n_ctx - n_past) - 1
     out: list[int] = []
     n_vocab = llama.n_vocab()
-    for t in guess[: max(0, room)].tolist():
+    for t in guess.reshape(-1)[: max(0, room)].tolist():
         if not 0 <= int(t) < n_vocab:
             break  # a guess that is no token ends the draft
         out.append(int(t))
@@ -61,24 +63,26 @@ def steps(
         raw = llama.last_logits.copy() if (want_logits or logits_processor is not None) else None
         if logits_processor is not None:
             assert raw is not None
-            return int(sampler.sample_logits(logits_processor(llama._input_ids, raw.copy()))), raw
+            processed = llama._processed(logits_processor, llama._input_ids, raw.copy())
+            return int(sampler.sample_logits(processed)), raw
         return int(sampler.sample(ctx, out)), raw
 
     try:
-        step = sample(-1)
-        while True:
-            yield step
-            token = step[0]
-            draft = _draft(llama, draft_model, token)
-            n_past = llama.n_tokens
-            llama._eval_outputs([token, *draft])
-            for i in range(len(draft) + 1):
-                llama._select_output(n_past + 1 + i, i)
-                step = sample(i)
-                if i == len(draft) or step[0] != draft[i]:
-                    llama._drop_uncounted()  # the rejected guesses draft[i:]
-                    break
-                yield step  # a guess that holds: already evaluated
+        with _params.grammar_messages():
+            step = sample(-1)
+            while True:
+                yield step
+                token = step[0]
+                draft = _draft(llama, draft_model, token)
+                n_past = llama.n_tokens
+                llama._eval_outputs([token, *draft])
+                for i in range(len(draft) + 1):
+                    llama._select_output(n_past + 1 + i, i)
+                    step = sample(i)
+                    if i == len(draft) or step[0] != draft[i]:
+                        llama._drop_uncounted()  # the rejected guesses draft[i:]
+                        break
+                    yield step  # a guess that holds: already evaluated
     finally:
         if llama._ctx is not None:
             llama._drop_uncounted()  # evaluated guesses after the last yielded token

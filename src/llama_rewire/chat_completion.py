@@ -157,7 +157,7 @@ class ToolPlan:
             name = tool_choice.get("function", {}).get("name")
             tool = next((t for t in tools if _tool_name(t) == name), None)
             if tool is None:
-                raise ValueError(f"Tool choice '{name}' not found in tools.")
+                raise ValueError(f"Tool choice '{name}' not found in tools: tool_choice must name one")
             return cls("forced", tools, tool, legacy=legacy)
         raise ValueError(
             f"tool_choice must be 'none', 'auto', 'required' or a named tool, got {tool_choice!r}"
@@ -258,7 +258,14 @@ def grammar_for_response_format(response_format: Mapping[str, Any], verbose: boo
 
     if schema is None:
         return LlamaGrammar.from_string(JSON_GBNF, verbose=verbose)
-    return LlamaGrammar.from_json_schema(json.dumps(schema), verbose=verbose)
+    try:
+        text = json.dumps(schema)
+    except (TypeError, ValueError) as e:
+        raise TypeError(f"response_format: the schema is not JSON: {e}") from None
+    try:
+        return LlamaGrammar.from_json_schema(text, verbose=verbose)
+    except ValueError as e:
+        raise type(e)(f"response_format: {e}") from None
 
 
 # -- completion -> chat --------------------------------------------------------------------------

@@ -115,7 +115,8 @@ def chat_turns(messages: Sequence[Mapping[str, Any]]) -> list[Turn]:
             name = message.get("name") or call_names.get(str(message.get("tool_call_id")), "")
             turns.append(("user", f"Result of {name or 'the tool call'}: {text}"))
         else:
-            raise ChatFormatError(f"unknown message role {role!r}")
+            raise ChatFormatError(f"unknown message role {role!r} in messages (system, user, assistant, "
+                                  "tool)")
     return turns
 
 

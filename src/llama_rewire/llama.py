@@ -6,17 +6,18 @@ import logging
 import os
 import random
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any, Callable, Union
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _completion, _core, _logging
+from . import _completion, _core, _load, _logging, _params
 from ._completion import CompletionIterator
 from ._embedding import embed as _embed
+from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
+from ._residual import ResidualMixin
 from ._rewiring import RewiringMixin
-from .errors import ContextOverflowError
+from .errors import ActivationSpecError, ContextOverflowError
 from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
@@ -56,14 +57,7 @@ class StoppingCriteriaList(list[StoppingCriteria]):
         return any(criterion(input_ids, logits) for criterion in self)
 
 
-def _check_count(name: str, value: Any, *, positive: bool = False) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < (1 if positive else 0):
-        raise ValueError(
-            f"{name} must be a {'positive' if positive else 'non-negative'} integer, got {value!r}"
-        )
-
-
-class Llama(RewiringMixin):
+class Llama(RewiringMixin, ResidualMixin):
     """A GGUF model and one inference context, with a rewirable runtime per layer.
 
     Parameters follow llama-cpp-python's ``Llama``; unknown keyword arguments are accepted and ignored,
@@ -129,59 +123,38 @@ class Llama(RewiringMixin):
         ffn_stats_eps: float = 1e-3,
         **kwargs: Any,
     ) -> None:
-        self.verbose = verbose
+        self._guard = CallGuard()  # one call at a time (see _guard.py)
+        a = _params.check_llama_args(locals())
+        self.verbose = verbose = a["verbose"]
         _logging.install()
         _logging.set_verbose(verbose)
         if model_path is None:
             from .models import fetch
 
             model_path = fetch(progress=verbose)
-        self.model_path = str(model_path)
-        for name, value in (
-            ("n_ctx", n_ctx),
-            ("n_batch", n_batch),
-            ("n_ubatch", n_ubatch),
-            ("last_n_tokens_size", last_n_tokens_size),
-        ):
-            _check_count(name, value)
-        if n_batch == 0 or n_ubatch == 0:
-            raise ValueError("n_batch and n_ubatch must be positive")
-        if rpc_servers:
+        self.model_path = _params.path("model_path", model_path)
+        if _params.flag("rpc_servers", rpc_servers):
             raise ValueError("rpc_servers needs llama-rewire built with CMAKE_ARGS=-DGGML_RPC=on")
-        if not Path(self.model_path).exists():
-            raise ValueError(f"Model path does not exist: {self.model_path}")
-        if Path(self.model_path).is_dir():
-            raise ValueError(f"Model path is a directory, not a GGUF file: {self.model_path}")
+        _params.model_file(self.model_path)
         if draft_model is not None and not callable(draft_model):
             raise TypeError("draft_model must be a LlamaDraftModel (called with the token ids so far)")
         self.draft_model = draft_model
         if kwargs:
             _log.debug("ignoring unknown Llama arguments: %s", ", ".join(sorted(kwargs)))
 
-        self._model: _core.Model | None = _core.Model(
-            self.model_path,
-            n_gpu_layers=n_gpu_layers,
-            use_mmap=use_mmap,
-            use_mlock=use_mlock,
-            vocab_only=vocab_only,
-            main_gpu=main_gpu,
-            split_mode=split_mode,
-            tensor_split=list(tensor_split or []),
-            kv_overrides=dict(kv_overrides or {}),
-            use_extra_bufts=bool(use_extra_bufts),
-        )
+        self._model: _core.Model | None = _load.open_model(self.model_path, a)
         self._ctx: _core.Context | None = None
         self.context_params = {
-            "n_ctx": n_ctx,
-            "n_batch": n_batch,
-            "n_ubatch": n_ubatch,
-            "embeddings": embedding,
-            "logits_all": logits_all,
+            "n_ctx": a["n_ctx"],
+            "n_batch": a["n_batch"],
+            "n_ubatch": a["n_ubatch"],
+            "embeddings": a["embedding"],
+            "logits_all": a["logits_all"],
         }
-        self._logits_all = logits_all
-        self._embedding = embedding
-        self.last_n_tokens_size = last_n_tokens_size
-        self._seed = seed
+        self._logits_all = logits_all = a["logits_all"]
+        self._embedding = a["embedding"]
+        self.last_n_tokens_size = a["last_n_tokens_size"]
+        self._seed = seed = a["seed"]
         self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
         self._n_vocab = self._model.n_vocab()
         self.metadata: dict[str, str] = self._model.metadata()
@@ -191,7 +164,7 @@ class Llama(RewiringMixin):
         self._pending_out = -1  # ... as this output of the last decode
         # a window-sized sliding-window cache forgets old positions (swa_full=False; llama.cpp's default
         # keeps them all): prefix reuse must check that what it keeps is still there
-        self._swa_window = self._model.n_swa() if swa_full is False else 0
+        self._swa_window = self._model.n_swa() if a["swa_full"] is False else 0
         # recurrent state cannot be rolled back to an earlier position (llama-cpp-python's names)
         self._is_recurrent = bool(self._model.is_recurrent())
         self._is_hybrid = bool(self._model.is_hybrid())
@@ -200,59 +173,16 @@ class Llama(RewiringMixin):
         self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
         self._scores_buf: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
         self._setup_chat(chat_format, chat_handler)
-        if vocab_only:
+        if a["vocab_only"]:
             return
-
-        n_ctx_eff = n_ctx if n_ctx > 0 else self._model.n_ctx_train()
-        n_batch = min(n_batch, n_ctx_eff)
-        threads = n_threads if n_threads else max(1, (os.cpu_count() or 2) // 2)
-        extra: dict[str, Any] = {
-            "rope_freq_base": rope_freq_base,
-            "rope_freq_scale": rope_freq_scale,
-            "yarn_ext_factor": yarn_ext_factor,
-            "yarn_attn_factor": yarn_attn_factor,
-            "yarn_beta_fast": yarn_beta_fast,
-            "yarn_beta_slow": yarn_beta_slow,
-            "yarn_orig_ctx": yarn_orig_ctx,
-            "rope_scaling_type": -1 if rope_scaling_type is None else rope_scaling_type,
-            "pooling_type": pooling_type,
-            "attention_type": attention_type,
-            "no_perf": bool(no_perf),
-        }
-        if op_offload is not None:
-            extra["op_offload"] = bool(op_offload)
-        if swa_full is not None:
-            extra["swa_full"] = bool(swa_full)
-        if embedding:
-            extra["kv_unified"] = True  # several sequences per batch share the whole window
         try:
-            self._ctx = _core.Context(
-                self._model,
-                n_ctx=n_ctx_eff,
-                n_batch=n_batch,
-                n_ubatch=min(n_ubatch, n_batch),
-                n_threads=threads,
-                n_threads_batch=n_threads_batch or threads,
-                type_k=-1 if type_k is None else int(type_k),
-                type_v=-1 if type_v is None else int(type_v),
-                flash_attn=1 if flash_attn else 0,
-                embeddings=embedding,
-                offload_kqv=offload_kqv,
-                observe_ffn=observe_ffn,
-                eps=ffn_stats_eps,
-                n_seq_max=16 if embedding else 1,
-                extra=extra,
-            )
-            if lora_path:
-                self._ctx.lora_add(str(lora_path), float(lora_scale))
+            self._ctx = _load.open_context(self._model, a)
         except BaseException:
-            if self._ctx is not None:
-                self._ctx.close()
-                self._ctx = None
             self._model.close()
             raise
         self._n_ctx = self._ctx.n_ctx()
         self._n_batch = self._ctx.n_batch()
+        self._n_ubatch = self._ctx.n_ubatch()
         self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
         # calloc'd: only the rows that are written take memory. Without logits_all only the last
         # token's row is written; a window too large to address (e.g. n_ctx=0 on a long-context model
@@ -261,7 +191,15 @@ class Llama(RewiringMixin):
         if not logits_all and self._n_ctx * self._n_vocab * 4 > _MAX_SPARSE_SCORES_BYTES:
             rows = 1
         self._scores_buf = np.zeros((rows, self._n_vocab), dtype=np.single)
-        self._init_wiring(wiring, activations)
+        which = "wiring"
+        try:  # the spec's own error, saying which argument held it
+            self._init_wiring(wiring, None)
+            which = "activations"
+            if activations is not None:
+                self.set_activations(activations)
+        except ActivationSpecError as e:
+            self.close()
+            raise type(e)(f"{which}: {e}") from None
 
     def _setup_chat(self, chat_format: str | None, chat_handler: Any) -> None:
         from . import _chat
@@ -285,7 +223,12 @@ class Llama(RewiringMixin):
     # -- lifetime ---------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Free the context and the model. Further calls raise."""
+        """Free the context and the model; further calls raise. A call running in another thread stops
+        at its next decode (raising RuntimeError) and an open stream is closed before anything is
+        freed."""
+        self._guard.close(self._free)
+
+    def _free(self) -> None:
         if self._ctx is not None:
             self._ctx.close()
             self._ctx = None
@@ -345,6 +288,7 @@ class Llama(RewiringMixin):
         return int(self.ctx.pooling_type())
 
     @property
+    @serialised(while_streaming=True)
     def scores(self) -> npt.NDArray[np.single]:
         """Logits by position: every row with ``logits_all``, else the last evaluated token's row."""
         if self._row_pending:
@@ -371,12 +315,14 @@ class Llama(RewiringMixin):
 
     # -- tokens -----------------------------------------------------------------------------------
 
+    @reading
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
         """Text (UTF-8 bytes) to token ids; add_bos adds the model's special prefix tokens."""
         if isinstance(text, str):
             raise TypeError("tokenize takes bytes: use text.encode('utf-8')")
         return list(self.model.tokenize(bytes(text), add_special=add_bos, parse_special=special))
 
+    @reading
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
@@ -394,16 +340,20 @@ class Llama(RewiringMixin):
 
     # -- evaluation -------------------------------------------------------------------------------
 
+    @serialised()
     def reset(self) -> None:
         """Forget the evaluated tokens (the KV cache is overwritten from position 0 on the next eval)."""
         self.n_tokens = 0
         self._row_pending = False
 
+    @serialised()
     def eval(self, tokens: Sequence[int]) -> None:
         """Evaluate tokens after the ``n_tokens`` already evaluated, in batches of ``n_batch``.
 
         With ``logits_all`` every token's logits land in ``scores``; otherwise the last token's.
         """
+        if self._guard.closing:
+            raise RuntimeError(CLOSING)
         toks = [int(t) for t in tokens]
         if self.n_tokens + len(toks) > self._n_ctx:
             raise ContextOverflowError(self.n_tokens + len(toks), self._n_ctx)
@@ -445,6 +395,8 @@ class Llama(RewiringMixin):
     def _eval_outputs(self, tokens: list[int]) -> None:
         """Evaluate tokens (at most n_batch) in one decode that keeps the logits of each one, as outputs
         0, 1, ... of the context: speculative decoding verifies a draft with them."""
+        if self._guard.closing:
+            raise RuntimeError(CLOSING)
         if self.n_tokens + len(tokens) > self._n_ctx:
             raise ContextOverflowError(self.n_tokens + len(tokens), self._n_ctx)
         if self._n_cached > self.n_tokens and not self._drop_tail():
@@ -475,16 +427,19 @@ class Llama(RewiringMixin):
         return (self.draft_model is not None and not (self._is_recurrent or self._is_hybrid)
                 and not self._swa_window)
 
+    @serialised(while_streaming=True)
     def set_seed(self, seed: int) -> None:
         self._seed = seed
         self._rng.seed(None if seed == LLAMA_DEFAULT_SEED else seed)
 
     # -- state and caches -------------------------------------------------------------------------
 
+    @serialised(while_streaming=True)
     def set_cache(self, cache: BaseLlamaCache | None) -> None:
         """Use a prompt cache (e.g. ``LlamaRAMCache()``) for completions; None turns it off."""
         self.cache = cache
 
+    @serialised(while_streaming=True)
     def save_state(self) -> LlamaState:
         data = bytes(self.ctx.state_get())
         if self._logits_all:
@@ -503,6 +458,7 @@ class Llama(RewiringMixin):
             rng_state=self._rng.getstate(),
         )
 
+    @serialised()
     def load_state(self, state: LlamaState) -> None:
         self.ctx.state_set(state.llama_state)
         n = int(state.n_tokens)
@@ -522,8 +478,9 @@ class Llama(RewiringMixin):
     # -- sampling ---------------------------------------------------------------------------------
 
     def _draw_seed(self, seed: int | None) -> int:
+        seed = _params.optional_integer("seed", seed)
         if seed is not None and seed != LLAMA_DEFAULT_SEED and seed >= 0:
-            return int(seed) & 0xFFFFFFFF
+            return seed & 0xFFFFFFFF
         return self._rng.getrandbits(32)
 
     def _sampler(
@@ -546,36 +503,27 @@ class Llama(RewiringMixin):
         grammar_lazy: bool = False,
         trigger_patterns: Sequence[str] = (),
         trigger_tokens: Sequence[int] = (),
+        temp_name: str = "temperature",
     ) -> _core.Sampler:
-        bias = []
-        for tok, b in (logit_bias or {}).items():
-            try:
-                bias.append((int(tok), float(b)))
-            except (TypeError, ValueError):
-                raise ValueError(f"logit_bias keys must be token ids, got {tok!r}") from None
+        p = _params.check_sampling({
+            "temp": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p,
+            "repeat_penalty": repeat_penalty, "frequency_penalty": frequency_penalty,
+            "presence_penalty": presence_penalty, "mirostat_mode": mirostat_mode,
+            "mirostat_tau": mirostat_tau, "mirostat_eta": mirostat_eta}, temp_name)
+        bias = _params.logit_bias(logit_bias, self._n_vocab)
         gbnf = grammar.grammar if isinstance(grammar, LlamaGrammar) else (grammar or "")
+        _params.grammar_tokens(gbnf, self._n_vocab)
         return _core.Sampler(
-            self.model,
-            temperature=float(temp),
-            top_k=int(top_k),
-            top_p=float(top_p),
-            min_p=float(min_p),
-            typical_p=float(typical_p),
-            repeat_penalty=float(repeat_penalty),
-            frequency_penalty=float(frequency_penalty),
-            presence_penalty=float(presence_penalty),
-            penalty_last_n=self.last_n_tokens_size,
-            mirostat_mode=int(mirostat_mode),
-            mirostat_tau=float(mirostat_tau),
-            mirostat_eta=float(mirostat_eta),
-            seed=seed,
-            logit_bias=bias,
-            grammar=gbnf,
-            grammar_lazy=grammar_lazy,
-            trigger_patterns=list(trigger_patterns),
+            self.model, temperature=p["temp"], top_k=p["top_k"], top_p=p["top_p"], min_p=p["min_p"],
+            typical_p=p["typical_p"], repeat_penalty=p["repeat_penalty"],
+            frequency_penalty=p["frequency_penalty"], presence_penalty=p["presence_penalty"],
+            penalty_last_n=self.last_n_tokens_size, mirostat_mode=p["mirostat_mode"],
+            mirostat_tau=p["mirostat_tau"], mirostat_eta=p["mirostat_eta"], seed=seed, logit_bias=bias,
+            grammar=gbnf, grammar_lazy=grammar_lazy, trigger_patterns=list(trigger_patterns),
             trigger_tokens=[int(t) for t in trigger_tokens],
         )
 
+    @serialised()
     def sample(
         self,
         top_k: int = 40,
@@ -603,22 +551,34 @@ class Llama(RewiringMixin):
             temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
             repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar)
+            mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar,
+            temp_name="temp")
         for t in self._input_ids[-self.last_n_tokens_size :]:
             sampler.accept(int(t), grammar=False)
+        with _params.grammar_messages():
+            return self._sample(sampler, logits_processor, idx)
+
+    def _sample(self, sampler: _core.Sampler, logits_processor: LogitsProcessor | None,
+                idx: int | None) -> int:
         if idx is not None and idx != self.n_tokens - 1:
             if not (self._logits_all and 0 <= idx < self.n_tokens):
                 raise ValueError(f"idx={idx}: only the last evaluated position's logits are kept "
                                  "(logits_all=True keeps every position's)")
             logits = self._scores_buf[idx]
             if logits_processor is not None:
-                logits = logits_processor(self.input_ids[: idx + 1], logits.copy())
+                logits = self._processed(logits_processor, self.input_ids[: idx + 1], logits.copy())
             return int(sampler.sample_logits(logits))
         if logits_processor is not None:
-            return int(sampler.sample_logits(logits_processor(self._input_ids, self.last_logits.copy())))
+            return int(sampler.sample_logits(
+                self._processed(logits_processor, self._input_ids, self.last_logits.copy())))
         if not self._ctx_has_logits:  # after load_state: the context's own logits are stale
             return int(sampler.sample_logits(self.last_logits))
         return int(sampler.sample(self.ctx, -1))
+
+    def _processed(self, processor: LogitsProcessor, ids: npt.NDArray[np.intc],
+                   logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
+        """The logits after a logits_processor, checked."""
+        return _params.processed_logits(processor(ids, logits), self._n_vocab)
 
     def _steps(
         self,
@@ -640,15 +600,17 @@ class Llama(RewiringMixin):
                                           logits_processor=logits_processor, want_logits=want_logits)
             return
         ctx = self.ctx
-        while True:
-            raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None
-            if logits_processor is not None:
-                assert raw is not None
-                token = int(sampler.sample_logits(logits_processor(self._input_ids, raw.copy())))
-            else:
-                token = int(sampler.sample(ctx, -1))
-            yield token, raw
-            self.eval([token])
+        with _params.grammar_messages():
+            while True:
+                raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None
+                if logits_processor is not None:
+                    assert raw is not None
+                    processed = self._processed(logits_processor, self._input_ids, raw.copy())
+                    token = int(sampler.sample_logits(processed))
+                else:
+                    token = int(sampler.sample(ctx, -1))
+                yield token, raw
+                self.eval([token])
 
     def generate(
         self,
@@ -673,7 +635,23 @@ class Llama(RewiringMixin):
         seed: int | None = None,
         temperature: float | None = None,
     ) -> Iterator[int]:
-        """Yield sampled tokens after evaluating ``tokens``; the caller stops the loop."""
+        """Yield sampled tokens after evaluating ``tokens``; the caller stops the loop (or closes the
+        iterator). Like a streamed completion, it holds the Llama from its first step to its end."""
+        return GuardedStream.lazy(self._guard, self._generate(
+            tokens, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
+            repeat_penalty=repeat_penalty, reset=reset, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria, grammar=grammar, seed=seed, temperature=temperature,
+        ), "generate")
+
+    def _generate(
+        self, tokens: Sequence[int], *, top_k: int, top_p: float, min_p: float, typical_p: float,
+        temp: float, repeat_penalty: float, reset: bool, frequency_penalty: float, presence_penalty: float,
+        mirostat_mode: int, mirostat_tau: float, mirostat_eta: float,
+        logits_processor: LogitsProcessor | None, stopping_criteria: StoppingCriteria | None,
+        grammar: LlamaGrammar | None, seed: int | None, temperature: float | None,
+    ) -> Iterator[int]:
         toks = [int(t) for t in tokens]
         if not toks:
             raise ValueError("generate needs at least one prompt token")
@@ -684,7 +662,8 @@ class Llama(RewiringMixin):
             presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
             mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=None, grammar=grammar)
         for token, _ in self._steps(toks, sampler, logits_processor=logits_processor, want_logits=False):
-            if stopping_criteria is not None and stopping_criteria(self._input_ids, self.last_logits):
+            if stopping_criteria is not None and _params.stop_verdict(
+                    stopping_criteria(self._input_ids, self.last_logits)):
                 return
             yield token
 
@@ -693,16 +672,15 @@ class Llama(RewiringMixin):
     def _prompt_tokens(self, prompt: PromptType) -> list[int]:
         if isinstance(prompt, str):
             return (
-                self.tokenize(prompt.encode("utf-8"), add_bos=True, special=True)
+                self.tokenize(_params.text("prompt", prompt), add_bos=True, special=True)
                 if prompt
                 else ([self.token_bos()] if self.token_bos() >= 0 else [])
             )
-        if isinstance(prompt, (bytes, bytearray)):
-            raise TypeError("prompt must be a str or a list of token ids")
-        return [int(t) for t in prompt]
+        return _params.token_ids("prompt", prompt, self._n_vocab)
 
     def _prefix_reuse(self, tokens: list[int]) -> list[int]:
         """Keep the evaluated prefix shared with tokens (at least the last token is evaluated again)."""
+        self._resid_before_prompt(len(tokens))  # "prompt" / "generated" edits, for this prompt
         if self.cache is not None and tokens:
             self._load_cached_prefix(tokens)
         n = 0
@@ -736,6 +714,7 @@ class Llama(RewiringMixin):
         ).astype(np.single)
         return out
 
+    @serialised()
     def create_completion(
         self,
         prompt: PromptType,
@@ -790,6 +769,7 @@ class Llama(RewiringMixin):
 
     # -- chat -------------------------------------------------------------------------------------
 
+    @serialised()
     def create_chat_completion(self, messages: list[dict[str, Any]], *args: Any, **kwargs: Any) -> Any:
         """Chat with the model's own template (or ``chat_format`` / ``chat_handler``).
 
@@ -800,8 +780,7 @@ class Llama(RewiringMixin):
 
         if args:
             raise TypeError("create_chat_completion takes the messages and keyword arguments only")
-        if not isinstance(messages, list) or not all(isinstance(m, dict) for m in messages):
-            raise TypeError("messages must be a list of dicts")
+        _params.check_chat_request(messages, kwargs)
         handler = (
             self.chat_handler
             or self._chat_handlers.get(self.chat_format or "")
@@ -811,6 +790,7 @@ class Llama(RewiringMixin):
 
     # -- embeddings -------------------------------------------------------------------------------
 
+    @serialised()
     def embed(
         self,
         input: str | list[str],
@@ -834,7 +814,24 @@ class Llama(RewiringMixin):
         return {
             "object": "list",
             "data": [{"object": "embedding", "embedding": e, "index": i} for i, e in enumerate(embeds)],
-            "model": model or self.model_path,
+            "model": model if model is not None else self.model_path,
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         }
 
+
+    # -- the rewiring methods of RewiringMixin, one call at a time like the others -----------------
+
+    set_wiring = serialised()(RewiringMixin.set_wiring)
+    capture = serialised()(ResidualMixin.capture)
+    logit_lens = serialised()(ResidualMixin.logit_lens)
+    # edits may change between the tokens of an open stream (with keep_cache=True; set_edits checks)
+    set_edits = serialised(while_streaming=True)(ResidualMixin.set_edits)
+    set_steering = serialised(while_streaming=True)(ResidualMixin.set_steering)
+    set_ablation = serialised(while_streaming=True)(ResidualMixin.set_ablation)
+    set_patch = serialised(while_streaming=True)(ResidualMixin.set_patch)
+    clear_edits = serialised(while_streaming=True)(ResidualMixin.clear_edits)
+    set_activations = serialised()(RewiringMixin.set_activations)
+    describe_ffn = serialised(while_streaming=True)(RewiringMixin.describe_ffn)
+    describe_layers = serialised(while_streaming=True)(RewiringMixin.describe_layers)
+    ffn_stats = serialised(while_streaming=True)(RewiringMixin.ffn_stats)
+    reset_ffn_stats = serialised(while_streaming=True)(RewiringMixin.reset_ffn_stats)

@@ -87,6 +87,7 @@ void bind_model(py::module_ & m);
 void bind_context(py::module_ & m);
 void bind_sampler(py::module_ & m);
 void bind_rewire(py::module_ & m);
+void bind_resid(py::module_ & m);
 void bind_chat(py::module_ & m);
 void bind_log(py::module_ & m);
 

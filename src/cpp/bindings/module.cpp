@@ -91,5 +91,6 @@ PYBIND11_MODULE(_core, m) {
     bind_context(m);
     bind_sampler(m);
     bind_rewire(m);
+    bind_resid(m);
     bind_chat(m);
 }

@@ -15,6 +15,7 @@ std::shared_ptr<llama_rewire_state> llama_rewire_state_init(const llama_model & 
     state->layers.resize(n_layer);
     state->ffn.resize(n_layer);
     state->model.resize(n_layer);
+    state->resid.resize((size_t) n_layer * LLAMA_REWIRE_POINT_COUNT);
     for (uint32_t il = 0; il < n_layer && il < model.layers.size(); ++il) {
         const llama_layer & layer = model.layers[il];
         llama_rewire_state::shape & s = state->model[il];
@@ -24,6 +25,8 @@ std::shared_ptr<llama_rewire_state> llama_rewire_state_init(const llama_model & 
         s.ffn_post_norm  = layer.ffn_post_norm != nullptr;
         s.moe            = layer.ffn_up_exps != nullptr || layer.ffn_gate_up_exps != nullptr ||
                            layer.ffn_down_exps != nullptr;
+        s.shexp          = s.moe && (layer.ffn_up_shexp != nullptr || layer.ffn_down_shexp != nullptr);
+        s.n_ff           = (int32_t) model.hparams.n_ff(il);
     }
     return state;
 }
@@ -44,9 +47,12 @@ const llama_rewire_layer_slot * llama_rewire_layer_of(const llama_cparams & cpar
 // (2 adds); their inputs are leaves.
 static constexpr uint32_t REWIRE_MAX_NODES_PER_FFN   = LLAMA_REWIRE_EXPR_MAX_NODES + 12;
 static constexpr uint32_t REWIRE_MAX_NODES_PER_LAYER = 16;
+// a residual-stream point: cont, reshape, patch (mul, add), ablation (2 mul_mat, mul, sub), add, reshape back
+static constexpr uint32_t REWIRE_MAX_NODES_PER_POINT = 12;
 
 uint32_t llama_rewire_max_extra_nodes(uint32_t n_layer) {
-    return (2 * REWIRE_MAX_NODES_PER_FFN + REWIRE_MAX_NODES_PER_LAYER) * n_layer;
+    return (2 * REWIRE_MAX_NODES_PER_FFN + REWIRE_MAX_NODES_PER_LAYER +
+            LLAMA_REWIRE_POINT_COUNT * REWIRE_MAX_NODES_PER_POINT) * n_layer;
 }
 
 static void rewire_name(ggml_tensor * t, const char * what, int il) {

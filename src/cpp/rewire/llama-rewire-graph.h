@@ -33,6 +33,29 @@ struct llama_rewire_layer_slot {
     std::vector<int32_t>  experts_off;
 };
 
+// One point's edits and tap (llama_rewire_edit, llama_rewire_taps_set), with owned arrays.
+struct llama_rewire_place {
+    bool                 tapped    = false;
+    bool                 patch     = false;
+    std::vector<int32_t> patch_pos;       // [n]
+    std::vector<float>   patch_values;    // [n][width]
+    int32_t              ablate_n  = 0;   // directions
+    std::vector<float>   ablate_dirs;     // [ablate_n][width]
+    int32_t              ablate_begin = 0, ablate_end = -1;
+    bool                 add       = false;
+    std::vector<float>   add_values;      // [width]
+    int32_t              add_begin = 0, add_end = -1;
+
+    bool edited() const { return patch || ablate_n > 0 || add; }
+};
+
+// The tensors tapped in one graph, and the positions of the ubatch it last computed.
+struct llama_rewire_tap_rec {
+    int32_t             point;
+    int32_t             il;
+    const ggml_tensor * t;
+};
+
 // Per-context state, owned through llama_cparams::rewire (a shared_ptr, so that the copies of cparams
 // that graphs keep stay valid). llama_cparams::rewire_gen is bumped with every change of the wiring and
 // takes part in llm_graph_params::allow_reuse, so a graph built under another wiring is never reused.
@@ -44,6 +67,8 @@ struct llama_rewire_state {
         bool                attn_post_norm = false;
         bool                ffn_post_norm  = false;
         bool                moe            = false; // routed experts: build_ffn in this layer is a shared expert
+        bool                shexp          = false; // routed experts plus a shared expert
+        int32_t             n_ff           = 0;     // the dense FFN's width (hparams.n_ff(il))
         const ggml_tensor * attn_post_w    = nullptr; // the post-norm weights, recognised in build_norm
         const ggml_tensor * ffn_post_w     = nullptr;
     };
@@ -67,6 +92,29 @@ struct llama_rewire_state {
     std::vector<seen> ffn;               // [n_layer]
 
     bool active = false;                 // any layer differs from the identity
+
+    // The residual stream: [n_layer][LLAMA_REWIRE_POINT_COUNT] edits and taps.
+    std::vector<llama_rewire_place> resid;
+    bool resid_active = false;           // any place is edited or tapped
+
+    // What the last graph computed tapped: set by its registry (an input of the graph) right before it
+    // computes, cleared when that graph is freed.
+    const void *                      tap_owner = nullptr;
+    std::vector<llama_rewire_tap_rec> tap_last;
+    std::vector<int32_t>              tap_pos;   // the positions of that ubatch's tokens
+
+    // The last layer's rows: llama.cpp keeps only the rows that have outputs from inside the last layer
+    // (out_ids). When that layer is tapped, the rows are picked after it instead (the taps see every
+    // token), where the graph of the architecture allows it: checked once on a graph built as upstream
+    // builds it (every use of out_ids selects rows of what the last layer's build_cvec gets).
+    const ggml_tensor * out_ids_built   = nullptr; // the out_ids of the graph being built
+    const ggml_tensor * cvec_last       = nullptr; // what build_cvec got for the last layer in it
+    bool                out_ids_checked = false;
+    bool                out_ids_late_ok = false;   // rows can be picked after the last layer
+    bool                out_ids_late    = false;   // this graph picks them there
+    bool                out_ids_own     = false;   // the hook is building the real out_ids
+
+    llama_rewire_place & place(int il, int point) { return resid[(size_t) il * LLAMA_REWIRE_POINT_COUNT + point]; }
 };
 
 std::shared_ptr<llama_rewire_state> llama_rewire_state_init(const llama_model & model);
@@ -127,6 +175,23 @@ ggml_tensor * llama_rewire_attn_heads(const llm_graph_context & gctx, int il, in
 // longer reached from the output; they are added to the graph as leaves so that they get a buffer, since
 // every input is set before each decode.
 void llama_rewire_graph_done(const llm_graph_context & gctx);
+
+// Residual-stream hooks (llama-rewire-resid.cpp). t is the point's value as the graph has it; the result
+// (t edited, and marked as an output when tapped) replaces it. Called by build_cvec (RESID_POST), the
+// attention and FFN exits or their post-norms (ATTN_OUT, FFN_OUT: see llama_rewire_attn_out) and build_ffn
+// before ffn_down (FFN_ACT).
+ggml_tensor * llama_rewire_resid_point(const llm_graph_context & gctx, int il, llama_rewire_point point, ggml_tensor * t);
+
+// At the start of build_inp_out_ids: nullptr (build upstream's out_ids), or, when the last layer's rows are
+// picked after it, indices of every row (the architecture's own selection keeps them all).
+ggml_tensor * llama_rewire_out_ids(const llm_graph_context & gctx);
+
+// At the end of build_inp_out_ids: records the out_ids built.
+void llama_rewire_out_ids_built(const llm_graph_context & gctx, ggml_tensor * out_ids);
+
+// At the end of llama_model::build_graph (from llama_rewire_graph_done): checks, once, whether the last
+// layer's rows can be picked after it, and forgets the graph's records.
+void llama_rewire_resid_graph_done(const llm_graph_context & gctx);
 
 // MoE hooks (llama-rewire-moe.cpp), called by build_moe_ffn.
 //

@@ -64,19 +64,29 @@ static ggml_tensor * rewire_scaled(const llm_graph_context & gctx, ggml_tensor *
 }
 
 ggml_tensor * llama_rewire_attn_out(const llm_graph_context & gctx, int il, ggml_tensor * out) {
-    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
-    if (layer == nullptr || gctx.cparams.rewire->model[il].attn_post_norm) {
-        return out; // a post-norm follows: the scale applies after it (llama_rewire_norm_out)
+    const llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || il < 0 || (size_t) il >= state->model.size() || state->model[il].attn_post_norm) {
+        return out; // a post-norm follows: the scale and the point are after it (llama_rewire_norm_out)
     }
-    return rewire_scaled(gctx, out, layer->attn_scale, "attn", il);
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer != nullptr) {
+        out = rewire_scaled(gctx, out, layer->attn_scale, "attn", il);
+    }
+    return llama_rewire_resid_point(gctx, il, LLAMA_REWIRE_POINT_ATTN_OUT, out);
 }
 
 ggml_tensor * llama_rewire_ffn_out(const llm_graph_context & gctx, int il, ggml_tensor * out) {
-    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
-    if (layer == nullptr || gctx.cparams.rewire->model[il].ffn_post_norm) {
+    const llama_rewire_state * state = gctx.cparams.rewire.get();
+    if (state == nullptr || il < 0 || (size_t) il >= state->model.size() || state->model[il].ffn_post_norm) {
         return out;
     }
-    return rewire_scaled(gctx, out, layer->ffn_scale, "ffn", il);
+    const llama_rewire_layer_slot * layer = llama_rewire_layer_of(gctx.cparams, il);
+    if (layer != nullptr) {
+        out = rewire_scaled(gctx, out, layer->ffn_scale, "ffn", il);
+    }
+    // a layer that adds a shared expert to routed experts has no one FFN_OUT tensor: its point is never
+    // tapped or edited (llama_rewire_point_width is 0 there)
+    return llama_rewire_resid_point(gctx, il, LLAMA_REWIRE_POINT_FFN_OUT, out);
 }
 
 ggml_tensor * llama_rewire_norm_out(const llm_graph_context & gctx, int il, const ggml_tensor * mw, ggml_tensor * out) {
@@ -92,11 +102,20 @@ ggml_tensor * llama_rewire_norm_out(const llm_graph_context & gctx, int il, cons
         const llama_rewire_state::shape & shape = state->model[i];
         if (mw == shape.attn_post_w) {
             state->ffn[i].attn_post_seen = true;
-            return state->active ? rewire_scaled(gctx, out, state->layers[i].attn_scale, "attn", i) : out;
+            if (!state->active) {
+                return llama_rewire_resid_point(gctx, i, LLAMA_REWIRE_POINT_ATTN_OUT, out);
+            }
+            out = rewire_scaled(gctx, out, state->layers[i].attn_scale, "attn", i);
+            // a skipped sublayer has no output to read or edit (as where no post-norm follows it)
+            return state->layers[i].skip_attn ? out : llama_rewire_resid_point(gctx, i, LLAMA_REWIRE_POINT_ATTN_OUT, out);
         }
         if (mw == shape.ffn_post_w) {
             state->ffn[i].ffn_post_seen = true;
-            return state->active ? rewire_scaled(gctx, out, state->layers[i].ffn_scale, "ffn", i) : out;
+            if (!state->active) {
+                return llama_rewire_resid_point(gctx, i, LLAMA_REWIRE_POINT_FFN_OUT, out);
+            }
+            out = rewire_scaled(gctx, out, state->layers[i].ffn_scale, "ffn", i);
+            return state->layers[i].skip_ffn ? out : llama_rewire_resid_point(gctx, i, LLAMA_REWIRE_POINT_FFN_OUT, out);
         }
     }
     return out;
@@ -132,6 +151,7 @@ ggml_tensor * llama_rewire_attn_heads(const llm_graph_context & gctx, int il, in
 }
 
 void llama_rewire_graph_done(const llm_graph_context & gctx) {
+    llama_rewire_resid_graph_done(gctx);
     const llama_rewire_state * state = gctx.cparams.rewire.get();
     if (state == nullptr || !state->active || gctx.gf == nullptr) {
         return;

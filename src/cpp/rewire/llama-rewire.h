@@ -176,6 +176,8 @@ extern "C" {
         LLAMA_REWIRE_ERR_KNOB         = -8, // a scale that is not finite, a head or expert out of range, a
                                             // top-k out of range or above the experts left on
         LLAMA_REWIRE_ERR_SKIP         = -9, // a skip the layer can't honour (no such sublayer, reused KV)
+        LLAMA_REWIRE_ERR_POINT        = -10,// a residual-stream point the layer does not have, or not tapped
+        LLAMA_REWIRE_ERR_EDIT         = -11,// an edit with a bad kind, width, count, position or value
     };
 
     // Kinds of FFN found in a layer (bit mask of llama_rewire_ffn_info::kinds).
@@ -278,6 +280,89 @@ extern "C" {
     // norm weights, biases and the SSM's state tensors in F32; no integer-typed weights). Returns
     // LLAMA_REWIRE_OK, or LLAMA_REWIRE_ERR_PARAM with a message naming the value in msg (n bytes).
     int32_t llama_rewire_model_check(const struct llama_model * model, char * msg, size_t n);
+
+    // ---- The residual stream: taps and edits (llama-rewire-resid.cpp) ----
+    //
+    // Four points of each layer can be read (tapped) and written (edited). Each is a tensor of `width`
+    // floats per token:
+    //   RESID_POST  the residual stream after the layer (where llama.cpp's control vectors add)  n_embd
+    //   ATTN_OUT    attention's contribution to the residual stream, after its post-norm and
+    //               attn_scale where the architecture has one                                   n_embd
+    //   FFN_OUT     the FFN's contribution (after its post-norm and ffn_scale)                     n_embd
+    //   FFN_ACT     the input of ffn_down (act(gate) * up) of a dense FFN                          n_ff
+    // FFN_OUT is not one tensor in a layer that adds a shared expert to routed experts, and FFN_ACT
+    // exists for dense FFNs only: llama_rewire_point_width returns 0 there, and taps or edits of them are
+    // refused (LLAMA_REWIRE_ERR_POINT). A sublayer the wiring skips has no ATTN_OUT / FFN_OUT / FFN_ACT
+    // in the graph: a tap of it is not there to read, an edit of it does nothing.
+    enum llama_rewire_point {
+        LLAMA_REWIRE_POINT_RESID_POST = 0,
+        LLAMA_REWIRE_POINT_ATTN_OUT   = 1,
+        LLAMA_REWIRE_POINT_FFN_OUT    = 2,
+        LLAMA_REWIRE_POINT_FFN_ACT    = 3,
+        LLAMA_REWIRE_POINT_COUNT,
+    };
+
+    // What an edit does to the point's value h (one row per token), in this order when a point has several:
+    //   PATCH   h = values[j] at the tokens whose position is pos[j] (n rows); other tokens keep h
+    //   ABLATE  h = h - R^T (R h), R the n orthonormal rows of values, at positions [pos_begin, pos_end)
+    //   ADD     h = h + values (one row, alpha already applied), at positions [pos_begin, pos_end)
+    // A position is the token's position in its sequence (llama_batch::pos); pos_end = -1 has no end.
+    enum llama_rewire_edit_kind {
+        LLAMA_REWIRE_EDIT_PATCH  = 0,
+        LLAMA_REWIRE_EDIT_ABLATE = 1,
+        LLAMA_REWIRE_EDIT_ADD    = 2,
+        LLAMA_REWIRE_EDIT_COUNT,
+    };
+
+    struct llama_rewire_edit {
+        int32_t         kind;      // llama_rewire_edit_kind
+        int32_t         point;     // llama_rewire_point
+        int32_t         il;        // layer
+        int32_t         n;         // rows of values: ADD 1, ABLATE the directions (1..width), PATCH the positions
+        const float   * values;    // [n][width] row-major, finite
+        const int32_t * pos;       // PATCH: [n] distinct positions >= 0; else unused
+        int32_t         pos_begin; // ADD, ABLATE: the positions it applies to, [pos_begin, pos_end)
+        int32_t         pos_end;
+    };
+
+    // The width of a point of layer il in this context (n_embd or n_ff), 0 where the layer has no such
+    // tensor, or LLAMA_REWIRE_ERR_ARG / _ERR_LAYER.
+    int32_t llama_rewire_point_width(const struct llama_context * ctx, int32_t point, int32_t il);
+
+    // Replace all edits (n_edits == 0 removes them), at most one of each kind per point and layer. The
+    // values are copied. When only values and positions change (the same kinds at the same points, the
+    // same number of ablated directions) the graphs are kept and reused and the next decode reads the new
+    // values: no re-reserve. Otherwise graphs are rebuilt and the scheduler re-reserved. The context's
+    // memory is never cleared: keys and values already computed stay as they are (the caller decides
+    // whether they are stale). No edit adds no node: the graph is upstream's. On error nothing changes
+    // and *bad_edit (if not NULL) receives the offending index. Returns LLAMA_REWIRE_OK or an error code.
+    int32_t llama_rewire_edits_set(
+            struct llama_context           * ctx,
+            const struct llama_rewire_edit * edits,
+            int32_t                          n_edits,
+            int32_t                        * bad_edit);
+
+    // Which points to keep for reading after each decode: taps[il] is a bit mask of (1 << point), n_taps
+    // the layer count, or 0 to tap nothing. A tapped tensor is a graph output (its memory is not reused
+    // within the graph); a change of the taps rebuilds graphs and re-reserves the scheduler.
+    int32_t llama_rewire_taps_set(struct llama_context * ctx, const uint32_t * taps, int32_t n_taps);
+
+    // After llama_decode: a tapped point of the last ubatch computed. Returns its number of rows: the
+    // ubatch's tokens. (llama.cpp computes only the rows with outputs inside the last layer; a tapped last
+    // layer keeps them all and the rows with outputs are picked after it, where the architecture's graph
+    // uses those rows for nothing else; elsewhere the last layer has only the rows with outputs.) Sets
+    // *width, and when out is
+    // not NULL copies rows * width floats into it (n_out floats at most: LLAMA_REWIRE_ERR_ARG if fewer)
+    // and, when pos is not NULL, the rows' positions into pos ([rows]; -1 where unknown). Returns
+    // LLAMA_REWIRE_ERR_POINT when the point was not tapped in the last graph computed.
+    int32_t llama_rewire_tap_read(
+            struct llama_context * ctx,
+            int32_t                point,
+            int32_t                il,
+            float                * out,
+            int64_t                n_out,
+            int64_t              * width,
+            int32_t              * pos);
 
     // Inside the llama library a failed GGML_ASSERT / GGML_ABORT throws (llama-rewire-abort.h): the API
     // call that hit it returns its error (llama_model_load_from_file: NULL) or lets the exception out to a

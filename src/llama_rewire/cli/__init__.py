@@ -14,6 +14,8 @@ SUBCOMMANDS = {
     "prune": "pick layers to skip within a held-out perplexity budget; write the wiring; speed-up",
     "stats": "per-layer FFN activation statistics over a text, with a histogram plot",
     "calibrate": "per-layer thresholds for a target activation sparsity, written as a profile",
+    "lens": "the logit lens: the top token after each layer at each position; table and heat map",
+    "steer": "build a steering vector from paired prompts (CAA), or show one (a control-vector GGUF)",
     "serve": "an OpenAI-compatible HTTP server; several models (and wirings) side by side",
 }
 

@@ -69,6 +69,20 @@ def wiring_of(args: argparse.Namespace, llm: Llama) -> Wiring | None:
     return wiring
 
 
+def layers_of(spec: str | None, n_layer: int, option: str) -> list[int] | None:
+    """The layers an option such as ``--layers "8-20"`` or ``"3,5,7-9"`` names (negative from the end),
+    sorted; None when the option is not given. The parser is :func:`llama_rewire.eval.sweep.parse_layers`,
+    so every subcommand reads layer lists alike; its errors name the option."""
+    from ..eval.sweep import parse_layers
+
+    if spec is None:
+        return None
+    try:
+        return parse_layers(spec, n_layer)
+    except ValueError as e:
+        raise ValueError(f"{option}: {e}") from None
+
+
 def model_options(args: argparse.Namespace) -> dict[str, Any]:
     """The Llama keyword arguments that the shared model options set."""
     return {"use_extra_bufts": not getattr(args, "no_repack", False)}

@@ -31,6 +31,7 @@ from .schemas import (
     TokenizeRequest,
 )
 from .settings import Settings
+from .steering import SteeringDir, steered, steered_stream, steering_of
 from .streaming import Chunk, ChunkStream, SSEResponse, UsageFallback, dumps
 
 OPEN_PATHS = frozenset({"/health"})
@@ -71,8 +72,9 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
     app = FastAPI(title="llama-rewire", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.state.pool = models
+    steering_dir = SteeringDir(settings.steering_dir) if settings.steering_dir else None
     install_handlers(app)
-    app.include_router(_router(models))
+    app.include_router(_router(models, steering_dir))
     if settings.api_key:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
     # outermost, so that browsers' preflight requests are answered without a key
@@ -236,7 +238,7 @@ async def _stream(served: ServedModel, request: Request, start: Callable[[Llama]
 # -- routes ---------------------------------------------------------------------------------------------
 
 
-def _router(pool: ModelPool) -> APIRouter:
+def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
@@ -255,16 +257,17 @@ def _router(pool: ModelPool) -> APIRouter:
         kwargs = body.call_kwargs()
         prompt = _single_prompt(kwargs.pop("prompt", body.prompt))
         bias = _token_bias(body)
+        steering = await steering_of(body.steer, steering_dir)
 
         def call(llm: Llama, stream: bool) -> Any:
             return llm.create_completion(prompt, model=served.alias, stream=stream,
                                          **_model_kwargs(llm, body, kwargs, bias))
 
         if body.stream:
-            return await _stream(served, request, lambda llm: call(llm, True), param="prompt",
-                                 include_usage=body.include_usage, text_of=_completion_text,
+            return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
+                                 param="prompt", include_usage=body.include_usage, text_of=_completion_text,
                                  usage_fallback=_completion_usage(prompt))
-        return await _run(served, request, lambda llm: call(llm, False), "prompt")
+        return await _run(served, request, steered(steering, lambda llm: call(llm, False)), "prompt")
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -272,16 +275,23 @@ def _router(pool: ModelPool) -> APIRouter:
         _check_only_one(body.n, "n")
         kwargs = body.call_kwargs()
         bias = _token_bias(body)
+        steering = await steering_of(body.steer, steering_dir)
 
         def call(llm: Llama, stream: bool) -> Any:
             return llm.create_chat_completion(model=served.alias, stream=stream,
                                               **_model_kwargs(llm, body, kwargs, bias))
 
         if body.stream:
-            return await _stream(served, request, lambda llm: call(llm, True), param="messages",
-                                 include_usage=body.include_usage, text_of=_chat_text,
+            return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
+                                 param="messages", include_usage=body.include_usage, text_of=_chat_text,
                                  usage_fallback=_chat_usage(kwargs["messages"]))
-        return await _run(served, request, lambda llm: call(llm, False), "messages")
+        return await _run(served, request, steered(steering, lambda llm: call(llm, False)), "messages")
+
+    @router.get("/extras/steering")
+    async def steering_vectors() -> dict[str, Any]:
+        """The control vectors requests may name in ``steer.vector``."""
+        names = await anyio.to_thread.run_sync(steering_dir.names) if steering_dir is not None else []
+        return {"object": "list", "enabled": steering_dir is not None, "data": names}
 
     @router.post("/v1/embeddings")
     async def embeddings(body: EmbeddingRequest, request: Request) -> Response:

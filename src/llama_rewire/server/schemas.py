@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 # fields the server handles itself; everything else a client sets is passed to the Llama call
 SERVER_FIELDS = frozenset({"model", "stream", "stream_options", "n", "best_of", "user", "logit_bias",
-                           "logit_bias_type", "max_completion_tokens", "parallel_tool_calls"})
+                           "logit_bias_type", "max_completion_tokens", "parallel_tool_calls", "steer"})
 
 # an explicit null for these means "no limit" / "the default", so it is passed on
 NULLABLE_FIELDS = frozenset({"max_tokens"})
@@ -34,6 +34,19 @@ class StreamOptions(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     include_usage: bool = False
+
+
+class SteerRequest(BaseModel):
+    """A request's steering (llama-rewire's extension; OpenAI clients send it in ``extra_body``): the
+    control vector ``vector`` from the server's steering directory, added ``alpha`` times to the residual
+    stream after each of its layers (or of ``layers``), at the positions ``tokens`` selects."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vector: str = Field(description="a control-vector GGUF file in the server's --steering-dir")
+    alpha: float = Field(1.0, allow_inf_nan=False, description="the strength: alpha * vector")
+    layers: Optional[list[int]] = Field(None, description="steer only these of the vector's layers")
+    tokens: Literal["all", "prompt", "generated"] = Field("all", description="the positions steered")
 
 
 class SamplingRequest(_Request):
@@ -62,6 +75,7 @@ class SamplingRequest(_Request):
     stream_options: Optional[StreamOptions] = None
     n: Optional[int] = Field(None, description="only 1 is supported")
     user: Optional[str] = None
+    steer: Optional[SteerRequest] = Field(None, description="steering for this request only")
 
     @property
     def include_usage(self) -> bool:

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..llama import LLAMA_DEFAULT_SEED
 from ..models import DEFAULT_MODEL
@@ -71,6 +71,16 @@ class ServerSettings(BaseModel):
         None, description="require 'Authorization: Bearer API_KEY' on every endpoint but /health")
     ssl_keyfile: Optional[str] = Field(None, description="TLS private key file")
     ssl_certfile: Optional[str] = Field(None, description="TLS certificate file")
+    steering_dir: Optional[str] = Field(
+        None, description="a directory of control-vector GGUF files (llama-rewire steer build, llama.cpp, "
+                          "repeng) that completion and chat requests may name in their 'steer' field")
+
+    @field_validator("steering_dir")
+    @classmethod
+    def _steering_dir_exists(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not Path(value).is_dir():
+            raise ValueError(f"the steering directory {value!r} is not a directory")
+        return value
 
 
 class Settings(ServerSettings):

@@ -1,0 +1,394 @@
+"""The residual-stream methods of :class:`~llama_rewire.Llama`: capture, logit lens, and the edits
+(steering, directional ablation, activation patching)."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Union
+
+import numpy as np
+
+from . import _core
+from .residual.cvec import as_directions, check_alpha
+from .residual.edits import POINTS, Ablate, Edit, EditChecker, Patch, Steer, Tokens, key, native, point_index
+from .residual.lens import LogitLens
+
+if TYPE_CHECKING:
+    from .llama_cache import BaseLlamaCache
+    from .wiring.layout import LayerInfo
+    from .wiring.table import Wiring
+
+TokensOrText = Union[str, Sequence[int]]
+
+
+class _LastLayerRows(RuntimeError):
+    """The last layer's tap holds only the rows with outputs (the architecture picks them inside it)."""
+
+    def __init__(self, name: str, il: int, rows: int, want: int) -> None:
+        super().__init__(f"capture: {name} of layer {il} has {rows} rows, not {want}")
+
+
+class ResidualMixin:
+    """Everything a Llama exposes about its residual stream. The host class provides ``ctx``,
+    ``n_layer()``, ``n_ctx()``, ``n_vocab()``, ``tokenize``, ``detokenize``, ``reset()``, ``n_tokens``,
+    ``cache``, ``_n_batch``, ``_n_ubatch``, ``_n_cached``, ``_wiring`` and ``_layout``."""
+
+    ctx: Any
+    n_tokens: int
+    cache: BaseLlamaCache | None
+    _n_batch: int
+    _n_ubatch: int
+    _n_cached: int
+    _wiring: Wiring
+    _layout: tuple[LayerInfo, ...]
+    _edits: tuple[Edit, ...] = ()
+    _edits_native_key: tuple[Any, ...] = ()  # what the native edits are now
+    _edits_kv_key: tuple[Any, ...] = ()  # what the evaluated tokens were computed under
+    _edits_n_prompt: int = 0  # the prompt length "prompt" / "generated" are resolved for
+
+    def n_layer(self) -> int:  # provided by Llama
+        raise NotImplementedError
+
+    def n_ctx(self) -> int:
+        raise NotImplementedError
+
+    def n_vocab(self) -> int:
+        raise NotImplementedError
+
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
+        raise NotImplementedError
+
+    def detokenize(
+        self, tokens: list[int], prev_tokens: list[int] | None = None, special: bool = False
+    ) -> bytes:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError
+
+    # -- helpers ----------------------------------------------------------------------------------
+
+    def _checker(self) -> EditChecker:
+        return EditChecker(self.ctx, self.n_layer(), self.n_ctx())
+
+    def _resid_tokens(self, tokens: object, what: str) -> list[int]:
+        if isinstance(tokens, str):
+            toks = self.tokenize(tokens.encode("utf-8"), add_bos=True, special=True)
+        elif isinstance(tokens, (bytes, bytearray)) or not isinstance(tokens, (Sequence, np.ndarray)):
+            raise TypeError(
+                f"{what}: tokens must be a str or a sequence of token ids, got {type(tokens).__name__}"
+            )
+        else:
+            toks = []
+            for t in tokens:
+                if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+                    raise TypeError(f"{what}: token {t!r} is not an integer")
+                if not 0 <= t < self.n_vocab():
+                    raise ValueError(f"{what}: token {t} is outside the vocabulary (0..{self.n_vocab() - 1})")
+                toks.append(int(t))
+        if not toks:
+            raise ValueError(f"{what}: no tokens")
+        if len(toks) > self.n_ctx():
+            raise ValueError(f"{what}: {len(toks)} tokens do not fit the context ({self.n_ctx()})")
+        return toks
+
+    def _forward(
+        self, toks: list[int], on_chunk: Any, *, logits: bool = False, every_output: bool = True
+    ) -> None:
+        """Evaluate toks from position 0, one ubatch per decode (a tap holds the last ubatch only), every
+        token an output (or the last of each decode); on_chunk(start, n, logits or None) runs after each."""
+        self.reset()
+        ctx = self.ctx
+        ctx.memory_clear()
+        self._n_cached = 0
+        step = max(1, min(self._n_batch, self._n_ubatch))
+        for start in range(0, len(toks), step):
+            chunk = toks[start : start + step]
+            self._n_cached = start + len(chunk)  # also if the decode fails half-way
+            rows = ctx.decode(chunk, start, every_output, logits)
+            on_chunk(start, len(chunk), rows)
+        self._edits_kv_key = self._edits_native_key
+
+    def _push_edits(self, n_prompt: int, *, keep_cache: bool = False) -> None:
+        """Send the edits, resolved for a prompt of n_prompt tokens, to the context when they differ from
+        what it has; tokens evaluated under other edits are dropped unless keep_cache."""
+        nat = native(self._edits, n_prompt)
+        k = key(nat)
+        if k != self._edits_native_key:
+            _core.rewire_edits_set(self.ctx, nat)
+            self._edits_native_key = k
+        if keep_cache:
+            self._edits_kv_key = k
+        elif k != self._edits_kv_key:
+            if self.n_tokens:
+                self.reset()
+                if self.cache is not None:
+                    self.cache.clear()
+            self._edits_kv_key = k
+
+    def _resid_before_prompt(self, n_prompt: int) -> None:
+        """Called by generation before the prompt is evaluated: "prompt" and "generated" edits are
+        resolved for this prompt's length."""
+        self._edits_n_prompt = n_prompt
+        if self._edits or self._edits_native_key:
+            self._push_edits(n_prompt)
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def capture(
+        self,
+        tokens_or_text: TokensOrText,
+        taps: str | Sequence[str] = ("resid_post",),
+        layers: int | Sequence[int] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Run the tokens (a str is tokenized with BOS) from position 0 and return, for each tap name,
+        a float32 array ``[len(layers), n_tokens, width]`` (the layers asked for, in that order; all by
+        default). Taps: ``resid_post``, ``attn_out``, ``ffn_out`` (width n_embd) and ``ffn_act`` (n_ff),
+        see :data:`llama_rewire.residual.POINTS`. The wiring and the edits apply; the values are the ones
+        that flow on (after the point's edits). The KV cache is left empty."""
+        names = (
+            [taps] if isinstance(taps, str) else list(taps) if isinstance(taps, (Sequence, tuple)) else None
+        )
+        if names is None:
+            raise TypeError(
+                f"capture: taps must be a tap name or a sequence of them, got {type(taps).__name__}"
+            )
+        if not names:
+            raise ValueError("capture: no taps")
+        if len(set(names)) != len(names):
+            raise ValueError(f"capture: taps {names} name a tap twice")
+        for n in names:
+            point_index(n)
+        chk = self._checker()
+        wanted = chk.layers(layers, "capture")
+        toks = self._resid_tokens(tokens_or_text, "capture")
+        widths = {n: [chk.width(n, il, "capture") for il in wanted] for n in names}
+        for n, ws in widths.items():
+            if len(set(ws)) > 1:
+                raise ValueError(
+                    f"capture: {n} has different widths in these layers ({sorted(set(ws))}); "
+                    "capture the layers of each width apart"
+                )
+
+        def skipped(name: str, il: int) -> bool:
+            # a skipped sublayer adds nothing and has no point in the graph: its contribution is zeros
+            layer = self._wiring.layers[il]
+            return (
+                layer.skip_attn if name == "attn_out" else layer.skip_ffn if name != "resid_post" else False
+            )
+
+        masks = [0] * self.n_layer()
+        for n in names:
+            for il in wanted:
+                if not skipped(n, il):
+                    masks[il] |= 1 << point_index(n)
+        out = {n: np.zeros((len(wanted), len(toks), widths[n][0]), dtype=np.float32) for n in names}
+
+        def read(start: int, n_rows: int, _: Any) -> None:
+            for name in names:
+                p = point_index(name)
+                for j, il in enumerate(wanted):
+                    if skipped(name, il):
+                        continue
+                    values, _ = _core.rewire_tap_read(self.ctx, p, il)
+                    if values.shape[0] != n_rows:
+                        raise _LastLayerRows(name, il, values.shape[0], n_rows)
+                    out[name][j, start : start + n_rows] = values
+
+        self._resid_before_prompt(len(toks))
+        _core.rewire_taps_set(self.ctx, masks)
+        try:
+            try:
+                # a tapped last layer keeps every row where the architecture allows it: then no logits but
+                # the last token's are computed
+                self._forward(toks, read, every_output=False)
+            except _LastLayerRows:
+                self._forward(toks, read, every_output=True)
+        finally:
+            _core.rewire_taps_set(self.ctx, [])
+            self.reset()
+        return out
+
+    def logit_lens(
+        self,
+        tokens_or_text: TokensOrText,
+        layers: int | Sequence[int] | None = None,
+        top_k: int = 5,
+    ) -> LogitLens:
+        """Each layer's residual stream read through the model's own final norm and output head (with its
+        logit scale or softcap): the top_k tokens and their log-probabilities at every position.
+
+        Layer L's row is computed by running the model with every layer after L left out (both
+        sublayers skipped, so the residual stream passes through unchanged), under the current wiring
+        and the edits of layers up to L: the last layer's row is the model's own output. Layers without
+        skippable sublayers (recurrent ones, attention whose KV later layers reuse) have no lens."""
+        if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
+            raise TypeError(f"logit_lens: top_k must be an integer, got {type(top_k).__name__}")
+        if not 1 <= top_k <= self.n_vocab():
+            raise ValueError(f"logit_lens: top_k must be in 1..{self.n_vocab()}, got {top_k}")
+        chk = self._checker()
+        wanted = chk.layers(layers, "logit_lens")
+        toks = self._resid_tokens(tokens_or_text, "logit_lens")
+        n_layer = self.n_layer()
+        for il in range(min(wanted) + 1, n_layer):
+            info = self._layout[il]
+            if info.recurrent or info.kv_reused:
+                raise ValueError(
+                    f"logit_lens: layer {il} can't be left out ("
+                    f"{'recurrent' if info.recurrent else 'later layers reuse its KV cache'}), "
+                    "so the layers before it have no lens"
+                )
+        user_wiring, user_edits = self._wiring, self._edits
+        ids = np.empty((len(wanted), len(toks), top_k), dtype=np.int32)
+        logprobs = np.empty((len(wanted), len(toks), top_k), dtype=np.float32)
+        try:
+            for j, il in enumerate(wanted):
+                layers_l = list(user_wiring.layers)
+                for m in range(il + 1, n_layer):
+                    info = self._layout[m]
+                    layers_l[m] = dataclasses.replace(layers_l[m], skip_attn=info.attn, skip_ffn=info.ffn)
+                _core.rewire_wiring_set(self.ctx, type(user_wiring)(tuple(layers_l), self._layout).native())
+                self._edits = tuple(e for e in user_edits if e.layer <= il)
+                self._push_edits(len(toks))
+                logits = np.empty((len(toks), self.n_vocab()), dtype=np.float64)
+
+                def keep(start: int, n: int, out: Any, logits: np.ndarray = logits) -> None:
+                    logits[start : start + n] = np.asarray(out, dtype=np.float64).reshape(n, -1)
+
+                self._forward(toks, keep, logits=True)
+                z = logits - logits.max(axis=1, keepdims=True)
+                lp = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+                top = np.argsort(-lp, axis=1, kind="stable")[:, :top_k]
+                ids[j] = top
+                logprobs[j] = np.take_along_axis(lp, top, axis=1)
+        finally:
+            _core.rewire_wiring_set(self.ctx, user_wiring.native())
+            self._edits = user_edits
+            self._push_edits(0)
+            self.reset()
+        pieces = [
+            self.detokenize([int(t)], special=True).decode("utf-8", errors="replace") for t in np.unique(ids)
+        ]
+        vocab = dict(zip((int(t) for t in np.unique(ids)), pieces))
+        prompt = [self.detokenize([t], special=True).decode("utf-8", errors="replace") for t in toks]
+        return LogitLens(
+            tokens=toks, token_text=prompt, layers=wanted, ids=ids, logprobs=logprobs, vocab=vocab
+        )
+
+    # -- writing ----------------------------------------------------------------------------------
+
+    @property
+    def edits(self) -> tuple[Edit, ...]:
+        """The residual-stream edits in force (checked: layers normalised, directions orthonormal)."""
+        return self._edits
+
+    def set_edits(self, edits: Sequence[Edit] | None, *, keep_cache: bool = False) -> None:
+        """Replace every residual-stream edit (``None`` or ``[]``: none). Edits are :class:`Steer`,
+        :class:`Ablate` and :class:`Patch` (see :mod:`llama_rewire.residual`). Tokens evaluated under
+        other edits are dropped (the KV cache, prefix reuse, the prompt cache), unless ``keep_cache``:
+        then what is computed stays and the new edits apply from the next evaluated token on (e.g. a new
+        alpha between two generated tokens). When only values change (alpha, vectors, patched rows),
+        the graphs are kept: no re-reserve. Raises ValueError / TypeError naming the bad edit."""
+        guard = getattr(self, "_guard", None)
+        if not keep_cache and guard is not None and guard.streaming:
+            raise RuntimeError(
+                "set_edits: a stream of this Llama is open: changing the edits would drop the tokens it "
+                "has computed; pass keep_cache=True to change them between its tokens"
+            )
+        if edits is None:
+            edits = []
+        if isinstance(edits, (Steer, Ablate, Patch)) or not isinstance(edits, (Sequence, tuple)):
+            raise TypeError(f"set_edits takes a list of Steer / Ablate / Patch, got {type(edits).__name__}")
+        chk = self._checker()
+        checked = tuple(chk.check(e) for e in edits)
+        native(checked, 0)  # conflicts (two patches at one place...) raise here, before anything changes
+        self._edits = checked
+        self._push_edits(self._edits_n_prompt, keep_cache=keep_cache)
+
+    def _replace_kind(self, kind: type, new: list[Edit], keep_cache: bool) -> None:
+        self.set_edits([e for e in self._edits if not isinstance(e, kind)] + new, keep_cache=keep_cache)
+
+    def set_steering(
+        self,
+        vector: Any,
+        alpha: float = 1.0,
+        layers: int | Sequence[int] | None = None,
+        tokens: Tokens = "all",
+        point: str = "resid_post",
+        *,
+        keep_cache: bool = False,
+    ) -> None:
+        """Add ``alpha * v`` at ``point`` of each layer (replacing earlier steering; ``None`` removes it).
+
+        ``vector``: a :class:`~llama_rewire.residual.ControlVector` or the path of a control-vector GGUF
+        (its layers, or those of ``layers``), a ``{layer: vector}`` mapping, or one vector for
+        ``layers``. ``tokens``: "all", "prompt", "generated" or a (begin, end) range of positions. See
+        :meth:`set_edits` for ``keep_cache``."""
+        if vector is None:
+            self._replace_kind(Steer, [], keep_cache)
+            return
+        a = check_alpha(alpha)
+        chk = self._checker()
+        wanted = None if layers is None else chk.layers(layers, "set_steering")
+        directions = as_directions(vector, wanted, "set_steering")
+        self._replace_kind(
+            Steer, [Steer(il, v, a, point, tokens) for il, v in directions.items()], keep_cache
+        )
+
+    def set_ablation(
+        self,
+        directions: Any,
+        layers: int | Sequence[int] | None = None,
+        tokens: Tokens = "all",
+        point: str = "resid_post",
+        *,
+        keep_cache: bool = False,
+    ) -> None:
+        """Remove directions from ``point`` of each layer, ``h - R^T (R h)`` with R the orthonormalised
+        rows (replacing earlier ablations; ``None`` removes them). ``directions``: one row or several
+        ``[k, width]`` for ``layers`` (all layers by default), a ``{layer: rows}`` mapping, or a control
+        vector (each layer's direction)."""
+        if directions is None:
+            self._replace_kind(Ablate, [], keep_cache)
+            return
+        chk = self._checker()
+        is_one = (
+            not isinstance(directions, dict)
+            and not hasattr(directions, "directions")
+            and not isinstance(directions, (str, bytes))
+            and not hasattr(directions, "__fspath__")
+        )
+        wanted = chk.layers(layers, "set_ablation") if (layers is not None or is_one) else None
+        rows = as_directions(directions, wanted, "set_ablation")
+        self._replace_kind(Ablate, [Ablate(il, r, point, tokens) for il, r in rows.items()], keep_cache)
+
+    def set_patch(
+        self,
+        values: dict[int, Any] | None,
+        positions: Sequence[int] | None = None,
+        point: str = "resid_post",
+        *,
+        keep_cache: bool = False,
+    ) -> None:
+        """Replace ``point`` of layer L at ``positions`` with ``values[L]`` (rows ``[len(positions),
+        width]``; positions default to 0..rows-1), e.g. ``values={5: clean["resid_post"][5]}`` from
+        :meth:`capture` on another prompt. Replaces earlier patches; ``None`` removes them."""
+        if values is None:
+            self._replace_kind(Patch, [], keep_cache)
+            return
+        if not isinstance(values, dict):
+            raise TypeError(f"set_patch: values must be a {{layer: rows}} dict, got {type(values).__name__}")
+        new: list[Edit] = []
+        for il, rows in values.items():
+            a = np.asarray(rows)
+            pos = list(range(a.shape[0] if a.ndim == 2 else 1)) if positions is None else positions
+            new.append(Patch(il, pos, a, point))  # type: ignore[arg-type]
+        self._replace_kind(Patch, new, keep_cache)
+
+    def clear_edits(self) -> None:
+        """Remove every residual-stream edit."""
+        self.set_edits([])
+
+
+__all__ = ["POINTS", "ResidualMixin"]

@@ -1,0 +1,195 @@
+"""Per-request steering: a completion or chat request's ``steer`` field names a control vector in the
+server's steering directory (``--steering-dir``) and an ``alpha``.
+
+The vector is found (a name inside the directory, nothing else) and read before the request waits for
+its model; while the request holds the model's lock, the steering is set, the completion runs (for a
+stream: until it ends or is closed), and the model's earlier edits (none) are put back. Setting or
+restoring edits drops the tokens evaluated under other edits (KV cache, prefix reuse, prompt cache), so
+a steered request never changes another request's output.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .errors import APIError
+
+if TYPE_CHECKING:
+    from ..llama import Llama
+    from ..residual import ControlVector
+    from .schemas import SteerRequest
+
+log = logging.getLogger("llama_rewire.server")
+
+T = TypeVar("T")
+PARAM = "steer.vector"
+_CACHE_SIZE = 32
+
+
+class SteeringDir:
+    """The directory requests take their vectors from; vectors read once and kept while unchanged."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.root = Path(path).resolve()
+        if not self.root.is_dir():
+            raise ValueError(f"the steering directory {str(path)!r} is not a directory")
+        self._cache: dict[Path, tuple[tuple[int, int], ControlVector]] = {}
+        self._lock = threading.Lock()
+
+    def resolve(self, name: str) -> Path:
+        """The file ``name`` names inside the directory; an APIError (400, ``steer.vector``) for an
+        absolute path, a ``..`` part, a path that leads outside (also through a link), or no such file."""
+        if not name or "\0" in name:
+            raise APIError(400, "steer.vector: give the file name of a control vector in the steering "
+                                "directory", param=PARAM)
+        parts = PurePosixPath(name).parts
+        if (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or "\\" in name
+                or PureWindowsPath(name).drive or ".." in parts):
+            raise APIError(400, f"steer.vector {name!r}: a file name inside the steering directory, not a "
+                                "path out of it", param=PARAM)
+        path = (self.root / name).resolve()
+        if not path.is_relative_to(self.root) or path == self.root:
+            raise APIError(400, f"steer.vector {name!r}: leads outside the steering directory", param=PARAM)
+        if not path.is_file():
+            raise APIError(400, f"steer.vector {name!r}: no such control vector in the steering directory "
+                                f"(see GET /extras/steering)", param=PARAM)
+        return path
+
+    def load(self, name: str) -> ControlVector:
+        """The control vector ``name`` names (see :meth:`resolve`); a file that is not one is a 400."""
+        from ..residual import ControlVector
+
+        path = self.resolve(name)
+        try:
+            st = path.stat()
+            stamp = (st.st_mtime_ns, st.st_size)
+            with self._lock:
+                cached = self._cache.get(path)
+            if cached is not None and cached[0] == stamp:
+                return cached[1]
+            vector = ControlVector.load(path)
+        except (ValueError, OSError) as e:
+            message = str(e).replace(str(self.root) + os.sep, "")  # no server paths in responses
+            raise APIError(400, f"steer.vector {name!r}: {message}", param=PARAM) from None
+        with self._lock:
+            if len(self._cache) >= _CACHE_SIZE:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[path] = (stamp, vector)
+        return vector
+
+    def names(self) -> list[str]:
+        """The ``.gguf`` files of the directory (and its subdirectories), as requests name them."""
+        return sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*.gguf") if p.is_file())
+
+
+@dataclass(frozen=True)
+class Steering:
+    """What one request applies: a loaded vector and how."""
+
+    name: str
+    vector: ControlVector
+    alpha: float
+    layers: list[int] | None
+    tokens: str
+
+    def apply(self, llm: Llama) -> tuple[Any, ...]:
+        """Set the steering; returns the edits it replaced. A vector that does not fit the model (its
+        width, its layers) is a 400 naming ``steer``."""
+        previous = tuple(llm.edits)
+        try:
+            llm.set_steering(self.vector, self.alpha, layers=self.layers, tokens=self.tokens)
+        except (ValueError, TypeError) as e:
+            raise APIError(400, f"steer: {self.name!r} does not fit this model: {e}", param="steer") from None
+        return previous
+
+    @staticmethod
+    def restore(llm: Llama, previous: tuple[Any, ...]) -> None:
+        llm.set_edits(list(previous))
+
+
+async def steering_of(request: SteerRequest | None, steering_dir: SteeringDir | None) -> Steering | None:
+    """The request's steering, with its vector read (in a worker thread); None when it has none."""
+    import anyio.to_thread
+
+    if request is None:
+        return None
+    if steering_dir is None:
+        raise APIError(400, "steer: this server has no steering vectors (start it with --steering-dir DIR)",
+                       param="steer")
+    vector = await anyio.to_thread.run_sync(steering_dir.load, request.vector)
+    return Steering(request.vector, vector, float(request.alpha), request.layers, request.tokens)
+
+
+def steered(steering: Steering | None, fn: Callable[[Llama], T]) -> Callable[[Llama], T]:
+    """``fn`` run under the steering, the earlier edits restored afterwards (also when it fails)."""
+    if steering is None:
+        return fn
+
+    def call(llm: Llama) -> T:
+        previous = steering.apply(llm)
+        try:
+            return fn(llm)
+        finally:
+            steering.restore(llm, previous)
+
+    return call
+
+
+def steered_stream(steering: Steering | None,
+                   start: Callable[[Llama], Iterator[Any]]) -> Callable[[Llama], Iterator[Any]]:
+    """``start`` (which returns a chunk iterator) run under the steering, which stays until the iterator
+    ends, fails or is closed; the earlier edits are restored then."""
+    if steering is None:
+        return start
+
+    def call(llm: Llama) -> Iterator[Any]:
+        previous = steering.apply(llm)
+        try:
+            iterator = start(llm)
+        except BaseException:
+            steering.restore(llm, previous)
+            raise
+        return RestoringIterator(iterator, lambda: steering.restore(llm, previous))
+
+    return call
+
+
+class RestoringIterator:
+    """A chunk iterator that calls ``restore`` once, when it is exhausted, fails or is closed."""
+
+    def __init__(self, inner: Iterator[Any], restore: Callable[[], None]) -> None:
+        self.inner = inner
+        self._restore: Callable[[], None] | None = restore
+
+    @property
+    def usage(self) -> Any:
+        return getattr(self.inner, "usage", None)
+
+    def __iter__(self) -> RestoringIterator:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return next(self.inner)
+        except BaseException:
+            self._done()
+            raise
+
+    def close(self) -> None:
+        try:
+            close = getattr(self.inner, "close", None)
+            if close is not None:
+                close()
+        finally:
+            self._done()
+
+    def _done(self) -> None:
+        restore, self._restore = self._restore, None
+        if restore is not None:
+            restore()
