@@ -16,14 +16,13 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, cast
 
 import httpx
 import numpy as np
 import pytest
-import uvicorn
+from serving import running
 
 from llama_rewire import Llama
 from llama_rewire.errors import (
@@ -44,25 +43,6 @@ KEY = "test-key"
 PROMPT = "The capital of France is"
 GREEDY = {"temperature": 0, "max_tokens": 10}
 CHAT = [{"role": "user", "content": "What is the capital of France?"}]
-
-
-@contextmanager
-def running(app: Any) -> Iterator[str]:
-    """Serve app with uvicorn on a free loopback port in a thread; yields the base URL."""
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on", ws="none")
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.01)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(30)
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +94,10 @@ def error_of(r: httpx.Response, status: int) -> dict[str, Any]:
 
 
 def test_health_and_models(client: httpx.Client, base_url: str) -> None:
-    assert httpx.get(f"{base_url}/health").json() == {"status": "ok"}  # no key needed
+    health = httpx.get(f"{base_url}/health").json()  # no key needed
+    assert health["status"] == "ok" and set(health["models"]) == {"orig", "relu", "emb"}
+    assert health["slots_idle"] == 3 and health["slots_processing"] == 0
+    assert health["models"]["orig"] == {"n_parallel": 1, "slots_idle": 1, "slots_processing": 0, "queue": 0}
     models = client.get("/v1/models").json()
     assert models["object"] == "list"
     assert [m["id"] for m in models["data"]] == ["orig", "relu", "emb"]

@@ -23,9 +23,11 @@ from .errors import ContextOverflowError
 from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
+    from ._slots import Slots
     from .llama import Llama, LogitsProcessor, PromptType, StoppingCriteria
 
 Step = tuple[int, Optional[npt.NDArray[np.single]]]
+CriteriaArgs = Callable[[], tuple[npt.NDArray[np.intc], npt.NDArray[np.single]]]
 
 
 def valid_utf8_prefix(data: bytes) -> str:
@@ -86,8 +88,8 @@ class CompletionRun:
                  prompt_tokens: list[int], limit: int, stops: list[str], meta: dict[str, Any],
                  echo_text: str, logprobs: int | None, prompt_text_len: int = 0,
                  stopping_criteria: Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool] | None,
-                 prompt_logprobs: dict[str, Any] | None = None, on_finish: Callable[[], None] | None = None
-                 ) -> None:
+                 prompt_logprobs: dict[str, Any] | None = None, on_finish: Callable[[], None] | None = None,
+                 criteria_args: CriteriaArgs | None = None) -> None:
         self.llama = llama
         self.steps = steps
         self.prompt_tokens = prompt_tokens
@@ -101,6 +103,8 @@ class CompletionRun:
         self.stopping_criteria = stopping_criteria
         self.prompt_logprobs = prompt_logprobs
         self.on_finish = on_finish
+        # what stopping_criteria is called with: the token ids so far and the last logits
+        self.criteria_args = criteria_args or (lambda: (llama._input_ids, llama.last_logits))
         self.completion_tokens: list[int] = []
         self.pieces: list[str] = []               # text of each completion token (for logprobs)
         self.token_logprobs: list[float] = []
@@ -151,8 +155,8 @@ class CompletionRun:
                     self.finish_reason = "stop"
                     yield text[:cut]
                     return
-                if self.stopping_criteria is not None and _params.stop_verdict(self.stopping_criteria(
-                        self.llama._input_ids, self.llama.last_logits)):
+                if self.stopping_criteria is not None and _params.stop_verdict(
+                        self.stopping_criteria(*self.criteria_args())):
                     self.finish_reason = "stop"
                     yield text + decoder.decode(b"", final=True)
                     return
@@ -269,14 +273,35 @@ def _prepend(first: Step, rest: Iterator[Step]) -> Iterator[Step]:
             close()
 
 
+def from_args(llama: Llama, a: dict[str, Any], slots: Slots | None = None
+              ) -> dict[str, Any] | CompletionIterator:
+    """``Llama.create_completion`` for its bound arguments ``a`` (by parameter name)."""
+    sampling = {
+        "temp": a["temperature"], "top_k": a["top_k"], "top_p": a["top_p"], "min_p": a["min_p"],
+        "typical_p": a["typical_p"], "repeat_penalty": a["repeat_penalty"],
+        "frequency_penalty": a["frequency_penalty"], "presence_penalty": a["presence_penalty"],
+        "mirostat_mode": a["mirostat_mode"], "mirostat_tau": a["mirostat_tau"],
+        "mirostat_eta": a["mirostat_eta"], "logit_bias": a["logit_bias"],
+    }
+    return create_completion(
+        llama, a["prompt"], suffix=a["suffix"], max_tokens=a["max_tokens"], logprobs=a["logprobs"],
+        echo=a["echo"], stop=a["stop"], stream=a["stream"], seed=a["seed"], model=a["model"],
+        stopping_criteria=a["stopping_criteria"], logits_processor=a["logits_processor"],
+        grammar=a["grammar"], grammar_lazy=a["_grammar_lazy"], sampling=sampling, slots=slots,
+    )
+
+
 def create_completion(
     llama: Llama, prompt: PromptType, *, suffix: str | None, max_tokens: int | None, logprobs: int | None,
     echo: bool, stop: str | list[str] | None, stream: bool, seed: int | None, model: str | None,
     stopping_criteria: StoppingCriteria | None, logits_processor: LogitsProcessor | None,
     grammar: LlamaGrammar | None, grammar_lazy: tuple[Sequence[str], Sequence[int]] | None,
-    sampling: dict[str, Any],
+    sampling: dict[str, Any], slots: Slots | None = None,
 ) -> dict[str, Any] | CompletionIterator:
-    """The body of ``Llama.create_completion``: checks, sampler, then a run (streamed or not)."""
+    """The body of ``Llama.create_completion``: checks, sampler, then a run (streamed or not).
+
+    With ``slots`` the completion runs on one of the Llama's parallel slots (see :mod:`._slots`)
+    instead of its own sequence."""
     if max_tokens is not None and not isinstance(max_tokens, (int, np.integer)):
         raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
     max_tokens = _params.optional_integer("max_tokens", max_tokens)
@@ -291,6 +316,9 @@ def create_completion(
     stops = _params.stop_strings(stop)
     _params.callback("stopping_criteria", stopping_criteria)
     _params.callback("logits_processor", logits_processor)
+    if echo and logprobs is not None and slots is not None:
+        raise ValueError("echo with logprobs needs every prompt token's logits: the parallel slots keep "
+                         "only the last one's (use the Llama's own create_completion)")
     if echo and logprobs is not None and not llama.context_params["logits_all"]:
         raise ValueError("echo with logprobs needs a model created with logits_all=True")
     prompt_tokens = llama._prompt_tokens(prompt)
@@ -307,6 +335,19 @@ def create_completion(
                              trigger_tokens=trigger_tokens)
     meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
             "model": model if model is not None else llama.model_path}
+    prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
+        "utf-8", errors="replace")
+    echo_text = prompt_text if echo else ""
+    if slots is not None:
+        job = slots._submit(prompt_tokens, sampler, limit=limit, want_logits=logprobs is not None,
+                            logits_processor=logits_processor, keep_logits=stopping_criteria is not None)
+        run = CompletionRun(llama, job.steps(), prompt_tokens=prompt_tokens, limit=limit, stops=stops,
+                            meta=meta, echo_text=echo_text, logprobs=logprobs,
+                            prompt_text_len=len(prompt_text), stopping_criteria=stopping_criteria,
+                            criteria_args=job.criteria_args)
+        if stream:
+            return CompletionIterator(run.chunks(), run)
+        return run.complete()
     to_eval = llama._prefix_reuse(prompt_tokens)
     if echo and logprobs is not None:
         llama.reset()  # every prompt token's logits are needed
@@ -318,10 +359,6 @@ def create_completion(
         first = next(steps)  # evaluates the prompt, so its logits are there
         prompt_lp = _prompt_logprobs(llama, prompt_tokens, logprobs)
         steps = _prepend(first, steps)
-    prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
-        "utf-8", errors="replace")
-    echo_text = prompt_text if echo else ""
-
     def finish() -> None:
         if llama.cache is not None and llama.n_tokens:
             llama.cache[llama._input_ids.tolist()] = llama.save_state()

@@ -75,11 +75,23 @@ class CallGuard:
         self._stream: _Stream | None = None
         self._closing = False
         self._closed = False
+        self._turns = 0  # calls that have taken the guard (not counting calls inside calls)
 
     @property
     def streaming(self) -> bool:
         """A stream is open (read without the lock, by a call that holds the guard)."""
         return self._stream is not None
+
+    @property
+    def turns(self) -> int:
+        """How many calls have taken the guard so far (read by its owner: a changed count since it last
+        held the guard says that other calls ran in between)."""
+        return self._turns
+
+    @property
+    def waiting(self) -> int:
+        """Threads waiting for the guard (read without the lock by its owner)."""
+        return self._waiting
 
     @property
     def closing(self) -> bool:
@@ -102,6 +114,7 @@ class CallGuard:
             with self._cond:  # the common case: nothing runs, no stream is open
                 if self._owner is None and self._stream is None and not (self._closing or self._closed):
                     self._owner, self._depth = me, 1
+                    self._turns += 1
                     return True
         collected = False
         while True:
@@ -139,6 +152,7 @@ class CallGuard:
                         raise _open_stream_error(what, s.what, mine=s.home == me)
                     dropped, self._stream = s, None
                 self._owner, self._depth = me, 1
+                self._turns += 1
                 if stream is not None:
                     stream.set_home()
                 return dropped
@@ -225,6 +239,7 @@ class CallGuard:
                 return
             self._stream = None
             self._owner, self._depth = threading.get_ident(), 1
+            self._turns += 1
         finally:
             self._cond.release()
         try:

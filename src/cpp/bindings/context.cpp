@@ -6,6 +6,7 @@
 #include "ggml-cpu.h"
 
 #include <algorithm>
+#include <optional>
 #include <cstring>
 #include <iterator>
 #include <thread>
@@ -134,15 +135,18 @@ public:
         return out;
     }
 
-    // Decode a batch of several sequences: token i of sequence seq[i] at position pos[i]; every token is
-    // an output (embeddings of each sequence, or of each token, are then read with embeddings_*).
+    // Decode a batch of several sequences: token i of sequence seq[i] at position pos[i]. Without
+    // `outputs` every token is an output (embeddings of each sequence, or of each token, are then read
+    // with embeddings_*); with it, token i is an output where outputs[i] is true (its logits are then
+    // read, or sampled, by its batch index i).
     void decode_batch(const std::vector<llama_token> & tokens, const std::vector<int32_t> & pos,
-                      const std::vector<int32_t> & seq) {
+                      const std::vector<int32_t> & seq, const std::optional<std::vector<bool>> & outputs) {
         llama_context * ctx = get();
         const int32_t n = (int32_t) tokens.size();
         const int32_t n_vocab = llama_vocab_n_tokens(model_->vocab());
-        if (n == 0 || pos.size() != tokens.size() || seq.size() != tokens.size()) {
-            throw py::value_error("decode_batch: tokens, pos and seq must be non-empty and of equal length");
+        if (n == 0 || pos.size() != tokens.size() || seq.size() != tokens.size() ||
+            (outputs && outputs->size() != tokens.size())) {
+            throw py::value_error("decode_batch: tokens, pos, seq (and outputs) must be non-empty and of equal length");
         }
         if (n > (int32_t) llama_n_batch(ctx)) {
             throw py::value_error("decode_batch: " + std::to_string(n) + " tokens exceed n_batch = " +
@@ -166,7 +170,7 @@ public:
             batch_.pos[i]       = pos[i];
             batch_.n_seq_id[i]  = 1;
             batch_.seq_id[i][0] = seq[i];
-            batch_.logits[i]    = true;
+            batch_.logits[i]    = outputs ? (*outputs)[i] : true;
         }
         int32_t rc = 0;
         {
@@ -478,7 +482,8 @@ void bind_context(py::module_ & m) {
         .def("pooling_type", [](const context & c) { return (int) llama_pooling_type(c.get()); })
         .def("decode", &context::decode, py::arg("tokens"), py::arg("pos0"), py::arg("all_logits") = false,
              py::arg("copy") = true)
-        .def("decode_batch", &context::decode_batch, py::arg("tokens"), py::arg("pos"), py::arg("seq"))
+        .def("decode_batch", &context::decode_batch, py::arg("tokens"), py::arg("pos"), py::arg("seq"),
+             py::arg("outputs") = py::none())
         .def("logits_ith", &context::logits_ith, py::arg("i") = -1)
         .def("embeddings_seq", &context::embeddings_seq, py::arg("seq"))
         .def("embeddings_ith", &context::embeddings_ith, py::arg("i"))

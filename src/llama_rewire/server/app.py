@@ -21,6 +21,7 @@ from .. import __version__
 from ..llama import Llama
 from ..llama_grammar import LlamaGrammar
 from .errors import APIError, install_handlers, unauthorized
+from .metrics import render_metrics
 from .pool import ModelPool, ServedModel
 from .schemas import (
     ChatCompletionRequest,
@@ -173,7 +174,11 @@ def _chat_text(chunk: Chunk) -> str:
 
 async def _acquire(served: ServedModel, request: Request) -> bool:
     """Take the model's lock; False (and no lock) if the client left while it waited its turn."""
-    await served.lock.acquire()
+    served.waiting += 1
+    try:
+        await served.lock.acquire()
+    finally:
+        served.waiting -= 1
     try:
         if await request.is_disconnected():
             served.lock.release()
@@ -201,7 +206,39 @@ async def _run(served: ServedModel, request: Request, call: Callable[[Llama], An
         served.lock.release()
     if isinstance(result, dict) and "model" in result:
         result["model"] = served.alias
+        served.count_usage(result.get("usage"))
     return ResultResponse(result)
+
+
+async def _run_slots(served: ServedModel, call: Callable[[Llama], Any], param: str) -> Response:
+    """A non-streamed call on the model's slots, its result as JSON."""
+    result = await served.call_slots(call, param)
+    if isinstance(result, dict) and "model" in result:
+        result["model"] = served.alias
+        served.count_usage(result.get("usage"))
+    return ResultResponse(result)
+
+
+async def _stream_slots(served: ServedModel, start: Callable[[Llama], Iterator[Chunk]], *, param: str,
+                        include_usage: bool, text_of: Callable[[Chunk], str],
+                        usage_fallback: UsageFallback) -> Response:
+    """A streamed call on the model's slots: the stream holds a slot until it ends or is closed."""
+    iterator = await served.call_slots(start, param)
+    stream = ChunkStream(served, iterator, include_usage=include_usage, text_of=text_of,
+                         usage_fallback=usage_fallback, locked=False, limiter=served.limiter)
+    try:
+        await stream.prefetch(param)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+        raise
+    return SSEResponse(stream)
+
+
+def _on_slots(served: ServedModel, steering: Any, echo_logprobs: bool = False) -> bool:
+    """Whether a completion runs on the model's slots: a parallel model, and a request they can run (a
+    steered one, or echo with logprobs, runs on the Llama alone)."""
+    return served.parallel and steering is None and not echo_logprobs
 
 
 def _base64_embeddings(result: dict[str, Any]) -> dict[str, Any]:
@@ -242,8 +279,18 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
     router = APIRouter()
 
     @router.get("/health")
-    async def health() -> dict[str, str]:
-        return {"status": "ok"}
+    async def health() -> dict[str, Any]:
+        """Up, and each model's slots: idle, processing, requests queued for one."""
+        models = {alias: m.slot_counts() for alias, m in pool.models.items()}
+        return {"status": "ok",
+                "slots_idle": sum(c["slots_idle"] for c in models.values()),
+                "slots_processing": sum(c["slots_processing"] for c in models.values()),
+                "models": models}
+
+    @router.get("/metrics")
+    async def metrics() -> Response:
+        """Prometheus text: requests, tokens, slots and queue per model."""
+        return Response(render_metrics(pool), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @router.get("/v1/models")
     async def list_models() -> dict[str, Any]:
@@ -252,6 +299,7 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
     @router.post("/v1/completions")
     async def completions(body: CompletionRequest, request: Request) -> Response:
         served = pool.get(body.model)
+        served.counts["requests"] += 1
         _check_only_one(body.n, "n")
         _check_only_one(body.best_of, "best_of")
         kwargs = body.call_kwargs()
@@ -263,6 +311,16 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
             return llm.create_completion(prompt, model=served.alias, stream=stream,
                                          **_model_kwargs(llm, body, kwargs, bias))
 
+        if _on_slots(served, steering, bool(body.echo) and body.logprobs is not None):
+            def on_slot(llm: Llama, stream: bool) -> Any:
+                return llm.slots.create_completion(prompt, model=served.alias, stream=stream,
+                                                   **_model_kwargs(llm, body, kwargs, bias))
+
+            if body.stream:
+                return await _stream_slots(served, lambda llm: on_slot(llm, True), param="prompt",
+                                           include_usage=body.include_usage, text_of=_completion_text,
+                                           usage_fallback=_completion_usage(prompt))
+            return await _run_slots(served, lambda llm: on_slot(llm, False), "prompt")
         if body.stream:
             return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
                                  param="prompt", include_usage=body.include_usage, text_of=_completion_text,
@@ -272,6 +330,7 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
         served = pool.get(body.model)
+        served.counts["requests"] += 1
         _check_only_one(body.n, "n")
         kwargs = body.call_kwargs()
         bias = _token_bias(body)
@@ -281,6 +340,16 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
             return llm.create_chat_completion(model=served.alias, stream=stream,
                                               **_model_kwargs(llm, body, kwargs, bias))
 
+        if _on_slots(served, steering):
+            def on_slot(llm: Llama, stream: bool) -> Any:
+                return llm.slots.create_chat_completion(model=served.alias, stream=stream,
+                                                        **_model_kwargs(llm, body, kwargs, bias))
+
+            if body.stream:
+                return await _stream_slots(served, lambda llm: on_slot(llm, True), param="messages",
+                                           include_usage=body.include_usage, text_of=_chat_text,
+                                           usage_fallback=_chat_usage(kwargs["messages"]))
+            return await _run_slots(served, lambda llm: on_slot(llm, False), "messages")
         if body.stream:
             return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
                                  param="messages", include_usage=body.include_usage, text_of=_chat_text,

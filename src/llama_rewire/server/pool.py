@@ -1,9 +1,12 @@
 """The served models: loading, selection by alias, and one lock per model.
 
-A ``Llama`` holds one inference context, so the requests to a model run one at a time: each takes the
-model's lock (an asyncio lock, so waiting requests do not hold threads) and runs its model calls in
-worker threads, so the event loop stays free. Different models have different locks and run
-concurrently.
+A ``Llama`` holds one inference context. With ``n_parallel`` 1 the requests to a model run one at a
+time: each takes the model's lock (an asyncio lock, so waiting requests do not hold threads) and runs
+its model calls in worker threads, so the event loop stays free. With ``n_parallel`` N > 1 completions
+and chat completions run on the model's N slots (``Llama.slots``: one decode loop, continuous batching)
+without the lock; what the slots cannot run (a steered request, echo with logprobs, embeddings) still
+takes the lock and runs on the Llama itself, which waits for the running slots to finish first.
+Different models have different locks and run concurrently.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import anyio
 import anyio.to_thread
 
 from ..llama import Llama
@@ -31,6 +35,10 @@ class ServedModel:
         self.llama = llama
         self.created = int(time.time())
         self._lock: asyncio.Lock | None = None
+        self.parallel = settings.n_parallel > 1
+        self.waiting = 0  # requests waiting for the lock
+        self.counts = {"requests": 0, "prompt_tokens": 0, "tokens_predicted": 0}  # one-at-a-time
+        self._limiter: anyio.CapacityLimiter | None = None
 
     @classmethod
     def load(cls, settings: ModelSettings) -> ServedModel:
@@ -51,6 +59,36 @@ class ServedModel:
         an :class:`APIError` (``param``: the request field that carried the input)."""
         async with self.lock:
             return await self.call_locked(fn, param)
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Worker threads for requests on the slots: each waits for its tokens in a thread of its own,
+        so the requests queued for a slot do not take the threads the other endpoints need."""
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(max(256, 4 * self.settings.n_parallel))
+        return self._limiter
+
+    async def call_slots(self, fn: Callable[[Llama], T], param: str | None = None) -> T:
+        """Run ``fn(llama)`` (which uses ``llama.slots``) in a worker thread, without the lock."""
+        try:
+            return await anyio.to_thread.run_sync(fn, self.llama, limiter=self.limiter)
+        except Exception as e:
+            raise from_exception(e, param) from e
+
+    def count_usage(self, usage: Any) -> None:
+        """Add a finished request's usage to the counters."""
+        if isinstance(usage, dict):
+            self.counts["prompt_tokens"] += int(usage.get("prompt_tokens") or 0)
+            self.counts["tokens_predicted"] += int(usage.get("completion_tokens") or 0)
+
+    def slot_counts(self) -> dict[str, int]:
+        """Slots busy and idle, requests queued (a one-at-a-time model: its lock taken or not)."""
+        if self.parallel:
+            stats = self.llama.slots.stats()
+            return {"n_parallel": self.settings.n_parallel, "slots_idle": stats["slots_idle"],
+                    "slots_processing": stats["slots_processing"], "queue": stats["queue"]}
+        busy = int(self._lock is not None and self._lock.locked())
+        return {"n_parallel": 1, "slots_idle": 1 - busy, "slots_processing": busy, "queue": self.waiting}
 
     async def call_locked(self, fn: Callable[[Llama], T], param: str | None = None) -> T:
         """As :meth:`call`, for a caller that already holds the lock."""
@@ -75,6 +113,7 @@ class ServedModel:
             "activations": self.settings.activations,
             "wiring": str(self.llama.wiring) or None,  # the effective wiring, canonical
             "n_ctx": self.settings.n_ctx,
+            "n_parallel": self.settings.n_parallel,
         }
 
 

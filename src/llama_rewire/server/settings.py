@@ -37,6 +37,9 @@ class ModelSettings(BaseModel):
                           "the model as stored; activations, if given too, replace its activations)")
     n_ctx: int = Field(2048, ge=0, description="context window in tokens (0: the model's training context)")
     n_batch: int = Field(512, ge=1, description="prompt tokens evaluated per batch")
+    n_parallel: int = Field(
+        1, ge=1, le=256, description="slots: requests decoded together, each with a window of n_ctx tokens "
+                                     "(continuous batching; 1: one request at a time)")
     n_gpu_layers: int = Field(0, description="layers to offload to the GPU (-1: all)")
     n_threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: half the cores)")
     seed: int = Field(LLAMA_DEFAULT_SEED, description="default sampling seed (requests may set their own)")
@@ -144,6 +147,8 @@ def _add_fields(group: Any, model: type[BaseModel]) -> None:
             flags.append(f"--{name.replace('_', '-')}")
         if name == "activations":
             flags.append("--act")
+        if name == "n_parallel":
+            flags.append("-np")  # llama-server's name
         help_text = field.description or ""
         if _is_bool(field.annotation):
             group.add_argument(*flags, dest=name, action=argparse.BooleanOptionalAction,

@@ -1,9 +1,10 @@
 """Server-sent events: a model's chunk iterator, pulled in worker threads, sent as ``data: {json}``
 events and ended by ``data: [DONE]``.
 
-A stream holds its model's lock from the call that starts it until its iterator ends or is closed,
-so a later request to the same model waits its turn instead of interrupting it. A client that
-disconnects stops the generation: the iterator is closed, then the lock released.
+A stream on a one-at-a-time model holds its model's lock from the call that starts it until its
+iterator ends or is closed, so a later request to the same model waits its turn instead of interrupting
+it; a stream on a model's parallel slots holds one slot instead. A client that disconnects stops the
+generation: the iterator is closed (which frees its slot), then the lock released.
 """
 
 from __future__ import annotations
@@ -62,8 +63,11 @@ class ChunkStream:
     """
 
     def __init__(self, served: ServedModel, iterator: Iterator[Chunk], *,
-                 include_usage: bool, text_of: Callable[[Chunk], str], usage_fallback: UsageFallback) -> None:
+                 include_usage: bool, text_of: Callable[[Chunk], str], usage_fallback: UsageFallback,
+                 locked: bool = True, limiter: anyio.CapacityLimiter | None = None) -> None:
         self.served = served
+        self.locked = locked  # the stream holds the model's lock (else: a slot, freed by closing)
+        self.limiter = limiter  # the worker threads it pulls chunks in (None: anyio's default)
         self.iterator = iterator
         self.include_usage = include_usage
         self.text_of = text_of
@@ -78,7 +82,7 @@ class ChunkStream:
     async def prefetch(self, param: str | None = None) -> None:
         """Pull the first chunk; an error raises :class:`APIError` (``param``: the request's input)."""
         try:
-            self._pending = await anyio.to_thread.run_sync(next_chunk, self.iterator)
+            self._pending = await anyio.to_thread.run_sync(next_chunk, self.iterator, limiter=self.limiter)
         except Exception as e:
             raise from_exception(e, param) from e
         self._exhausted = self._pending is None
@@ -90,7 +94,7 @@ class ChunkStream:
         try:
             chunk, self._pending = self._pending, None
             if chunk is None and not self._exhausted:
-                chunk = await anyio.to_thread.run_sync(next_chunk, self.iterator)
+                chunk = await anyio.to_thread.run_sync(next_chunk, self.iterator, limiter=self.limiter)
             if chunk is not None:
                 return sse_event(self._prepare(chunk))
             self._exhausted = True
@@ -116,7 +120,8 @@ class ChunkStream:
         usage = getattr(self.iterator, "usage", None)
         if not isinstance(usage, dict):
             text = "".join(self._texts)
-            usage = await anyio.to_thread.run_sync(self.usage_fallback, self.served.llama, text)
+            usage = await anyio.to_thread.run_sync(self.usage_fallback, self.served.llama, text,
+                                                   limiter=self.limiter)
         return {
             "id": self._last.get("id", ""),
             "object": self._last.get("object", ""),
@@ -133,14 +138,17 @@ class ChunkStream:
         if self._released:
             return
         try:
+            if self._exhausted:
+                self.served.count_usage(getattr(self.iterator, "usage", None))
             close = getattr(self.iterator, "close", None)
             if not self._exhausted and close is not None:
-                await anyio.to_thread.run_sync(close)
+                await anyio.to_thread.run_sync(close, limiter=self.limiter)
         except Exception:
             log.exception("closing a stream's iterator failed")
         finally:
             self._released = True
-            self.served.lock.release()
+            if self.locked:
+                self.served.lock.release()
 
 
 class SSEResponse(Response):
