@@ -166,15 +166,23 @@ def _timed_stream(four: Llama, prompt: Any, max_tokens: int, out: list[float]) -
     return text
 
 
+def _background_stream(llm: Llama, prompt: Any, max_tokens: int, times: list[float], texts: dict[str, str],
+                       after: int) -> threading.Thread:
+    """Stream prompt in a thread (its text in texts["a"], chunk times in times); return once it has
+    sent `after` chunks."""
+    a = threading.Thread(target=lambda: texts.setdefault("a", _timed_stream(llm, prompt, max_tokens, times)))
+    a.start()
+    deadline = time.monotonic() + 60
+    while len(times) < after and time.monotonic() < deadline:
+        time.sleep(0.005)
+    return a
+
+
 def test_a_request_starts_while_another_generates(pair: Any) -> None:
     one, four = pair
     times_a: list[float] = []
     texts: dict[str, str] = {}
-    a = threading.Thread(target=lambda: texts.setdefault("a", _timed_stream(four, TEXTS[2], 64, times_a)))
-    a.start()
-    deadline = time.monotonic() + 60
-    while len(times_a) < 4 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    a = _background_stream(four, TEXTS[2], 64, times_a, texts, 4)
     started_b = time.monotonic()
     b = four.slots.create_completion(TEXTS[4], max_tokens=4, temperature=0.0)
     done_b = time.monotonic()
@@ -234,11 +242,7 @@ def test_the_llamas_own_calls_take_turns_with_the_slots(pair: Any) -> None:
     one, four = pair
     times_a: list[float] = []
     texts: dict[str, str] = {}
-    a = threading.Thread(target=lambda: texts.setdefault("a", _timed_stream(four, TEXTS[1], 40, times_a)))
-    a.start()
-    deadline = time.monotonic() + 60
-    while len(times_a) < 2 and time.monotonic() < deadline:
-        time.sleep(0.005)
+    a = _background_stream(four, TEXTS[1], 40, times_a, texts, 2)
     own = four.create_completion(TEXTS[3], max_tokens=8, temperature=0.0)  # waits for the stream
     a.join(120)
     assert own["choices"][0]["text"] == one.create_completion(TEXTS[3], max_tokens=8,
@@ -257,11 +261,7 @@ def test_changing_the_wiring_waits_for_running_requests(smollm2_path: Path) -> N
         want_new = ref.create_completion(TEXTS[0], max_tokens=8, temperature=0.0)["choices"][0]["text"]
         times: list[float] = []
         texts: dict[str, str] = {}
-        a = threading.Thread(target=lambda: texts.setdefault("a", _timed_stream(llm, TEXTS[0], 32, times)))
-        a.start()
-        deadline = time.monotonic() + 60
-        while len(times) < 2 and time.monotonic() < deadline:
-            time.sleep(0.005)
+        a = _background_stream(llm, TEXTS[0], 32, times, texts, 2)
         llm.set_wiring("*:relu")  # returns once the stream's tokens are all decoded
         a.join(120)
         assert texts["a"] == want_old  # every token of it under the old wiring

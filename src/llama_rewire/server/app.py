@@ -196,6 +196,26 @@ class ResultResponse(JSONResponse):
         return dumps(content)
 
 
+def _result(served: ServedModel, result: Any) -> Response:
+    """A call's result as JSON, under the served alias, its usage counted."""
+    if isinstance(result, dict) and "model" in result:
+        result["model"] = served.alias
+        served.count_usage(result.get("usage"))
+    return ResultResponse(result)
+
+
+async def _sse(stream: ChunkStream, param: str) -> Response:
+    """The stream as server-sent events, its first chunk pulled now (an error before any output is an
+    HTTP error); a failed start closes it."""
+    try:
+        await stream.prefetch(param)
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await stream.close()
+        raise
+    return SSEResponse(stream)
+
+
 async def _run(served: ServedModel, request: Request, call: Callable[[Llama], Any], param: str) -> Response:
     """A non-streamed call, its result as JSON."""
     if not await _acquire(served, request):
@@ -204,19 +224,13 @@ async def _run(served: ServedModel, request: Request, call: Callable[[Llama], An
         result = await served.call_locked(call, param)
     finally:
         served.lock.release()
-    if isinstance(result, dict) and "model" in result:
-        result["model"] = served.alias
-        served.count_usage(result.get("usage"))
-    return ResultResponse(result)
+    return _result(served, result)
 
 
 async def _run_slots(served: ServedModel, call: Callable[[Llama], Any], param: str) -> Response:
     """A non-streamed call on the model's slots, its result as JSON."""
     result = await served.call_slots(call, param)
-    if isinstance(result, dict) and "model" in result:
-        result["model"] = served.alias
-        served.count_usage(result.get("usage"))
-    return ResultResponse(result)
+    return _result(served, result)
 
 
 async def _stream_slots(served: ServedModel, start: Callable[[Llama], Iterator[Chunk]], *, param: str,
@@ -226,13 +240,7 @@ async def _stream_slots(served: ServedModel, start: Callable[[Llama], Iterator[C
     iterator = await served.call_slots(start, param)
     stream = ChunkStream(served, iterator, include_usage=include_usage, text_of=text_of,
                          usage_fallback=usage_fallback, locked=False, limiter=served.limiter)
-    try:
-        await stream.prefetch(param)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await stream.close()
-        raise
-    return SSEResponse(stream)
+    return await _sse(stream, param)
 
 
 def _on_slots(served: ServedModel, steering: Any, echo_logprobs: bool = False) -> bool:
@@ -263,13 +271,7 @@ async def _stream(served: ServedModel, request: Request, start: Callable[[Llama]
         raise
     stream = ChunkStream(served, iterator, include_usage=include_usage, text_of=text_of,
                          usage_fallback=usage_fallback)
-    try:
-        await stream.prefetch(param)
-    except BaseException:
-        with anyio.CancelScope(shield=True):
-            await stream.close()
-        raise
-    return SSEResponse(stream)
+    return await _sse(stream, param)
 
 
 # -- routes ---------------------------------------------------------------------------------------------
