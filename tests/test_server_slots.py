@@ -84,6 +84,12 @@ def wait_idle(client: httpx.Client) -> dict[str, Any]:
         time.sleep(0.05)
 
 
+def metrics_of(text: str, alias: str) -> dict[str, float]:
+    """One model's series of a /metrics text, by name."""
+    return {m.group(1): float(m.group(2))
+            for m in re.finditer(rf'^(llama_rewire_\w+)\{{model="{alias}"\}} (\S+)$', text, re.M)}
+
+
 def test_concurrent_requests_get_what_each_gets_alone(client: httpx.Client, alone: Llama) -> None:
     want = [alone.create_completion(p, **GREEDY)["choices"][0]["text"] for p in PROMPTS]
 
@@ -125,8 +131,7 @@ def test_health_and_metrics_report_the_slots(client: httpx.Client) -> None:
     assert max(s["slots_processing"] for s in seen) >= 2  # several requests ran at once
     assert all(s["slots_processing"] <= 4 for s in seen)
     text = client.get("/metrics").text
-    values = {m.group(1): float(m.group(2))
-              for m in re.finditer(r'^(llama_rewire_\w+)\{model="par"\} (\S+)$', text, re.M)}
+    values = metrics_of(text, "par")
     assert values["llama_rewire_requests_total"] >= 6
     assert values["llama_rewire_tokens_predicted_total"] >= 6
     assert values["llama_rewire_prompt_tokens_total"] > 0
@@ -146,6 +151,19 @@ def test_a_disconnect_frees_its_slot(client: httpx.Client, alone: Llama) -> None
     assert health["models"]["par"]["slots_processing"] == 0
     assert text_of(client.post("/v1/completions", json={"model": "par", "prompt": PROMPTS[0], **GREEDY})) \
         == alone.create_completion(PROMPTS[0], **GREEDY)["choices"][0]["text"]
+
+
+def test_a_non_streamed_request_whose_client_leaves_frees_its_slot(url: str, client: httpx.Client) -> None:
+    cancelled = "llama_rewire_requests_cancelled_total"
+    before = metrics_of(client.get("/metrics").text, "par")[cancelled]
+    # 480 tokens take seconds; the client gives up after a fraction of one
+    body = {"model": "par", "prompt": "Count to one thousand: 1, 2,", "max_tokens": 480, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(0.3, connect=5.0))
+    health = wait_idle(client)
+    assert health["models"]["par"]["slots_processing"] == 0
+    # stopped when the client left, not run to max_tokens: the slots count it as cancelled
+    assert metrics_of(client.get("/metrics").text, "par")[cancelled] == before + 1
 
 
 def test_a_prompt_over_the_slot_window_is_a_400(client: httpx.Client) -> None:

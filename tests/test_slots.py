@@ -141,6 +141,31 @@ def test_seeded_sampling_grammar_and_logprobs_per_slot(pair: Any) -> None:
     np.testing.assert_allclose(lp_g["token_logprobs"], lp_w["token_logprobs"], atol=1e-4)
 
 
+def test_stopping_criteria_sees_the_ids_and_logits_on_a_slot(pair: Any) -> None:
+    one, four = pair
+    seen: dict[str, list[tuple[list[int], Any]]] = {"one": [], "four": []}
+
+    def criteria(key: str) -> Any:
+        def stop(ids: Any, logits: Any) -> bool:
+            seen[key].append((list(ids), np.array(logits, copy=True)))
+            return len(seen[key]) == 5
+        return stop
+
+    want = one.create_completion(TEXTS[4], max_tokens=16, temperature=0.0, stopping_criteria=criteria("one"))
+    got = four.slots.create_completion(TEXTS[4], max_tokens=16, temperature=0.0,
+                                       stopping_criteria=criteria("four"))
+    assert got["choices"][0]["text"] == want["choices"][0]["text"]
+    assert got["choices"][0]["finish_reason"] == want["choices"][0]["finish_reason"] == "stop"
+    assert got["usage"]["completion_tokens"] == 5
+    assert len(seen["four"]) == len(seen["one"]) == 5
+    for k, ((ids_w, logits_w), (ids_g, logits_g)) in enumerate(zip(seen["one"], seen["four"])):
+        assert ids_g == ids_w  # the prompt and the tokens before the one just sampled
+        assert logits_g.shape == logits_w.shape == (one.n_vocab(),)
+        np.testing.assert_allclose(logits_g, logits_w, atol=1e-3)  # up to what batched kernels change
+        if k + 1 < len(seen["four"]):  # greedy: the token just sampled is the logits' argmax
+            assert int(np.argmax(logits_g)) == seen["four"][k + 1][0][-1]
+
+
 def test_chat_on_slots_and_the_follow_up_reuses_its_prefix(pair: Any) -> None:
     one, four = pair
     messages = [{"role": "user", "content": "Name a color."}]

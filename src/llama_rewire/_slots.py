@@ -54,9 +54,9 @@ IDLE, PREFILL, GENERATING = "idle", "prefill", "generating"
 class _Job:
     """One completion's sequence: what it evaluates and samples, and the queue its steps arrive on."""
 
-    __slots__ = ("cancelled", "evaluated", "finished", "ids", "keep_logits", "last_logits", "limit",
+    __slots__ = ("cancelled", "consumed", "evaluated", "finished", "ids", "keep_logits", "limit",
                  "logits_processor", "n_generated", "n_prompt", "pending", "prompt", "queue", "sampler",
-                 "slot", "submitted", "want_logits")
+                 "slot", "step_logits", "submitted", "want_logits")
 
     def __init__(self, prompt: list[int], sampler: _core.Sampler, *, limit: int, want_logits: bool,
                  logits_processor: LogitsProcessor | None, keep_logits: bool) -> None:
@@ -71,7 +71,9 @@ class _Job:
         self.slot: _Slot | None = None
         self.pending: list[int] = []  # tokens still to evaluate (the prompt's rest, or the sampled one)
         self.ids: list[int] = list(prompt)  # prompt and generated tokens, for logits processors
-        self.last_logits: npt.NDArray[np.single] | None = None
+        # the consumer's side (its thread only): the tokens it has taken, the logits of the one it holds
+        self.consumed: list[int] = list(prompt)
+        self.step_logits: npt.NDArray[np.single] | None = None
         self.n_generated = 0
         self.cancelled = False
         self.finished = False
@@ -87,14 +89,17 @@ class _Job:
                     return
                 if isinstance(item, BaseException):
                     raise item
-                yield item
+                token, raw, self.step_logits = item
+                yield token, raw
+                self.consumed.append(token)
         finally:
             self.cancelled = True
 
     def criteria_args(self) -> tuple[npt.NDArray[np.intc], npt.NDArray[np.single]]:
-        """What ``stopping_criteria`` is called with: the ids so far and the last raw logits."""
-        logits = self.last_logits if self.last_logits is not None else np.zeros(0, dtype=np.single)
-        return np.asarray(self.ids, dtype=np.intc), logits
+        """What ``stopping_criteria`` is called with, as on the Llama alone: the ids evaluated before the
+        token just taken (the prompt and the tokens before it), and the raw logits it was sampled from."""
+        logits = self.step_logits if self.step_logits is not None else np.zeros(0, dtype=np.single)
+        return np.asarray(self.consumed, dtype=np.intc), logits
 
 
 @dataclass
@@ -429,7 +434,8 @@ class Slots:
         ctx = self._llama.ctx
         try:
             with _params.grammar_messages():
-                raw = ctx.logits_ith(i) if (job.want_logits or job.logits_processor is not None) else None
+                wanted = job.want_logits or job.keep_logits or job.logits_processor is not None
+                raw = ctx.logits_ith(i) if wanted else None
                 if job.logits_processor is not None:
                     assert raw is not None
                     processed = _params.processed_logits(
@@ -446,10 +452,8 @@ class Slots:
             return
         job.n_generated += 1
         job.ids.append(token)
-        if job.keep_logits:
-            job.last_logits = raw
         self._counts["tokens_predicted"] += 1
-        job.queue.put((token, raw if job.want_logits else None))
+        job.queue.put((token, raw if job.want_logits else None, raw if job.keep_logits else None))
         if job.n_generated >= job.limit or self._llama.model.is_eog(token):
             job.queue.put(_END)
             with self._cv:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import secrets
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -36,6 +37,9 @@ from .steering import SteeringDir, steered, steered_stream, steering_of
 from .streaming import Chunk, ChunkStream, SSEResponse, UsageFallback, dumps
 
 OPEN_PATHS = frozenset({"/health"})
+DISCONNECT_POLL_S = 0.25  # how often a non-streamed slot request checks that its client is still there
+# stopping_criteria(ids, logits) -> stop?
+StopCheck = Callable[[Any, Any], bool]
 
 
 class ApiKeyMiddleware:
@@ -227,9 +231,34 @@ async def _run(served: ServedModel, request: Request, call: Callable[[Llama], An
     return _result(served, result)
 
 
-async def _run_slots(served: ServedModel, call: Callable[[Llama], Any], param: str) -> Response:
-    """A non-streamed call on the model's slots, its result as JSON."""
-    result = await served.call_slots(call, param)
+async def _run_slots(served: ServedModel, request: Request, call: Callable[[Llama, StopCheck], Any],
+                     param: str) -> Response:
+    """A non-streamed call on the model's slots, its result as JSON. A client that leaves meanwhile
+    stops the generation at its next token (``call`` passes the check on as ``stopping_criteria``), so
+    that its slot is freed rather than run to ``max_tokens`` for nobody."""
+    gone = threading.Event()
+
+    def client_gone(ids: Any, logits: Any) -> bool:
+        return gone.is_set()
+
+    async def watch() -> None:
+        while not await request.is_disconnected():
+            await anyio.sleep(DISCONNECT_POLL_S)
+        gone.set()
+
+    error: Exception | None = None
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(watch)
+        try:
+            result = await served.call_slots(lambda llm: call(llm, client_gone), param)
+        except Exception as e:  # raised below, not inside the group (which would wrap it)
+            error = e
+        finally:
+            tg.cancel_scope.cancel()
+    if error is not None:
+        raise error
+    if gone.is_set():
+        return Response(status_code=499)
     return _result(served, result)
 
 
@@ -314,15 +343,16 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
                                          **_model_kwargs(llm, body, kwargs, bias))
 
         if _on_slots(served, steering, bool(body.echo) and body.logprobs is not None):
-            def on_slot(llm: Llama, stream: bool) -> Any:
+            def on_slot(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
                 return llm.slots.create_completion(prompt, model=served.alias, stream=stream,
+                                                   stopping_criteria=stop,
                                                    **_model_kwargs(llm, body, kwargs, bias))
 
             if body.stream:
                 return await _stream_slots(served, lambda llm: on_slot(llm, True), param="prompt",
                                            include_usage=body.include_usage, text_of=_completion_text,
                                            usage_fallback=_completion_usage(prompt))
-            return await _run_slots(served, lambda llm: on_slot(llm, False), "prompt")
+            return await _run_slots(served, request, lambda llm, stop: on_slot(llm, False, stop), "prompt")
         if body.stream:
             return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
                                  param="prompt", include_usage=body.include_usage, text_of=_completion_text,
@@ -343,15 +373,17 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
                                               **_model_kwargs(llm, body, kwargs, bias))
 
         if _on_slots(served, steering):
-            def on_slot(llm: Llama, stream: bool) -> Any:
+            def on_slot(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
                 return llm.slots.create_chat_completion(model=served.alias, stream=stream,
+                                                        stopping_criteria=stop,
                                                         **_model_kwargs(llm, body, kwargs, bias))
 
             if body.stream:
                 return await _stream_slots(served, lambda llm: on_slot(llm, True), param="messages",
                                            include_usage=body.include_usage, text_of=_chat_text,
                                            usage_fallback=_chat_usage(kwargs["messages"]))
-            return await _run_slots(served, lambda llm: on_slot(llm, False), "messages")
+            return await _run_slots(served, request, lambda llm, stop: on_slot(llm, False, stop),
+                                    "messages")
         if body.stream:
             return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
                                  param="messages", include_usage=body.include_usage, text_of=_chat_text,
