@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from . import _core, _gguf_check
+from . import _core, _gguf_check, rpc
 from .errors import ModelLoadError
 
 
@@ -21,6 +21,9 @@ def open_model(path: str, a: dict[str, Any]) -> _core.Model:
         why = _gguf_check.check(path, overrides)
         if why is not None:
             raise ModelLoadError(f"failed to load model from file: {path}: {why}{given}")
+    servers = a["rpc_servers"]
+    if servers:
+        rpc.connect(servers)
     try:
         return _core.Model(
             path,
@@ -33,8 +36,12 @@ def open_model(path: str, a: dict[str, Any]) -> _core.Model:
             tensor_split=list(a["tensor_split"] or []),
             kv_overrides=overrides,
             use_extra_bufts=a["use_extra_bufts"],
+            rpc_servers=servers,
         )
-    except ModelLoadError as e:
+    except BaseException as e:
+        rpc.release(servers)
+        if not isinstance(e, ModelLoadError):
+            raise
         why = None if a["vocab_only"] else _gguf_check.explain(path, overrides)
         if why is None and not given:
             raise

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from . import rpc
+
 INT32 = (-(2**31), 2**31 - 1)
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 MAX_THREADS = 512  # GGML_MAX_N_THREADS
@@ -130,6 +132,7 @@ def check_llama_args(args: dict[str, Any]) -> dict[str, Any]:
     for name in ("op_offload", "swa_full"):
         out[name] = None if args[name] is None else flag(name, args[name])
     out["n_gpu_layers"] = integer("n_gpu_layers", args["n_gpu_layers"], *INT32)
+    out["rpc_servers"] = rpc.parse_endpoints(args["rpc_servers"])
     out["split_mode"] = integer("split_mode", args["split_mode"], -1, 2)
     out["main_gpu"] = integer("main_gpu", args["main_gpu"], *INT32)
     split = args["tensor_split"]

@@ -4,7 +4,7 @@ errors by type."""
 
 from __future__ import annotations
 
-from ._core import ChatFormatError, ClosedError, DecodeError, GrammarError, ModelLoadError
+from ._core import ChatFormatError, ClosedError, DecodeError, GrammarError, ModelLoadError, RPCServerLostError
 
 
 class ContextOverflowError(ValueError):
@@ -38,5 +38,6 @@ __all__ = [
     "ExpressionError",
     "GrammarError",
     "ModelLoadError",
+    "RPCServerLostError",
     "WiringSpecError",
 ]

@@ -12,7 +12,7 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _completion, _core, _load, _logging, _params
+from . import _completion, _core, _load, _logging, _params, rpc
 from ._completion import CompletionIterator
 from ._embedding import embed as _embed
 from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
@@ -131,6 +131,7 @@ class Llama(RewiringMixin, ResidualMixin):
         self._guard = CallGuard()  # one call at a time (see _guard.py)
         self._slots: Slots | None = None
         self._slots_lock = threading.Lock()
+        self._rpc_servers: list[str] = []
         a = _params.check_llama_args(locals())
         self.verbose = verbose = a["verbose"]
         _logging.install()
@@ -140,8 +141,6 @@ class Llama(RewiringMixin, ResidualMixin):
 
             model_path = fetch(progress=verbose)
         self.model_path = _params.path("model_path", model_path)
-        if _params.flag("rpc_servers", rpc_servers):
-            raise ValueError("rpc_servers needs llama-rewire built with CMAKE_ARGS=-DGGML_RPC=on")
         _params.model_file(self.model_path)
         if draft_model is not None and not callable(draft_model):
             raise TypeError("draft_model must be a LlamaDraftModel (called with the token ids so far)")
@@ -150,6 +149,7 @@ class Llama(RewiringMixin, ResidualMixin):
             _log.debug("ignoring unknown Llama arguments: %s", ", ".join(sorted(kwargs)))
 
         self._model: _core.Model | None = _load.open_model(self.model_path, a)
+        self._rpc_servers = a["rpc_servers"]  # released when the model is freed
         self._ctx: _core.Context | None = None
         self.context_params = {
             "n_ctx": a["n_ctx"],
@@ -249,6 +249,7 @@ class Llama(RewiringMixin, ResidualMixin):
         if self._model is not None:
             self._model.close()
             self._model = None
+            rpc.release(self._rpc_servers)
 
     def __enter__(self) -> Llama:
         return self
@@ -301,6 +302,17 @@ class Llama(RewiringMixin, ResidualMixin):
 
     def pooling_type(self) -> int:
         return int(self.ctx.pooling_type())
+
+    @property
+    def rpc_servers(self) -> list[str]:
+        """The RPC servers (``host:port``) the model's offloaded layers run on."""
+        return list(self._rpc_servers)
+
+    @property
+    def rpc_lost(self) -> str | None:
+        """The first of :attr:`rpc_servers` whose connection was lost, or None. After a decode has seen
+        the loss (an ``RPCServerLostError``), every call on this Llama raises; ``close()`` frees it."""
+        return next((e for e in self._rpc_servers if _core.rpc_lost(e)), None)
 
     @property
     def n_parallel(self) -> int:

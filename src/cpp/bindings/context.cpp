@@ -74,6 +74,9 @@ public:
         if (!ptr_) {
             throw closed_error("the context is closed");
         }
+        if (!lost_.empty()) {
+            throw rpc_lost_error(lost_);
+        }
         return ptr_;
     }
     const std::shared_ptr<model> & get_model() const { return model_; }
@@ -118,6 +121,7 @@ public:
             // anyway, and llama.cpp books a decode's time and tokens (perf) when it synchronizes
             llama_synchronize(ctx);
         }
+        check_remote();
         check_rc(rc);
         if (!copy) {
             return py::none();
@@ -178,6 +182,7 @@ public:
             rc = llama_decode(ctx, batch_);
             llama_synchronize(ctx);
         }
+        check_remote();
         check_rc(rc);
     }
 
@@ -323,6 +328,21 @@ private:
         }
     }
 
+    // After a decode: an RPC server the model runs on that went away makes this context unusable (its
+    // remote state is gone); every later call raises.
+    void check_remote() {
+        if (model_->rpc_endpoints.empty()) {
+            return;
+        }
+        const std::string endpoint = model_->lost_rpc_endpoint();
+        if (!endpoint.empty()) {
+            lost_ = "the connection to RPC server " + endpoint +
+                    " was lost (the server stopped, or the network failed): this Llama cannot be used any more; "
+                    "close it and load the model again";
+            throw rpc_lost_error(lost_);
+        }
+    }
+
     static void check_rc(int32_t rc) {
         if (rc != 0) {
             std::string why = rc == 1  ? "no KV cache slot for the batch (context full)"
@@ -348,6 +368,7 @@ private:
     std::vector<float> lora_scales_;
     std::unique_ptr<ffn_observer> observer_;
     llama_context * ptr_ = nullptr;
+    std::string lost_;  // why the context cannot be used any more (an RPC server went away), or ""
     llama_batch batch_{};
 };
 

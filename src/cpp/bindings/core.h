@@ -6,10 +6,12 @@
 #include <pybind11/stl.h>
 
 #include "llama.h"
+#include "ggml-backend.h"
 
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace py = pybind11;
 
@@ -23,6 +25,11 @@ class model_load_error : public std::runtime_error {
 // Raised when llama_decode fails (a RuntimeError, as in llama-cpp-python).
 class decode_error : public std::runtime_error {
     using std::runtime_error::runtime_error;
+};
+
+// Raised when an RPC server the model runs on went away (an RPCServerLostError, a DecodeError).
+class rpc_lost_error : public decode_error {
+    using decode_error::decode_error;
 };
 
 // Raised for a GBNF grammar that does not parse, or a token it rejects (a ValueError).
@@ -76,6 +83,11 @@ public:
     }
     const llama_vocab * vocab() const { return llama_model_get_vocab(get()); }
 
+    // The RPC servers the model's layers run on (llama-rewire rpc-server), and the first whose
+    // connection is lost ("" while all are up).
+    std::vector<std::string> rpc_endpoints;
+    std::string lost_rpc_endpoint() const;
+
 private:
     llama_model * ptr_;
     int n_contexts_ = 0;
@@ -90,5 +102,9 @@ void bind_rewire(py::module_ & m);
 void bind_resid(py::module_ & m);
 void bind_chat(py::module_ & m);
 void bind_log(py::module_ & m);
+void bind_rpc(py::module_ & m);
+
+// The devices of an RPC server "host:port", registered once per process (rpc.cpp).
+std::vector<ggml_backend_dev_t> rpc_devices(const std::string & endpoint);
 
 } // namespace rewire

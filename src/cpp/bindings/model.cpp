@@ -47,8 +47,26 @@ static std::vector<llama_model_kv_override> kv_overrides_from(const py::dict & d
 static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_layers, bool use_mmap,
                                          bool use_mlock, bool vocab_only, int main_gpu, int split_mode,
                                          const std::vector<float> & tensor_split, const py::dict & kv_overrides,
-                                         bool use_extra_bufts) {
+                                         bool use_extra_bufts, const std::vector<std::string> & rpc_servers) {
     llama_model_params params = llama_model_default_params();
+    // remote devices take the offloaded layers (with the local GPUs, if any, after them)
+    std::vector<ggml_backend_dev_t> devices;
+    if (!rpc_servers.empty()) {
+        for (const std::string & endpoint : rpc_servers) {
+            for (ggml_backend_dev_t dev : rpc_devices(endpoint)) {
+                devices.push_back(dev);
+            }
+        }
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            const auto type = ggml_backend_dev_type(dev);
+            if (type == GGML_BACKEND_DEVICE_TYPE_GPU || type == GGML_BACKEND_DEVICE_TYPE_IGPU) {
+                devices.push_back(dev);
+            }
+        }
+        devices.push_back(nullptr);
+        params.devices = devices.data();
+    }
     params.n_gpu_layers = n_gpu_layers;
     params.main_gpu     = main_gpu;
     if (split_mode >= 0) {
@@ -98,7 +116,9 @@ static std::shared_ptr<model> model_load(const std::string & path, int n_gpu_lay
         }
         throw model_load_error("failed to load model from file: " + path + (why.empty() ? "" : ": " + why));
     }
-    return std::make_shared<model>(ptr);
+    auto out = std::make_shared<model>(ptr);
+    out->rpc_endpoints = rpc_servers;
+    return out;
 }
 
 static py::object model_meta(const model & self, const std::string & key) {
@@ -224,7 +244,8 @@ void bind_model(py::module_ & m) {
         .def(py::init(&model_load), py::arg("path"), py::arg("n_gpu_layers") = 0, py::arg("use_mmap") = true,
              py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("main_gpu") = 0,
              py::arg("split_mode") = -1, py::arg("tensor_split") = std::vector<float>(),
-             py::arg("kv_overrides") = py::dict(), py::arg("use_extra_bufts") = true)
+             py::arg("kv_overrides") = py::dict(), py::arg("use_extra_bufts") = true,
+             py::arg("rpc_servers") = std::vector<std::string>())
         .def("close", &model::close, "Free the model now; later calls raise.")
         .def_property_readonly("closed", &model::closed)
         .def("n_layer", [](const model & s) { return llama_model_n_layer(s.get()); })

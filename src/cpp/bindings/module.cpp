@@ -6,12 +6,14 @@ PYBIND11_MODULE(_core, m) {
     m.doc() = "llama.cpp with per-layer FFN activation overrides (thin bindings)";
 
     py::register_exception<model_load_error>(m, "ModelLoadError", PyExc_ValueError);
-    py::register_exception<decode_error>(m, "DecodeError", PyExc_RuntimeError);
+    auto decode_error_type = py::register_exception<decode_error>(m, "DecodeError", PyExc_RuntimeError);
+    py::register_exception<rpc_lost_error>(m, "RPCServerLostError", decode_error_type);
     py::register_exception<closed_error>(m, "ClosedError", PyExc_RuntimeError);
     py::register_exception<grammar_error>(m, "GrammarError", PyExc_ValueError);
     py::register_exception<chat_error>(m, "ChatFormatError", PyExc_ValueError);
 
     bind_log(m);
+    bind_rpc(m);
     llama_backend_init();
 
     m.def("system_info", []() { return std::string(llama_print_system_info()); });

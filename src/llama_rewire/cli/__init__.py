@@ -17,6 +17,7 @@ SUBCOMMANDS = {
     "lens": "the logit lens: the top token after each layer at each position; table and heat map",
     "steer": "build a steering vector from paired prompts (CAA), or show one (a control-vector GGUF)",
     "serve": "an OpenAI-compatible HTTP server; several models (and wirings) side by side",
+    "rpc-server": "serve this machine's CPU to llama.cpp's RPC backend (Llama(rpc_servers=...))",
 }
 
 
@@ -36,5 +37,5 @@ def main(argv: list[str] | None = None) -> int:
     if name not in SUBCOMMANDS:
         print(f"llama-rewire: unknown command {name!r}\n\n{usage()}", file=sys.stderr)
         return 2
-    module = importlib.import_module(f"{__name__}.{name}")
+    module = importlib.import_module(f"{__name__}.{name.replace('-', '_')}")
     return int(module.main(rest))

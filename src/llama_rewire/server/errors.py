@@ -19,6 +19,7 @@ from ..errors import (
     ContextOverflowError,
     DecodeError,
     GrammarError,
+    RPCServerLostError,
     WiringSpecError,
 )
 
@@ -69,6 +70,9 @@ def from_exception(exc: BaseException, param: str | None = None) -> APIError:
     if isinstance(exc, ClosedError):
         return APIError(503, "the model is closed (the server is shutting down)", type=SERVER_ERROR,
                         code="model_closed")
+    if isinstance(exc, RPCServerLostError):
+        log.error("%s", message)
+        return APIError(503, message, type=SERVER_ERROR, code="rpc_server_lost")
     if isinstance(exc, DecodeError):
         log.error("decode failed: %s", message)
         return APIError(500, f"decode failed: {message}", type=SERVER_ERROR, code="decode_error")

@@ -20,7 +20,7 @@ import anyio
 import anyio.to_thread
 
 from ..llama import Llama
-from .errors import APIError, from_exception, model_not_found
+from .errors import SERVER_ERROR, APIError, from_exception, model_not_found
 from .settings import ModelSettings
 
 T = TypeVar("T")
@@ -148,7 +148,14 @@ class ModelPool:
         return cls(loaded)
 
     def get(self, requested: str | None) -> ServedModel:
-        return self.models[select_alias(requested, list(self.models))]
+        """The model a request names; a 503 for one whose RPC server went away (the others serve on)."""
+        served = self.models[select_alias(requested, list(self.models))]
+        lost = served.llama.rpc_lost
+        if lost is not None:
+            raise APIError(503, f"the model {served.alias!r} lost its RPC server {lost}; restart the server "
+                                "(or reload the model) once the RPC server is back", type=SERVER_ERROR,
+                           code="rpc_server_lost")
+        return served
 
     async def aclose(self) -> None:
         """Close every model, each once its running request is done."""

@@ -40,7 +40,10 @@ class ModelSettings(BaseModel):
     n_parallel: int = Field(
         1, ge=1, le=256, description="slots: requests decoded together, each with a window of n_ctx tokens "
                                      "(continuous batching; 1: one request at a time)")
-    n_gpu_layers: int = Field(0, description="layers to offload to the GPU (-1: all)")
+    n_gpu_layers: int = Field(0, description="layers to offload to the GPU or the RPC servers (-1: all)")
+    rpc_servers: Optional[str] = Field(
+        None, description="llama.cpp RPC servers 'host:port,host:port' (llama-rewire rpc-server) that take "
+                          "the offloaded layers")
     n_threads: Optional[int] = Field(None, ge=1, description="CPU threads (default: half the cores)")
     seed: int = Field(LLAMA_DEFAULT_SEED, description="default sampling seed (requests may set their own)")
     chat_format: Optional[str] = Field(None, description="chat format (default: the model's chat template)")

@@ -1,0 +1,159 @@
+"""llama.cpp's RPC backend: layers of a model on other machines.
+
+A ``llama-rewire rpc-server`` (this machine's CPU, served over TCP) runs on each machine; a ``Llama``
+given ``rpc_servers="host:port,host:port"`` and ``n_gpu_layers`` puts its offloaded layers on them
+(split by ``tensor_split``, else by their free memory), the rest on the local CPU. Client and servers
+must be built from the same llama.cpp commit: the handshake checks the protocol version, and the graph's
+op ids travel over the wire.
+
+Every endpoint is probed (connect, handshake) before llama.cpp sees it, since llama.cpp aborts the
+process when an endpoint is unreachable or is not an RPC server: here that is a ``ConnectionError`` or a
+``ValueError`` naming the endpoint. The RPC protocol has no authentication and no encryption: serve on
+loopback or on a private network only.
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import threading
+from typing import Any
+
+from . import _core
+
+DEFAULT_PORT = 50052
+PROBE_TIMEOUT_S = 5.0
+
+# the handshake, as ggml-rpc frames it: | command (1 byte) | size (uint64) | payload |; the answer is
+# | size (uint64) | payload |. HELLO's number is fixed across protocol versions.
+_CMD_HELLO = 14
+_CONN_CAPS = 24  # bytes of transport capabilities in the hello request and answer (all zero: plain TCP)
+_HELLO_ANSWER = 4 + _CONN_CAPS  # major, minor, patch, padding, capabilities
+
+_lock = threading.Lock()
+_in_use: dict[str, int] = {}  # endpoint -> models of this process connected to it
+
+
+# RPCServerLostError (a DecodeError): a decode found that an RPC server the model runs on went away; the
+# Llama is unusable from then on (every call raises it again; close() frees it)
+RPCServerLostError = _core.RPCServerLostError
+
+
+class RPCServerError(ConnectionError):
+    """An RPC server that cannot be reached, or does not answer the handshake."""
+
+
+def parse_endpoints(value: Any) -> list[str]:
+    """``"host:port,host:port"`` (llama-cpp-python's ``rpc_servers`` format; a list of such strings is
+    also taken) as a list of endpoints; None or "" for none."""
+    if value is None:
+        return []
+    if isinstance(value, str):
+        items = value.split(",")
+    elif isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        items = [part for v in value for part in v.split(",")]
+    else:
+        raise TypeError(f"rpc_servers must be a string 'host:port,host:port', got {type(value).__name__}")
+    if not any(i.strip() for i in items):
+        return []
+    out: list[str] = []
+    for item in items:
+        endpoint = item.strip()
+        host, sep, port = endpoint.rpartition(":")
+        if not sep or not host or ":" in host or any(c.isspace() for c in host):
+            raise ValueError(f"rpc_servers: {endpoint!r} is not host:port")
+        if not port.isdigit() or not 1 <= int(port) <= 65535:
+            raise ValueError(f"rpc_servers: the port of {endpoint!r} must be a number from 1 to 65535")
+        endpoint = f"{host}:{int(port)}"
+        if endpoint in out:
+            raise ValueError(f"rpc_servers: {endpoint} is given twice")
+        out.append(endpoint)
+    if len(out) > _core.RPC_MAX_SERVERS:
+        raise ValueError(f"rpc_servers: at most {_core.RPC_MAX_SERVERS} servers, got {len(out)}")
+    return out
+
+
+def _recv_exactly(sock: socket.socket, n: int) -> bytes:
+    data = b""
+    while len(data) < n:
+        chunk = sock.recv(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def probe(endpoint: str, timeout: float = PROBE_TIMEOUT_S) -> tuple[int, int, int]:
+    """Connect to ``endpoint`` and shake hands as llama.cpp's RPC client does; its protocol version.
+
+    An endpoint that cannot be reached is an :class:`RPCServerError`; one that answers but is not a
+    compatible RPC server (another service, another protocol version) is a ``ValueError``. A server
+    busy with another client does not answer until that client leaves: that is a timeout."""
+    host, _, port = endpoint.rpartition(":")
+    try:
+        sock = socket.create_connection((host, int(port)), timeout=timeout)
+    except OSError as e:
+        raise RPCServerError(f"RPC server {endpoint} cannot be reached: {e}") from None
+    with sock:
+        try:
+            sock.sendall(struct.pack("<BQ", _CMD_HELLO, _CONN_CAPS) + bytes(_CONN_CAPS))
+            head = _recv_exactly(sock, 8)
+            size = struct.unpack("<Q", head)[0] if len(head) == 8 else -1
+            answer = _recv_exactly(sock, _HELLO_ANSWER) if size == _HELLO_ANSWER else b""
+        except socket.timeout:
+            raise RPCServerError(
+                f"RPC server {endpoint} did not answer the handshake within {timeout:g} s (is it an RPC "
+                "server? one serves a single client at a time: is another one connected?)") from None
+        except OSError as e:
+            raise RPCServerError(f"RPC server {endpoint}: the handshake failed: {e}") from None
+    if len(answer) != _HELLO_ANSWER:
+        raise ValueError(f"{endpoint} is not an RPC server of this protocol (its answer to the handshake "
+                         f"was {(head + answer)[:16]!r})")
+    major, minor, patch = answer[0], answer[1], answer[2]
+    ours = (_core.RPC_PROTO_MAJOR_VERSION, _core.RPC_PROTO_MINOR_VERSION, _core.RPC_PROTO_PATCH_VERSION)
+    if major != ours[0] or minor > ours[1]:
+        raise ValueError(f"RPC server {endpoint} speaks protocol {major}.{minor}.{patch}, this client "
+                         f"{ours[0]}.{ours[1]}.{ours[2]}: build both from the same llama-rewire")
+    return major, minor, patch
+
+
+def connect(endpoints: list[str], timeout: float = PROBE_TIMEOUT_S) -> list[str]:
+    """Probe each endpoint not already in use by this process (its one connection is then shared), and
+    register it with llama.cpp; the names of their devices. Call :func:`release` with the same list when
+    the model is freed."""
+    names: list[str] = []
+    with _lock:
+        for endpoint in endpoints:
+            if not _in_use.get(endpoint):
+                probe(endpoint, timeout)
+            elif _core.rpc_lost(endpoint):
+                raise RPCServerError(f"the connection to RPC server {endpoint} was lost, and a model of this "
+                                     "process still holds it: close that model first")
+            try:
+                names += _core.rpc_device_names(endpoint)
+            except RuntimeError as e:
+                raise RPCServerError(str(e)) from None
+        for endpoint in endpoints:
+            _in_use[endpoint] = _in_use.get(endpoint, 0) + 1
+    return names
+
+
+def release(endpoints: list[str]) -> None:
+    with _lock:
+        for endpoint in endpoints:
+            n = _in_use.get(endpoint, 0) - 1
+            if n > 0:
+                _in_use[endpoint] = n
+            else:
+                _in_use.pop(endpoint, None)
+
+
+def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, threads: int | None = None,
+          cache_dir: str | None = None) -> None:
+    """Serve this machine's CPU as an RPC device until the process ends (see ``llama-rewire
+    rpc-server``)."""
+    import os
+
+    n = threads if threads else max(1, os.cpu_count() or 1)
+    _core.rpc_serve(f"{host}:{port}", cache_dir, n)
+    raise RPCServerError(f"the RPC server on {host}:{port} could not start (is the port in use?)")
