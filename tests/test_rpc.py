@@ -10,12 +10,10 @@ server answers 503 for that model while it serves the others.
 
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -44,48 +42,10 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def start_server(port: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}  # idle server threads must not spin on 2 cores
-    return subprocess.Popen([sys.executable, "-m", "llama_rewire.cli", "rpc-server", "--port", str(port),
-                             "--threads", "1"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
-def wait_up(proc: subprocess.Popen[bytes], endpoint: str) -> None:
-    deadline = time.monotonic() + 60
-    while True:
-        assert proc.poll() is None, f"the RPC server for {endpoint} exited with {proc.returncode}"
-        try:
-            rpc.probe(endpoint, timeout=5)
-            return
-        except ConnectionError:
-            assert time.monotonic() < deadline, f"{endpoint} did not come up"
-            time.sleep(0.1)
-
-
-def stop(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(10)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 @pytest.fixture(scope="module")
 def servers() -> Iterator[list[str]]:
-    procs: list[subprocess.Popen[bytes]] = []
-    endpoints: list[str] = []
-    try:
-        for _ in range(2):
-            port = free_port()
-            procs.append(start_server(port))
-            endpoints.append(f"127.0.0.1:{port}")
-        for proc, endpoint in zip(procs, endpoints):
-            wait_up(proc, endpoint)
+    with rpc.local_servers(2) as endpoints:
         yield endpoints
-    finally:
-        for proc in procs:
-            stop(proc)
 
 
 def remote_bytes(llm: Llama) -> dict[str, int]:
@@ -261,13 +221,13 @@ def own_server() -> Iterator[tuple[list[subprocess.Popen[bytes]], str]]:
     """An RPC server of the test's own, to kill: ([its process, and any restarted on its port], endpoint)."""
     port = free_port()
     endpoint = f"127.0.0.1:{port}"
-    procs = [start_server(port)]
+    procs = [rpc.spawn(port)]
     try:
-        wait_up(procs[0], endpoint)
+        rpc.wait_ready(endpoint, procs[0])
         yield procs, endpoint
     finally:
         for proc in procs:
-            stop(proc)
+            rpc.stop(proc)
 
 
 def kill(proc: subprocess.Popen[bytes]) -> None:
@@ -299,8 +259,8 @@ def test_a_server_killed_between_decodes(tiny: Any, own_server: Any) -> None:
         llm.create_completion(TOKENS[:3], max_tokens=2)
     llm.close()
     # this process lives on: a server restarted on the same port serves a new model
-    procs.append(start_server(int(endpoint.rpartition(":")[2])))
-    wait_up(procs[1], endpoint)
+    procs.append(rpc.spawn(int(endpoint.rpartition(":")[2])))
+    rpc.wait_ready(endpoint, procs[1])
     with Llama(str(path), rpc_servers=endpoint, n_gpu_layers=-1, **EXACT) as again:
         assert again.rpc_lost is None
         assert rel_err(logits_of(again, TOKENS), want) < TIGHT

@@ -14,9 +14,15 @@ loopback or on a private network only.
 
 from __future__ import annotations
 
+import os
 import socket
 import struct
+import subprocess
+import sys
 import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from . import _core
@@ -152,8 +158,69 @@ def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, threads: int | N
           cache_dir: str | None = None) -> None:
     """Serve this machine's CPU as an RPC device until the process ends (see ``llama-rewire
     rpc-server``)."""
-    import os
-
     n = threads if threads else max(1, os.cpu_count() or 1)
     _core.rpc_serve(f"{host}:{port}", cache_dir, n)
     raise RPCServerError(f"the RPC server on {host}:{port} could not start (is the port in use?)")
+
+
+# -- local server processes (tests, benchmarks, several servers on one machine) ---------------------------
+
+
+def spawn(port: int, *, host: str = "127.0.0.1", threads: int = 1) -> subprocess.Popen[bytes]:
+    """Start ``llama-rewire rpc-server`` in a new process. Its idle OpenMP threads sleep
+    (OMP_WAIT_POLICY=PASSIVE) rather than spin, so that processes sharing cores do not slow each other."""
+    env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    return subprocess.Popen([sys.executable, "-m", "llama_rewire.cli", "rpc-server", "--host", host,
+                             "--port", str(port), "--threads", str(threads)],
+                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def wait_ready(endpoint: str, proc: subprocess.Popen[bytes] | None = None, timeout: float = 60.0) -> None:
+    """Wait until ``endpoint`` answers the handshake; a ``RuntimeError`` if ``proc`` exits first, an
+    :class:`RPCServerError` after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"the RPC server for {endpoint} exited with {proc.returncode}")
+        try:
+            probe(endpoint)
+            return
+        except RPCServerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+
+
+def stop(proc: subprocess.Popen[bytes], timeout: float = 10.0) -> None:
+    """End a server process (SIGTERM, then SIGKILL after ``timeout`` seconds) and reap it."""
+    proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def _free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def local_servers(n: int, *, host: str = "127.0.0.1", threads: int = 1) -> Iterator[list[str]]:
+    """``n`` rpc-server processes on free ports of ``host``, each answering when this yields their
+    endpoints; stopped at the end."""
+    procs: list[subprocess.Popen[bytes]] = []
+    endpoints: list[str] = []
+    try:
+        for _ in range(n):
+            port = _free_port(host)
+            procs.append(spawn(port, host=host, threads=threads))
+            endpoints.append(f"{host}:{port}")
+        for proc, endpoint in zip(procs, endpoints):
+            wait_ready(endpoint, proc)
+        yield endpoints
+    finally:
+        for proc in procs:
+            stop(proc)
