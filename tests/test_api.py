@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,12 @@ from llama_rewire.llama_grammar import JSON_GBNF
 pytestmark = pytest.mark.real_model
 
 PROMPT = "The capital of France is"
+
+
+def _unused_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 def text_of(out: Any) -> str:
@@ -375,7 +382,8 @@ def test_kv_overrides_reach_the_loader(smollm2_path: Path) -> None:
     {"tensor_split": [1.0] * 1000},
     {"kv_overrides": {"": 1}},
     {"lora_path": "/nonexistent/adapter.gguf"},
-    {"rpc_servers": "localhost:50052"},
+    {"rpc_servers": "localhost"},
+    {"rpc_servers": f"127.0.0.1:{_unused_port()}"},  # nothing listens there: a ConnectionError and ValueError
 ])
 def test_bad_constructor_parameters_raise_instead_of_aborting(smollm2_path: Path,
                                                               kwargs: dict[str, Any]) -> None:

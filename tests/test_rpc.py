@@ -131,8 +131,9 @@ def test_rpc_servers_must_be_a_string(tiny: Any) -> None:
 def test_an_unreachable_endpoint_is_a_connection_error(tiny: Any) -> None:
     path, _ = tiny("llama")
     endpoint = f"127.0.0.1:{free_port()}"  # nothing listens there
-    with pytest.raises(ConnectionError, match=f"RPC server {endpoint} cannot be reached"):
+    with pytest.raises(ConnectionError, match=f"rpc_servers: RPC server {endpoint} cannot be reached") as e:
         Llama(str(path), rpc_servers=endpoint, n_gpu_layers=-1, **EXACT)
+    assert isinstance(e.value, ValueError)  # a bad argument, to code that catches llama-cpp-python's errors
 
 
 class FakeServer:

@@ -45,8 +45,9 @@ _in_use: dict[str, int] = {}  # endpoint -> models of this process connected to 
 RPCServerLostError = _core.RPCServerLostError
 
 
-class RPCServerError(ConnectionError):
-    """An RPC server that cannot be reached, or does not answer the handshake."""
+class RPCServerError(ConnectionError, ValueError):
+    """An RPC server that cannot be reached, or does not answer the handshake (also a ValueError: the
+    endpoint passed is no good)."""
 
 
 def parse_endpoints(value: Any) -> list[str]:
@@ -131,14 +132,17 @@ def connect(endpoints: list[str], timeout: float = PROBE_TIMEOUT_S) -> list[str]
     with _lock:
         for endpoint in endpoints:
             if not _in_use.get(endpoint):
-                probe(endpoint, timeout)
+                try:
+                    probe(endpoint, timeout)
+                except ValueError as e:  # RPCServerError too: the message names the argument
+                    raise type(e)(f"rpc_servers: {e}") from None
             elif _core.rpc_lost(endpoint):
-                raise RPCServerError(f"the connection to RPC server {endpoint} was lost, and a model of this "
-                                     "process still holds it: close that model first")
+                raise RPCServerError(f"rpc_servers: the connection to RPC server {endpoint} was lost, and a "
+                                     "model of this process still holds it: close that model first")
             try:
                 names += _core.rpc_device_names(endpoint)
             except RuntimeError as e:
-                raise RPCServerError(str(e)) from None
+                raise RPCServerError(f"rpc_servers: {e}") from None
         for endpoint in endpoints:
             _in_use[endpoint] = _in_use.get(endpoint, 0) + 1
     return names

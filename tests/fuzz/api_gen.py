@@ -228,7 +228,8 @@ def _llama_params() -> list[Param]:
         _p("model_path", lambda rng, root: _paths(root)), _p("n_gpu_layers", [0, -1, 1, 999, 2**31, *COUNTS]),
         _p("split_mode", _enum(0, 2)), _p("main_gpu", [0, 1, -1, 99, 2**31, "0"]),
         _p("tensor_split", [None, [], [1.0], [0.5, 0.5], [NAN], [-1.0], [INF], [1.0] * 300, "x", [None], 5]),
-        _p("rpc_servers", [None, "", "localhost:50052", 5]), _p("vocab_only", BOOLS), _p("use_mmap", BOOLS),
+        _p("rpc_servers", [None, "", "localhost:50052", "localhost", "h:0", ["127.0.0.1:1"], 5]),
+        _p("vocab_only", BOOLS), _p("use_mmap", BOOLS),
         _p("use_mlock", BOOLS), _p("use_extra_bufts", BOOLS),
         _p("kv_overrides", [None, {}, {"llama.context_length": 128}, {"llama.block_count": 0},
                             {"llama.block_count": 2**40}, {"llama.expert_count": 5}, {"": 1}, {"k" * 200: 1},
@@ -381,7 +382,7 @@ def _regressions(root: Path) -> list[tuple[str, str, dict[str, Any], str, str]]:
         # OSError, ValueError naming nothing, ModelLoadError naming no parameter
         ("init", "llama", {"model_path": "é" * 300}, "ValueError", "Model path does not exist"),
         ("init", "llama", {"rpc_servers": np.array([1, 2])}, "TypeError",
-            "rpc_servers must be a bool"),
+            "rpc_servers must be a string"),
         ("init", "llama", {"lora_path": np.array([1, 2])}, "TypeError", "lora_path must be a path"),
         ("init", "llama", {"lora_path": str(root / "nope.gguf")}, "ValueError", "lora_path: failed"),
         ("init", "llama", {"wiring": np.array([1, 2])}, "ValueError", "wiring must be a spec string"),
