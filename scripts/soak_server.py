@@ -2,6 +2,7 @@
 
     python scripts/soak_server.py                                # 64 clients x 500 requests (the full soak)
     python scripts/soak_server.py --clients 16 --requests 20     # a short run
+    python scripts/soak_server.py --n_parallel 8 --out benchmarks/RESULTS-soak.md   # the recorded run
     python scripts/soak_server.py --n_parallel 4 --json soak.json
     python scripts/soak_server.py --url http://127.0.0.1:8000 --pid 1234   # a server already running
 
@@ -25,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import platform
 import random
 import shlex
 import socket
@@ -726,6 +728,36 @@ def summary(report: SoakReport) -> str:
     return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.partition(":")[2].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def markdown(report: SoakReport, argv: list[str]) -> str:
+    """The report as a page for the benchmarks folder: when, where, the command, the summary and the
+    server's RSS along the run."""
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() - report.seconds))
+    step = max(1, len(report.rss_series) // 12)
+    series = report.rss_series[::step]
+    if report.rss_series and series[-1] != report.rss_series[-1]:
+        series.append(report.rss_series[-1])
+    rss = ", ".join(f"{done}: {_mib(kib)}" for done, kib in series) or "n/a"
+    return "\n".join([
+        "# Server soak", "",
+        "Written by `scripts/soak_server.py --out`; do not edit by hand.", "",
+        f"- Date: {started}",
+        f"- Machine: {_cpu_model()}, {os.cpu_count()} logical cores; {platform.platform()}",
+        "- Command: `python scripts/soak_server.py " + " ".join(shlex.quote(a) for a in argv) + "`",
+        f"- Server RSS after N requests (N: RSS): {rss}", "",
+        "```", summary(report), "```", "",
+    ])
+
+
 # -- the command line -------------------------------------------------------------------------------------
 
 
@@ -760,6 +792,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid", type=int, default=None, help="with --url: the server's process, for its RSS")
     p.add_argument(*_flag("startup_timeout"), type=float, default=180.0)
     p.add_argument("--json", type=Path, default=None, help="write the report here")
+    p.add_argument("--out", type=Path, default=None, help="write the report as markdown here")
     args = p.parse_args(argv)
 
     # llama.cpp pads the context window to a multiple of 256 tokens
@@ -801,6 +834,8 @@ def main(argv: list[str] | None = None) -> int:
     print(summary(report))
     if args.json is not None:
         args.json.write_text(json.dumps(asdict(report), indent=2) + "\n")
+    if args.out is not None:
+        args.out.write_text(markdown(report, sys.argv[1:] if argv is None else argv))
     return 0 if report.passed else 1
 
 

@@ -104,3 +104,10 @@ def test_a_short_soak(base_url: str) -> None:
         assert health["slots_idle"] == sum(m["n_parallel"] for m in health["models"].values())
         # the server still answers, and the same
         assert greedy(client) == before
+
+        # the page the full soak's figures are recorded in
+        page = soak.markdown(report, ["--clients", "16", "--requests", "8"])
+        assert page.startswith("# Server soak\n")
+        assert "`python scripts/soak_server.py --clients 16 --requests 8`" in page
+        assert f"16 clients x 8 requests = 128 planned, {report.ran} ran" in page
+        assert page.rstrip().endswith("```") and "\nPASS\n" in page
