@@ -738,10 +738,11 @@ def _cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def markdown(report: SoakReport, argv: list[str]) -> str:
-    """The report as a page for the benchmarks folder: when, where, the command, the summary and the
-    server's RSS along the run."""
-    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() - report.seconds))
+def markdown(report: SoakReport, argv: list[str], finished: float | None = None) -> str:
+    """The report as a page for the benchmarks folder: when (the run ended at ``finished``, a time.time();
+    default now), where, the command, the summary and the server's RSS along the run."""
+    end = time.time() if finished is None else finished
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end - report.seconds))
     step = max(1, len(report.rss_series) // 12)
     series = report.rss_series[::step]
     if report.rss_series and series[-1] != report.rss_series[-1]:

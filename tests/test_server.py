@@ -356,6 +356,8 @@ class FakeStream:
 
 
 class FakeLlama:
+    rpc_lost = None  # on no RPC server
+
     def __init__(self) -> None:
         self.streams: list[FakeStream] = []
 
