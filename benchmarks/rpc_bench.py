@@ -105,22 +105,15 @@ def section(res: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def report(results: list[dict[str, Any]], args: argparse.Namespace, started: str) -> str:
+    from llama_rewire import system_info
+
+    cpu = system_info()["cpu_model"]
     lines = [
         "# RPC benchmarks", "",
         "Written by `benchmarks/rpc_bench.py`; do not edit by hand.", "",
         f"- Date: {started}",
-        f"- Machine: {cpu_model()}, {os.cpu_count()} logical cores; {platform.platform()}",
+        f"- Machine: {cpu}, {os.cpu_count()} logical cores; {platform.platform()}",
         f"- Threads: {args.threads} in the client and in each server; n_batch = n_ubatch = {N_PP}; CPU only",
         "- Layers: local (no RPC); one server (every layer and the output on one `llama-rewire rpc-server` "
         "on loopback, `n_gpu_layers=-1`); two servers (split 1:1, `tensor_split=[1, 1]`). The servers run "

@@ -728,19 +728,12 @@ def summary(report: SoakReport) -> str:
     return "\n".join(lines)
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def markdown(report: SoakReport, argv: list[str], finished: float | None = None) -> str:
     """The report as a page for the benchmarks folder: when (the run ended at ``finished``, a time.time();
     default now), where, the command, the summary and the server's RSS along the run."""
+    from llama_rewire import system_info
+
+    cpu = system_info()["cpu_model"]
     end = time.time() if finished is None else finished
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(end - report.seconds))
     step = max(1, len(report.rss_series) // 12)
@@ -752,7 +745,7 @@ def markdown(report: SoakReport, argv: list[str], finished: float | None = None)
         "# Server soak", "",
         "Written by `scripts/soak_server.py --out`; do not edit by hand.", "",
         f"- Date: {started}",
-        f"- Machine: {_cpu_model()}, {os.cpu_count()} logical cores; {platform.platform()}",
+        f"- Machine: {cpu}, {os.cpu_count()} logical cores; {platform.platform()}",
         "- Command: `python scripts/soak_server.py " + " ".join(shlex.quote(a) for a in argv) + "`",
         f"- Server RSS after N requests (N: RSS): {rss}", "",
         "```", summary(report), "```", "",
