@@ -68,6 +68,17 @@ def test_split_across_two_servers_matches_the_local_run(tiny: Any, servers: list
         assert local.create_completion(TOKENS[:4], max_tokens=8, temperature=0)["choices"][0]["text"] == text
 
 
+def test_a_moe_model_split_across_two_servers(tiny: Any, servers: list[str]) -> None:
+    path, spec = tiny("moe")
+    with Llama(str(path), **EXACT) as local:
+        want = logits_of(local, TOKENS)
+    with Llama(str(path), rpc_servers=servers, n_gpu_layers=-1, **EXACT) as split:
+        assert len(remote_bytes(split)) == 2
+        got = logits_of(split, TOKENS)
+    assert rel_err(got, want) < TIGHT
+    assert rel_err(got, numpy_ref.forward(spec, TOKENS)) < 1e-4
+
+
 def test_split_across_a_server_and_the_local_cpu(tiny: Any, servers: list[str]) -> None:
     path, _ = tiny("gemma3")
     with Llama(str(path), **EXACT) as local:
