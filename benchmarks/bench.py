@@ -663,7 +663,8 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "window-sized sliding-window caches (swa_full off, as in llama-bench); CPU only",
         f"- llama.cpp {llama_cpp_commit()} (vendored, patched) for llama-rewire and llama-bench; "
         f"llama-cpp-python {args.lcpp_version or '(not measured)'} with its own build of the same llama.cpp, "
-        "built from its sdist with patches/0003 (the stock 0.3.36 dies with SIGILL on CPUs with AMX)",
+        "built from its sdist with patches/0003 (the stock 0.3.36 dies at its first decode on CPUs with AMX: "
+        "SIGILL or SIGSEGV in its AMX matmul)",
         f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads",
         f"- pp{N_PROMPT}: one `eval` of {N_PROMPT} random tokens from an empty cache. tg{N_GEN}: {N_GEN} "
         f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "

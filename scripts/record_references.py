@@ -3,11 +3,12 @@
 Greedy text, seeded draws, logprobs, embeddings and perplexities computed by llama.cpp differ between
 CPU kernel paths (AVX2, AVX-512, AMX: other kernels round and sum differently). The figures committed in
 ``tests/data`` say which path recorded them (``cpu_path``, as ``llama_rewire.system_info()`` names it);
-on a machine with another path the tests compare against a recording made here instead, which this
-script writes (the tests run it themselves when it is missing)::
+recordings of further paths are committed in ``tests/data/cpu-paths/<path>/`` (AVX-512 and AMX Xeons
+are kept both). On a machine with a path not committed the tests compare against a recording made
+there instead, which this script writes (the tests run it themselves when it is missing)::
 
     python scripts/record_references.py            # into the llama-rewire cache, for this CPU path
-    python scripts/record_references.py --commit   # into tests/data (on the machine the suite is kept on)
+    python scripts/record_references.py --commit   # into tests/data, for a CPU path the suite keeps
 
 It builds the peers on this machine (scripts/peers.py): llama-cpp-python 0.3.36 from its sdist with the
 AMX fix (about 10 minutes), whose recording scripts then run in its own environment, and llama.cpp's
@@ -53,11 +54,24 @@ def machine() -> dict[str, str]:
     return {"cpu_path": info["cpu_path"], "cpu_model": info["cpu_model"]}
 
 
+def slug(cpu_path: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", cpu_path)
+
+
 def local_dir(cpu_path: str) -> Path:
     """Where the recordings of one CPU path go: the llama-rewire cache, one folder per path."""
     from llama_rewire.models import cache_dir
 
-    return Path(cache_dir()) / "references" / re.sub(r"[^A-Za-z0-9_.-]+", "_", cpu_path)
+    return Path(cache_dir()) / "references" / slug(cpu_path)
+
+
+def committed_dir(cpu_path: str) -> Path:
+    """Where a committed recording of one CPU path lies: tests/data itself for the path its files were
+    recorded on, tests/data/cpu-paths/<path> for any other path recorded and committed."""
+    main = COMMITTED / FILES[0]
+    if not main.exists() or json.loads(main.read_text()).get("cpu_path") == cpu_path:
+        return COMMITTED
+    return COMMITTED / "cpu-paths" / slug(cpu_path)
 
 
 def record_perplexity(model: Path) -> dict[str, Any]:
@@ -106,10 +120,13 @@ def record(out: Path, venv: Path = DEFAULT_VENV) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--commit", action="store_true", help="write into tests/data instead of the cache")
+    parser.add_argument("--commit", action="store_true",
+                        help="write into tests/data (tests/data/cpu-paths/<path> for a second path) instead "
+                             "of the cache")
     parser.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="the llama-cpp-python environment")
     args = parser.parse_args(argv)
-    out = COMMITTED if args.commit else local_dir(machine()["cpu_path"])
+    here = machine()["cpu_path"]
+    out = committed_dir(here) if args.commit else local_dir(here)
     print(record(out, args.venv))
     return 0
 

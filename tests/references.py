@@ -2,8 +2,9 @@
 
 What llama.cpp computes depends on the CPU's kernels (AVX2, AVX-512 and AMX machines round and sum in
 other orders), so every recording says which path made it (``cpu_path``, as ``system_info()`` names it).
-The ones in tests/data are used where the path is the same; elsewhere the comparison is made against a
-recording of the same peers on this machine, made once by scripts/record_references.py (it builds
+The ones in tests/data (and tests/data/cpu-paths/<path>/ for further paths) are used where the path is
+the same; elsewhere the comparison is made against a recording of the same peers on this machine, made
+once by scripts/record_references.py (it builds
 llama-cpp-python 0.3.36 and llama-perplexity here, about 15 minutes, and keeps the result in the
 llama-rewire cache).
 """
@@ -33,16 +34,18 @@ def committed(name: str) -> dict[str, Any]:
 
 @functools.cache
 def reference(name: str) -> dict[str, Any]:
-    """The recording `name` made on this machine's CPU path: tests/data's when its path is this one,
-    else this machine's own (recorded now if missing)."""
+    """The recording `name` made on this machine's CPU path: the committed one of this path if there is
+    one, else this machine's own (recorded now if missing)."""
     here = system_info()["cpu_path"]
-    data = committed(name)
-    if data.get("cpu_path") == here:
+    kept = record_references.committed_dir(here) / name
+    if kept.exists():
+        data: dict[str, Any] = json.loads(kept.read_text())
+        assert data.get("cpu_path") == here, f"{kept} was recorded on {data.get('cpu_path')}"
         return data
     local = record_references.local_dir(here)
     if not all((local / f).exists() for f in record_references.FILES):
         print(f"\nrecording the peers' figures for this CPU path ({here}); tests/data holds "
-              f"{data.get('cpu_path')}'s", file=sys.stderr, flush=True)
+              f"{committed(name).get('cpu_path')}'s", file=sys.stderr, flush=True)
         subprocess.run([sys.executable, str(ROOT / "scripts" / "record_references.py")], check=True,
                        timeout=3600)
     mine = json.loads((local / name).read_text())
