@@ -219,9 +219,6 @@ class Slots:
     def _submit(self, prompt: list[int], sampler: _core.Sampler, *, limit: int, want_logits: bool,
                 logits_processor: LogitsProcessor | None, keep_logits: bool) -> _Job:
         llama = self._llama
-        if llama._edits or getattr(llama, "_edits_native_key", None):
-            raise ValueError("this Llama has residual-stream edits set: edits apply to one sequence at a "
-                             "time, so they run on the Llama's own create_completion, not on parallel slots")
         for t in prompt[-self._last_n :] if self._last_n else ():
             sampler.accept(int(t), grammar=False)  # the penalties' window starts with the prompt
         job = _Job(prompt, sampler, limit=limit, want_logits=want_logits or keep_logits,
@@ -349,6 +346,13 @@ class Slots:
             if job.cancelled:
                 job.finished = True
                 self._counts["cancelled"] += 1
+                continue
+            # checked here, where the slots hold the guard: edits that a call on the Llama alone sets for
+            # its own duration (a steered server request) are gone by now, and must not refuse this job
+            if self._llama._edits or getattr(self._llama, "_edits_native_key", None):
+                job.finished = True
+                self._counts["errors"] += 1
+                job.queue.put(ValueError(EDITS_REFUSED))
                 continue
             slot = self._pick(free, job.prompt)
             self._start(slot, job)
@@ -479,6 +483,10 @@ class Slots:
             job.finished = True
             job.queue.put(error)
         self._cv.notify_all()
+
+
+EDITS_REFUSED = ("this Llama has residual-stream edits set: edits apply to one sequence at a time, so they "
+                 "run on the Llama's own create_completion, not on parallel slots")
 
 
 def _prefix(a: Sequence[int], b: Sequence[int]) -> int:

@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -126,17 +127,34 @@ async def steering_of(request: SteerRequest | None, steering_dir: SteeringDir | 
     return Steering(request.vector, vector, float(request.alpha), request.layers, request.tokens)
 
 
+@contextmanager
+def one_turn(llm: Llama, *, while_streaming: bool = False) -> Iterator[None]:
+    """Hold the Llama's guard across several calls from this thread, so that no other caller (the
+    parallel slots' decode thread) runs between them: it would see the request's steering set."""
+    try:
+        held = llm._guard.enter("a steered request", while_streaming=while_streaming)
+    except RuntimeError:  # the Llama is closed: the calls inside raise that themselves
+        held = False
+    try:
+        yield
+    finally:
+        if held:
+            llm._guard.exit()
+
+
 def steered(steering: Steering | None, fn: Callable[[Llama], T]) -> Callable[[Llama], T]:
-    """``fn`` run under the steering, the earlier edits restored afterwards (also when it fails)."""
+    """``fn`` run under the steering, the earlier edits restored afterwards (also when it fails), all in
+    one turn on the Llama."""
     if steering is None:
         return fn
 
     def call(llm: Llama) -> T:
-        previous = steering.apply(llm)
-        try:
-            return fn(llm)
-        finally:
-            steering.restore(llm, previous)
+        with one_turn(llm):
+            previous = steering.apply(llm)
+            try:
+                return fn(llm)
+            finally:
+                steering.restore(llm, previous)
 
     return call
 
@@ -144,28 +162,31 @@ def steered(steering: Steering | None, fn: Callable[[Llama], T]) -> Callable[[Ll
 def steered_stream(steering: Steering | None,
                    start: Callable[[Llama], Iterator[Any]]) -> Callable[[Llama], Iterator[Any]]:
     """``start`` (which returns a chunk iterator) run under the steering, which stays until the iterator
-    ends, fails or is closed; the earlier edits are restored then."""
+    ends, fails or is closed; the earlier edits are restored then, in the same turn as the last step."""
     if steering is None:
         return start
 
     def call(llm: Llama) -> Iterator[Any]:
-        previous = steering.apply(llm)
-        try:
-            iterator = start(llm)
-        except BaseException:
-            steering.restore(llm, previous)
-            raise
-        return RestoringIterator(iterator, lambda: steering.restore(llm, previous))
+        with one_turn(llm):
+            previous = steering.apply(llm)
+            try:
+                iterator = start(llm)
+            except BaseException:
+                steering.restore(llm, previous)
+                raise
+        return RestoringIterator(iterator, lambda: steering.restore(llm, previous), llm)
 
     return call
 
 
 class RestoringIterator:
-    """A chunk iterator that calls ``restore`` once, when it is exhausted, fails or is closed."""
+    """A chunk iterator that calls ``restore`` once, when it is exhausted, fails or is closed. With
+    ``llm``, each step and the restore after the last are one turn on it (nothing runs in between)."""
 
-    def __init__(self, inner: Iterator[Any], restore: Callable[[], None]) -> None:
+    def __init__(self, inner: Iterator[Any], restore: Callable[[], None], llm: Llama | None = None) -> None:
         self.inner = inner
         self._restore: Callable[[], None] | None = restore
+        self._llm = llm
 
     @property
     def usage(self) -> Any:
@@ -174,20 +195,25 @@ class RestoringIterator:
     def __iter__(self) -> RestoringIterator:
         return self
 
+    def _turn(self) -> AbstractContextManager[None]:
+        return nullcontext() if self._llm is None else one_turn(self._llm, while_streaming=True)
+
     def __next__(self) -> Any:
-        try:
-            return next(self.inner)
-        except BaseException:
-            self._done()
-            raise
+        with self._turn():
+            try:
+                return next(self.inner)
+            except BaseException:
+                self._done()
+                raise
 
     def close(self) -> None:
-        try:
-            close = getattr(self.inner, "close", None)
-            if close is not None:
-                close()
-        finally:
-            self._done()
+        with self._turn():
+            try:
+                close = getattr(self.inner, "close", None)
+                if close is not None:
+                    close()
+            finally:
+                self._done()
 
     def _done(self) -> None:
         restore, self._restore = self._restore, None
