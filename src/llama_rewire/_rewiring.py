@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _core
+from ._params import INT32, integer
 from .errors import WiringSpecError
 from .wiring.activations import Spec
 from .wiring.layout import LayerInfo, describe_layout
@@ -120,6 +121,19 @@ class RewiringMixin:
                 "attn_post_norm": info.attn_post_norm, "ffn_post_norm": info.ffn_post_norm,
             })
         return out
+
+    def graph_nodes(self, n_tokens: int = 1) -> dict[str, Any]:
+        """The graph a decode of ``n_tokens`` tokens would run under the current wiring and edits (0: the
+        largest batch the context takes, over all its sequences), built and split between the backends
+        but not computed: ``{"n_splits": int, "nodes": [...]}``, each node a dict of ``name``, ``op``
+        (ggml's op name: ``"MUL_MAT"``, ``"UNARY"``...), ``sub`` (the unary or GLU op, else None),
+        ``type``, ``ne``, ``nb`` (strides in bytes), ``contiguous``, ``contiguous_rows``, ``src`` (the same
+        for each source) and ``backend`` (where it would run, e.g. ``"CPU"``, ``"CUDA0"``). With a GPU, a
+        rewired model whose ops the GPU takes keeps the split count of the original. The next decode
+        builds its own graph."""
+        n = integer("n_tokens", n_tokens, 0, INT32[1])
+        nodes, n_splits = _core.rewire_graph_nodes(self.ctx, n)
+        return {"n_splits": int(n_splits), "nodes": list(nodes)}
 
     # -- FFN statistics ---------------------------------------------------------------------------
 

@@ -876,5 +876,6 @@ class Llama(RewiringMixin, ResidualMixin):
     set_activations = serialised()(RewiringMixin.set_activations)
     describe_ffn = serialised(while_streaming=True)(RewiringMixin.describe_ffn)
     describe_layers = serialised(while_streaming=True)(RewiringMixin.describe_layers)
+    graph_nodes = serialised()(RewiringMixin.graph_nodes)
     ffn_stats = serialised(while_streaming=True)(RewiringMixin.ffn_stats)
     reset_ffn_stats = serialised(while_streaming=True)(RewiringMixin.reset_ffn_stats)

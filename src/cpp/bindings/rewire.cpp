@@ -170,7 +170,64 @@ static py::dict rewire_describe(py::handle ctx, int32_t il) {
     return d;
 }
 
+// llama_rewire_graph_nodes: one dict per node (name, op, sub-op, type, shape, sources, backend)
+static py::dict node_record(const ggml_tensor * t) {
+    py::dict d;
+    d["name"] = std::string(ggml_get_name(t));
+    d["op"]   = std::string(ggml_op_name(t->op));
+    d["sub"]  = t->op == GGML_OP_UNARY ? py::object(py::str(ggml_unary_op_name(ggml_get_unary_op(t))))
+              : t->op == GGML_OP_GLU   ? py::object(py::str(ggml_glu_op_name(ggml_get_glu_op(t))))
+              : py::object(py::none());
+    d["type"] = std::string(ggml_type_name(t->type));
+    d["ne"]   = py::make_tuple(t->ne[0], t->ne[1], t->ne[2], t->ne[3]);
+    d["nb"]   = py::make_tuple(t->nb[0], t->nb[1], t->nb[2], t->nb[3]);
+    d["contiguous"]      = ggml_is_contiguous(t);
+    d["contiguous_rows"] = ggml_is_contiguous_rows(t);
+    return d;
+}
+
+static py::tuple graph_nodes(py::handle ctx, uint32_t n_tokens) {
+    llama_context * c = context_ptr(ctx);
+    struct collected {
+        std::vector<const ggml_tensor *> nodes;
+        std::vector<std::string> backends;
+    } out;
+    auto fn = [](const ggml_tensor * node, const char * backend, void * ud) {
+        auto * o = static_cast<collected *>(ud);
+        o->nodes.push_back(node);
+        o->backends.emplace_back(backend ? backend : "");
+    };
+    int32_t n_splits = 0;
+    {
+        py::gil_scoped_release release;
+        n_splits = llama_rewire_graph_nodes(c, n_tokens, fn, &out);
+    }
+    if (n_splits < 0) {
+        rewire_throw(n_splits, -1);
+    }
+    // the nodes live in the context's graph until the next decode: read them now, with the GIL
+    py::list nodes;
+    for (size_t i = 0; i < out.nodes.size(); ++i) {
+        const ggml_tensor * t = out.nodes[i];
+        py::dict d = node_record(t);
+        py::list src;
+        for (const ggml_tensor * s : t->src) {
+            if (s != nullptr) {
+                src.append(node_record(s));
+            }
+        }
+        d["src"]     = src;
+        d["backend"] = out.backends[i];
+        nodes.append(d);
+    }
+    return py::make_tuple(nodes, n_splits);
+}
+
 void bind_rewire(py::module_ & m) {
+    m.def("rewire_graph_nodes", &graph_nodes, py::arg("ctx"), py::arg("n_tokens") = 0,
+          "(nodes, n_splits) of the graph of a ubatch of n_tokens (0: the worst case), split between the "
+          "backends but not computed: each node a dict of name, op, sub (unary / GLU op), type, ne, "
+          "contiguous, contiguous_rows, src (the same for each source) and backend.");
     py::list names;
     for (int32_t i = 0; i < LLAMA_REWIRE_ACT_EXPR; ++i) { // the named activations (not the expression slot)
         names.append(llama_rewire_act_name((llama_rewire_act_type) i));

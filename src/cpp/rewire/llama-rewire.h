@@ -364,6 +364,25 @@ extern "C" {
             int64_t              * width,
             int32_t              * pos);
 
+    // ---- Inspection: the nodes of a graph (llama-rewire-inspect.cpp) ----
+    //
+    // llama_rewire_graph_nodes builds the graph of a ubatch of n_tokens tokens (0: the worst case the
+    // context reserves, n_ubatch tokens over every sequence) under the current wiring, taps and edits,
+    // splits it between the scheduler's backends without computing or allocating anything, and calls fn
+    // for every node in order with the backend it was assigned to (NULL where none is). The next decode
+    // builds its own graph again. Returns the number of graph splits, or LLAMA_REWIRE_ERR_ARG for a null
+    // context or fn, LLAMA_REWIRE_ERR_RESERVE when the graph can't be built. For tests and tools: which
+    // ops a wiring builds, and where a backend would run them.
+    struct ggml_tensor;
+    typedef void (*llama_rewire_node_fn)(
+            const struct ggml_tensor * node, const char * backend, void * user_data);
+
+    int32_t llama_rewire_graph_nodes(
+            struct llama_context * ctx,
+            uint32_t               n_tokens,
+            llama_rewire_node_fn   fn,
+            void                 * user_data);
+
     // Inside the llama library a failed GGML_ASSERT / GGML_ABORT throws (llama-rewire-abort.h): the API
     // call that hit it returns its error (llama_model_load_from_file: NULL) or lets the exception out to a
     // C++ caller. llama_rewire_last_abort returns the message of the last one on this thread ("file:line:
