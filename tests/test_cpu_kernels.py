@@ -33,6 +33,10 @@ def test_system_info_names_the_cpu_path() -> None:
     assert info["cpu_path"].split(" ", 1)[0] == info["machine"]
     assert ("AMX_INT8" in info["cpu_path"]) == (info["cpu_features"].get("AMX_INT8") == "1")
     assert set(info["cpu_extra_buffer_types"]) <= {"AMX", "CPU_REPACK", "KLEIDIAI", "SPACEMIT"}
+    # the RPC backend alone makes llama.cpp report GPU offload; the devices say what is really there
+    assert info["gpu_offload"] is True
+    assert [d["kind"] for d in info["devices"]].count("cpu") == 1
+    assert all(d["kind"] in ("cpu", "gpu", "igpu", "accel", "other") and d["name"] for d in info["devices"])
 
 
 def test_info_system_prints_the_features(capsys: pytest.CaptureFixture[str]) -> None:

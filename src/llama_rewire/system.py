@@ -36,7 +36,9 @@ def cpu_path(features: dict[str, str] | None = None) -> str:
 def system_info() -> dict[str, Any]:
     """llama.cpp's system-info string (``llama_print_system_info``), the CPU features the CPU backend
     reports, its extra buffer types (where ``use_extra_bufts=True`` repacks weights: ``AMX``,
-    ``CPU_REPACK``), the CPU path name of :func:`cpu_path`, and the processor's model name."""
+    ``CPU_REPACK``), the CPU path name of :func:`cpu_path`, the processor's model name, whether llama.cpp
+    can offload layers (``gpu_offload``: also true for the RPC backend alone) and the backends' devices
+    (``devices``: name, description and kind, ``"cpu"``, ``"gpu"``, ``"igpu"`` or ``"accel"``)."""
     features = dict(_core.cpu_features())
     return {
         "system_info": _core.system_info().strip(),
@@ -46,4 +48,5 @@ def system_info() -> dict[str, Any]:
         "cpu_model": _cpu_model(),
         "machine": platform.machine(),
         "gpu_offload": bool(_core.supports_gpu_offload()),
+        "devices": [{"name": n, "description": d, "kind": k} for n, d, k in _core.backend_devices()],
     }

@@ -46,6 +46,25 @@ PYBIND11_MODULE(_core, m) {
         return out;
     });
     m.def("supports_gpu_offload", []() { return llama_supports_gpu_offload(); });
+    // the devices of the backends in this build (llama_supports_gpu_offload is also true for the RPC
+    // backend alone, which has no device until a server is added): (name, description, kind)
+    m.def("backend_devices", []() {
+        py::list out;
+        for (size_t i = 0; i < ggml_backend_dev_count(); ++i) {
+            ggml_backend_dev_t dev = ggml_backend_dev_get(i);
+            const char * kind = "other";
+            switch (ggml_backend_dev_type(dev)) {
+                case GGML_BACKEND_DEVICE_TYPE_CPU:   kind = "cpu";   break;
+                case GGML_BACKEND_DEVICE_TYPE_GPU:   kind = "gpu";   break;
+                case GGML_BACKEND_DEVICE_TYPE_IGPU:  kind = "igpu";  break;
+                case GGML_BACKEND_DEVICE_TYPE_ACCEL: kind = "accel"; break;
+                default: break;
+            }
+            out.append(py::make_tuple(std::string(ggml_backend_dev_name(dev)),
+                                      std::string(ggml_backend_dev_description(dev)), std::string(kind)));
+        }
+        return out;
+    });
 
     // the enum values users pass to Llama(...), as llama_cpp exposes them
     m.attr("LLAMA_VOCAB_TYPE_NONE") = (int) LLAMA_VOCAB_TYPE_NONE;
