@@ -50,20 +50,41 @@ def greedy_cases(n: int, seed: int) -> list[np.ndarray]:
 BATCH_TIE = 0.8
 
 
-def same_greedy_up_to_a_tie(got: list[dict[str, Any]], want: list[dict[str, Any]],
-                            tie: float = BATCH_TIE) -> int:
-    """Compare two greedy answers given as logprobs content (``logprobs=True, top_logprobs=2``): the
-    same tokens, or the same up to a step where each side's pick is the other's second, by less than
-    ``tie`` on both. Returns how many tokens they share."""
-    for i, (g, w) in enumerate(zip(got, want)):
-        if g["token"] == w["token"]:
+# one greedy step: the token chosen, the runner-up, and how far the runner-up's logit is below it
+Step = tuple[Any, Any, float]
+
+
+def agree_up_to_a_tie(got: Sequence[Step], want: Sequence[Step], tie: float) -> int:
+    """Two greedy runs of the same steps: the same tokens, or the same up to a step where each side's
+    pick is the other's runner-up, by less than ``tie`` on both. Returns how many tokens they share."""
+    for i, ((g, g2, gap_g), (w, w2, gap_w)) in enumerate(zip(got, want)):
+        if g == w:
             continue
-        gap_g = g["top_logprobs"][0]["logprob"] - g["top_logprobs"][1]["logprob"]
-        gap_w = w["top_logprobs"][0]["logprob"] - w["top_logprobs"][1]["logprob"]
-        where = f"token {i}: {g['token']!r} vs {w['token']!r}"
-        assert g["top_logprobs"][1]["token"] == w["token"], f"{where}, not each other's second"
-        assert w["top_logprobs"][1]["token"] == g["token"], f"{where}, not each other's second"
+        where = f"token {i}: {g!r} vs {w!r}"
+        assert g2 == w and w2 == g, f"{where}, not each other's second"
         assert gap_g < tie and gap_w < tie, f"{where}, top-2 gaps {gap_g:.3f} / {gap_w:.3f}"
         return i
     assert len(got) == len(want)
     return len(got)
+
+
+def steps_of_logprobs(content: list[dict[str, Any]]) -> list[Step]:
+    """The steps of a greedy answer's logprobs content (``logprobs=True, top_logprobs=2``)."""
+    return [(c["token"], c["top_logprobs"][1]["token"],
+             c["top_logprobs"][0]["logprob"] - c["top_logprobs"][1]["logprob"]) for c in content]
+
+
+def steps_of_rows(tokens: Sequence[int], rows: np.ndarray) -> list[Step]:
+    """The steps of greedy tokens and the logit rows each was chosen from (the pick must be the best)."""
+    out: list[Step] = []
+    for token, row in zip(tokens, rows):
+        second, first = np.argsort(row)[-2:]
+        assert int(first) == token, f"token {token} is not the argmax of its row ({int(first)})"
+        out.append((token, int(second), float(row[first] - row[second])))
+    return out
+
+
+def same_greedy_up_to_a_tie(got: list[dict[str, Any]], want: list[dict[str, Any]],
+                            tie: float = BATCH_TIE) -> int:
+    """agree_up_to_a_tie for two greedy answers given as logprobs content."""
+    return agree_up_to_a_tie(steps_of_logprobs(got), steps_of_logprobs(want), tie)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from checks import agree_up_to_a_tie, steps_of_rows
 
 from llama_rewire import Llama, system_info
 from llama_rewire.eval.windows import divergence
@@ -71,25 +72,6 @@ def scores_of(llm: Llama, tokens: list[int]) -> np.ndarray:
 TIE = 0.3
 
 
-def top2_gap(row: np.ndarray) -> tuple[int, int, float]:
-    second, first = np.argsort(row)[-2:]
-    return int(first), int(second), float(row[first] - row[second])
-
-
-def agree_up_to_a_tie(gen_r: list[int], rows_r: np.ndarray, gen_p: list[int], rows_p: np.ndarray) -> int:
-    """How many greedy tokens the two paths share; where they part, it must be at a tie: each path's
-    pick is the other's second, by less than TIE on both."""
-    for i, (a, b) in enumerate(zip(gen_r, gen_p, strict=True)):
-        if a == b:
-            continue
-        first_r, second_r, gap_r = top2_gap(rows_r[i])
-        first_p, second_p, gap_p = top2_gap(rows_p[i])
-        assert (first_r, second_r) == (a, b) and (first_p, second_p) == (b, a), (i, a, b)
-        assert gap_r < TIE and gap_p < TIE, f"token {i}: {a} vs {b}, top-2 gaps {gap_r:.3f} / {gap_p:.3f}"
-        return i
-    return len(gen_r)
-
-
 @pytest.mark.real_model
 @pytest.mark.parametrize("real_model_path", ["smollm2", "gemma3-270m"], indirect=True)
 def test_repacked_weights_agree_with_weights_as_stored(real_model_path: Path) -> None:
@@ -112,7 +94,7 @@ def test_repacked_weights_agree_with_weights_as_stored(real_model_path: Path) ->
     extra = set(SYSTEM["cpu_extra_buffer_types"])
     assert not extra & set(plain_buffers), plain_buffers
     assert sum(repacked_buffers.values()) >= sum(plain_buffers.values()) * 0.9
-    agree_up_to_a_tie(gen_r, rows_r, gen_p, rows_p)
+    agree_up_to_a_tie(steps_of_rows(gen_r, rows_r), steps_of_rows(gen_p, rows_p), TIE)
     targets = np.array([*prompt[1:], *gen_r], dtype=np.int64)[: len(scores_r)]
     _, kl, _ = divergence(scores_r, scores_p, targets)  # KL(repacked || plain) per position
     assert float(kl.mean()) < 0.02, float(kl.mean())
