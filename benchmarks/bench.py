@@ -85,6 +85,10 @@ TARGETS: tuple[tuple[str, str, str, float | None], ...] = (
     ("capture", "logits", "pp", None),
     # no goal: the capture configuration generates with no edit: an A/A row for tg
     ("capture", "none", "tg", None),
+    # the portable wheel (ggml's CPU backend for every instruction-set level, the best picked at import)
+    # against this build from source for this CPU (--portable-python)
+    ("portable", "none", "pp", 0.97),
+    ("portable", "none", "tg", 0.97),
 )
 # (numerator, denominator, metric) rows that compare a configuration with itself in another process
 AA_ROWS = {("loop", "none", "pp"), ("capture", "none", "tg")}
@@ -289,6 +293,10 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
         if args.repack_rows:
             out.append(Config("lcpp-plain", f"{label}, weights as stored", "llama-cpp-python, no repack",
                               [*lcpp, "--no-repack"]))  # fmt: skip
+    if args.portable_python:
+        portable = [args.portable_python, *serve, "--backend", "rewire"]
+        out.append(Config("portable", "llama-rewire, the portable wheel (CPU variant picked at import)",
+                          "portable wheel", portable))  # fmt: skip
     if args.llama_bench:
         cmd = [args.llama_bench, "-m", model, "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
                "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", "0",
@@ -679,6 +687,7 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "order, the configuration that always ran right after llama-bench measured 3-4% slower than a "
         "copy of itself placed elsewhere.)",
         *residual_notes(results),
+        *([f"- The portable wheel: {args.portable_build}"] if args.portable_python else []),
         "",
         "## Results",
         "",
@@ -696,6 +705,7 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         + (f" --only {' '.join(args.only)}" if args.only else "")
         + (f" --pairs {args.pairs}" if args.pairs != 20 else "")
         + ("" if args.repack_rows else " --no-repack-rows")
+        + (" --portable-python VENV/bin/python" if args.portable_python else "")
         + f" --models {' '.join(args.models)}",
         "```",
         "",
@@ -727,6 +737,19 @@ def lcpp_version(python: str) -> str:
     return subprocess.run([python, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
 
 
+def portable_build(python: str) -> str:
+    """Which build that Python imports, and the CPU variant it picked (llama_rewire.system_info)."""
+    code = ("import json, llama_rewire as l; i = l.system_info(); "
+            "print(json.dumps([i['build'], i['cpu_variant'], sorted(i['cpu_variants'])]))")  # fmt: skip
+    answer = subprocess.check_output([python, "-c", code], cwd=HERE, text=True)
+    build, variant, variants = json.loads(answer)
+    if build != "portable":
+        raise SystemExit(f"--portable-python {python}: its llama-rewire is a {build} build")
+    return (f"CPU variant `{variant}`, picked at import from its {len(variants)} "
+            f"({', '.join(variants)}); wheel built with `LLAMA_REWIRE_PORTABLE=ON`, "
+            "repaired by auditwheel")
+
+
 def run(args: argparse.Namespace) -> int:
     if args.lcpp_python is None and peers.venv_python(DEFAULT_VENV).exists():
         args.lcpp_python = str(peers.venv_python(DEFAULT_VENV))
@@ -737,6 +760,7 @@ def run(args: argparse.Namespace) -> int:
         if not value:
             log(f"note: {what} not found, its row is left out (see `python benchmarks/bench.py setup`)")
     args.lcpp_version = lcpp_version(args.lcpp_python) if args.lcpp_python else None
+    args.portable_build = portable_build(args.portable_python) if args.portable_python else None
 
     started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     idle = CpuMeter()
@@ -784,6 +808,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-repack-rows", dest="repack_rows", action="store_false",
                    help="leave out the rows with weights as stored (use_extra_bufts=False, --repack 0)")
     p.add_argument("--lcpp-python", help=f"a Python with llama-cpp-python ({DEFAULT_VENV.relative_to(ROOT)})")
+    p.add_argument("--portable-python",
+                   help="a Python with the portable wheel installed (its row is measured against this build)")
     p.add_argument("--llama-bench", help=f"the llama-bench binary ({DEFAULT_BUILD.relative_to(ROOT)}/bin)")
     p.add_argument(
         "--tg-method",

@@ -10,7 +10,14 @@ written for ``llama_cpp.Llama``.
 
 from __future__ import annotations
 
-from . import llama_cache, llama_chat_format, llama_grammar, llama_speculative, llama_types
+from . import (
+    _backends,  # noqa: F401  (first: loads the backend modules of the portable build)
+    llama_cache,
+    llama_chat_format,
+    llama_grammar,
+    llama_speculative,
+    llama_types,
+)
 from ._core import (
     GGML_TYPE_BF16,
     GGML_TYPE_F16,

@@ -11,7 +11,7 @@ import platform
 from pathlib import Path
 from typing import Any
 
-from . import _core
+from . import _backends, _core
 
 
 def _cpu_model() -> str:
@@ -38,9 +38,18 @@ def system_info() -> dict[str, Any]:
     reports, its extra buffer types (where ``use_extra_bufts=True`` repacks weights: ``AMX``,
     ``CPU_REPACK``), the CPU path name of :func:`cpu_path`, the processor's model name, whether llama.cpp
     can offload layers (``gpu_offload``: also true for the RPC backend alone) and the backends' devices
-    (``devices``: name, description and kind, ``"cpu"``, ``"gpu"``, ``"igpu"`` or ``"accel"``)."""
+    (``devices``: name, description and kind, ``"cpu"``, ``"gpu"``, ``"igpu"`` or ``"accel"``).
+
+    ``build`` is ``"portable"`` for the wheel that carries the CPU backend for every instruction-set
+    level, ``"native"`` for a build from source for this CPU; ``cpu_variant`` names the CPU backend
+    variant the portable build picked (``"haswell"``, ``"sapphirerapids"``, ...; ``"native"`` otherwise)
+    and ``cpu_variants`` every variant's score on this machine (0: it cannot run here)."""
     features = dict(_core.cpu_features())
+    loaded = _backends.LOADED
     return {
+        "build": loaded.build,
+        "cpu_variant": loaded.cpu_variant,
+        "cpu_variants": dict(loaded.cpu_scores),
         "system_info": _core.system_info().strip(),
         "cpu_features": features,
         "cpu_extra_buffer_types": list(_core.cpu_extra_buffer_types()),

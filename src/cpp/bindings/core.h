@@ -103,6 +103,7 @@ void bind_resid(py::module_ & m);
 void bind_chat(py::module_ & m);
 void bind_log(py::module_ & m);
 void bind_rpc(py::module_ & m);
+void bind_backends(py::module_ & m);
 
 // The devices of an RPC server "host:port", registered once per process (rpc.cpp).
 std::vector<ggml_backend_dev_t> rpc_devices(const std::string & endpoint);

@@ -14,6 +14,7 @@ PYBIND11_MODULE(_core, m) {
 
     bind_log(m);
     bind_rpc(m);
+    bind_backends(m);
     llama_backend_init();
 
     m.def("system_info", []() { return std::string(llama_print_system_info()); });

@@ -14,6 +14,17 @@ namespace rewire {
 // Registering an endpoint connects to it; ggml aborts when that fails. The Python side probes the
 // endpoint first (connect and handshake, with a timeout), so an abort here means it went away since: it
 // throws instead, on this thread, while the callback is set.
+// The RPC backend's functions are reached through its registry, so that the same code serves the native
+// build (RPC linked in) and the portable one (RPC a module, registered once it is loaded).
+template <typename F> static F * rpc_function(const char * name) {
+    ggml_backend_reg_t reg = ggml_backend_reg_by_name("RPC");
+    void * fn = reg ? ggml_backend_reg_get_proc_address(reg, name) : nullptr;
+    if (fn == nullptr) {
+        throw std::runtime_error(std::string("this build has no RPC backend (") + name + ")");
+    }
+    return (F *) fn;
+}
+
 [[noreturn]] static void rpc_abort_as_exception(const char * message) {
     throw std::runtime_error(message ? message : "ggml abort");
 }
@@ -24,11 +35,12 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::string & endpoint) {
     std::vector<ggml_backend_dev_t> out;
     ggml_backend_reg_t reg = nullptr;
     std::string error;
+    auto * add_server = rpc_function<decltype(ggml_backend_rpc_add_server)>("ggml_backend_rpc_add_server");
     {
         py::gil_scoped_release release;
         ggml_abort_callback_t previous = ggml_set_abort_callback(rpc_abort_as_exception);
         try {
-            reg = ggml_backend_rpc_add_server(endpoint.c_str());
+            reg = add_server(endpoint.c_str());
         } catch (const std::exception & e) {
             error = e.what();
         }
@@ -49,9 +61,14 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::string & endpoint) {
     return out;
 }
 
+static bool rpc_lost(const std::string & endpoint) {
+    static auto * lost = rpc_function<decltype(ggml_backend_rpc_lost)>("ggml_backend_rpc_lost");
+    return lost(endpoint.c_str());
+}
+
 std::string model::lost_rpc_endpoint() const {
     for (const std::string & endpoint : rpc_endpoints) {
-        if (ggml_backend_rpc_lost(endpoint.c_str())) {
+        if (rpc_lost(endpoint)) {
             return endpoint;
         }
     }
@@ -66,8 +83,9 @@ static void rpc_serve(const std::string & endpoint, const std::optional<std::str
         throw std::runtime_error("no CPU device to serve");
     }
     const std::string dir = cache_dir.value_or("");
+    auto * start_server = rpc_function<decltype(ggml_backend_rpc_start_server)>("ggml_backend_rpc_start_server");
     py::gil_scoped_release release;
-    ggml_backend_rpc_start_server(endpoint.c_str(), cache_dir ? dir.c_str() : nullptr, (size_t) n_threads, 1, &cpu);
+    start_server(endpoint.c_str(), cache_dir ? dir.c_str() : nullptr, (size_t) n_threads, 1, &cpu);
 }
 
 void bind_rpc(py::module_ & m) {
@@ -75,7 +93,7 @@ void bind_rpc(py::module_ & m) {
     m.attr("RPC_PROTO_MINOR_VERSION") = RPC_PROTO_MINOR_VERSION;
     m.attr("RPC_PROTO_PATCH_VERSION") = RPC_PROTO_PATCH_VERSION;
     m.attr("RPC_MAX_SERVERS") = GGML_RPC_MAX_SERVERS;
-    m.def("rpc_lost", [](const std::string & endpoint) { return ggml_backend_rpc_lost(endpoint.c_str()); },
+    m.def("rpc_lost", &rpc_lost,
           py::arg("endpoint"), "Whether the connection to an RPC server failed since it was last made.");
     m.def("rpc_device_names", [](const std::string & endpoint) {
         std::vector<std::string> names;
