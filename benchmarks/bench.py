@@ -102,7 +102,7 @@ BUSY_CORES = 0.2  # other processes' average use of the cores above which a run 
 
 def setup(args: argparse.Namespace) -> int:
     if not args.skip_llama_bench:
-        print("llama-bench:", peers.build_tool("llama-bench", args.build_dir))
+        print("llama-bench:", peers.build_tool("llama-bench", args.build_dir, args.cmake_arg))
     if not args.skip_lcpp:
         # built from the pinned sdist with patches/0003 applied: the stock 0.3.36 dies with SIGILL on AMX CPUs
         print("llama-cpp-python:", peers.build_lcpp(args.venv))
@@ -233,6 +233,7 @@ class ModelInfo:
     native_act: str
     n_layer: int
     weight_buffers: dict[str, int]  # where llama-rewire's default load (use_extra_bufts) puts the weights
+    devices: list[dict[str, str]]  # llama_rewire.system_info()["devices"]: the backends' devices here
 
 
 def model_info(name: str, threads: int) -> ModelInfo:
@@ -240,7 +241,7 @@ def model_info(name: str, threads: int) -> ModelInfo:
     d = worker_json("info", "--model", name, "--threads", str(threads))
     return ModelInfo(name=name, path=Path(d["path"]), description=d["description"], size=int(d["size"]),
                      n_params=int(d["n_params"]), native_act=d["native_act"], n_layer=int(d["n_layer"]),
-                     weight_buffers=dict(d["weight_buffers"]))  # fmt: skip
+                     weight_buffers=dict(d["weight_buffers"]), devices=list(d["devices"]))  # fmt: skip
 
 
 def fused_override(native_act: str) -> str:
@@ -256,7 +257,8 @@ def skip_quarter(n_layer: int) -> str:
 
 def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
     t, model = str(args.threads), str(info.path)
-    serve = [str(WORKER), "serve", "--model", model, "--threads", t, "--tg-method", args.tg_method]
+    serve = [str(WORKER), "serve", "--model", model, "--threads", t, "--tg-method", args.tg_method,
+             *offload(args)]
     rewire = [sys.executable, *serve, "--backend", "rewire"]
     fused = fused_override(info.native_act)
     out = [
@@ -299,9 +301,10 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
                           "portable wheel", portable))  # fmt: skip
     if args.llama_bench:
         cmd = [args.llama_bench, "-m", model, "-p", str(N_PROMPT), "-n", str(N_GEN), "-b", str(N_BATCH),
-               "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", "0",
+               "-ub", str(N_BATCH), "-t", t, "-r", "1", "-fa", "0", "-ngl", bench_ngl(args.n_gpu_layers),
                "-o", "json"]  # fmt: skip
-        out.append(Config("llama-bench", "llama-bench (same llama.cpp)", "llama-bench", cmd, native=True))
+        same = "same llama.cpp, same offload" if args.n_gpu_layers else "same llama.cpp"
+        out.append(Config("llama-bench", f"llama-bench ({same})", "llama-bench", cmd, native=True))
         if args.repack_rows:
             out.append(Config("llama-bench-plain", "llama-bench, weights as stored (--repack 0)",
                               "llama-bench, no repack", [*cmd, "--repack", "0"], native=True))  # fmt: skip
@@ -314,16 +317,29 @@ def configs(info: ModelInfo, args: argparse.Namespace) -> list[Config]:
     return out
 
 
+def offload(args: argparse.Namespace) -> list[str]:
+    """The worker's offload option (nothing for a CPU-only run)."""
+    return ["--n-gpu-layers", str(args.n_gpu_layers)] if args.n_gpu_layers else []
+
+
+def bench_ngl(n_gpu_layers: int) -> str:
+    """llama-bench's -ngl for n_gpu_layers (it has no -1: any count above the model's layers offloads
+    them all and the output)."""
+    return str(n_gpu_layers if n_gpu_layers >= 0 else 999)
+
+
 def measure_switch(info: ModelInfo, spec: str, args: argparse.Namespace) -> dict[str, Any]:
     return worker_json("switch", "--backend", "rewire", "--model", str(info.path), "--threads",
-                       str(args.threads), "--reps", str(max(args.reps, 5)), "--act", spec)  # fmt: skip
+                       str(args.threads), "--reps", str(max(args.reps, 5)), "--act", spec,
+                       *offload(args))  # fmt: skip
 
 
 def measure_split(info: ModelInfo, c: Config, args: argparse.Namespace) -> dict[str, Any]:
     """Where a generated token's time goes, for the Python configuration c (its own interpreter)."""
     python, backend = c.cmd[0], c.cmd[c.cmd.index("--backend") + 1]
     stdout, _ = run_child([python, str(WORKER), "split", "--backend", backend, "--model", str(info.path),
-                           "--threads", str(args.threads), "--reps", str(max(args.reps, 5))])  # fmt: skip
+                           "--threads", str(args.threads), "--reps", str(max(args.reps, 5)),
+                           *offload(args)])  # fmt: skip
     return json.loads(stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
 
 
@@ -331,7 +347,7 @@ def measure_resid(info: ModelInfo, args: argparse.Namespace) -> dict[str, Any]:
     """Steering and capture against their plain counterparts, in pairs within one process."""
     return worker_json("resid", "--backend", "rewire", "--model", str(info.path), "--threads",
                        str(args.threads), "--reps", str(args.pairs),
-                       "--tg-method", args.tg_method)  # fmt: skip
+                       "--tg-method", args.tg_method, *offload(args))  # fmt: skip
 
 
 @dataclass
@@ -632,28 +648,46 @@ def split_rows(res: ModelResult) -> list[str]:
     return rows
 
 
-def model_section(res: ModelResult, bandwidth: float) -> list[str]:
+def model_section(res: ModelResult, bandwidth: float | None) -> list[str]:
+    """One model's tables. bandwidth: the CPU's read bandwidth in GB/s, for the decode ceiling (None for a
+    run offloaded to a GPU, whose ceiling is the GPU's memory bandwidth, not measured here)."""
     info = res.info
-    ceiling = bandwidth * 1e9 / info.size
+    ceiling = bandwidth * 1e9 / info.size if bandwidth else float("nan")
+    where = (f"Decode ceiling: {bandwidth:.1f} GB/s / {info.size / 1e6:.1f} MB per token = "
+             f"**{ceiling:,.0f} tokens/s**. {describe_repack(info.weight_buffers)}" if bandwidth
+             else "Offloaded to the GPU: no CPU decode ceiling.")  # fmt: skip
     lines = [
         f"### {info.description}",
         "",
         f"`{info.path.name}`: {info.size / 1e6:.1f} MB of weights, {info.n_params / 1e6:.0f} M parameters, "
-        f"FFN activation `{info.native_act}`. Decode ceiling: {bandwidth:.1f} GB/s / {info.size / 1e6:.1f} "
-        f"MB per token = **{ceiling:,.0f} tokens/s**. {describe_repack(info.weight_buffers)}",
+        f"FFN activation `{info.native_act}`. {where}",
         "",
         f"| configuration | pp{N_PROMPT} (t/s) | tg{N_GEN} (t/s) | tg / ceiling | peak RSS (MiB) |",
         "|---|---:|---:|---:|---:|",
     ]
     for c in res.configs:
         s = res.samples[c.key]
-        frac = f"{median(s.tg) / ceiling:.2f}" if s.tg else "-"
+        frac = f"{median(s.tg) / ceiling:.2f}" if s.tg and bandwidth else "-"
         lines.append(f"| {c.label} | {fmt_rate(s.pp)} | {fmt_rate(s.tg)} | {frac} | {s.rss_kb / 1024:.0f} |")
     return [*lines, "", *ratio_rows(res), "", *resid_rows(res), "", *split_rows(res), "", *switch_rows(res),
             ""]
 
 
-def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: float, started: str,
+def describe_offload(results: list[ModelResult], n_gpu_layers: int) -> str:
+    """Where the layers ran: the CPU, or the GPU devices the backends list (a run asked to offload on a
+    machine with none says so: it measured the CPU)."""
+    if not n_gpu_layers:
+        return "CPU only"
+    gpus = sorted({f"{d['name']} ({d['description']})" for r in results for d in r.info.devices
+                   if d["kind"] in ("gpu", "igpu")})  # fmt: skip
+    layers = "every layer and the output" if n_gpu_layers < 0 else f"{n_gpu_layers} layers"
+    if not gpus:
+        return f"n_gpu_layers = {n_gpu_layers}, but this build has no GPU device: **all ran on the CPU**"
+    return (f"n_gpu_layers = {n_gpu_layers} ({layers}; llama-bench `-ngl {bench_ngl(n_gpu_layers)}`) on "
+            f"{', '.join(gpus)}")
+
+
+def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: float | None, started: str,
            noise: tuple[str, str]) -> str:  # fmt: skip
     mem = mem_total_gib()
     loop = "`generate(temperature=0)`" if args.tg_method == "generate" else "`eval` + numpy argmax"
@@ -668,12 +702,14 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         f"- Other processes' CPU use: before the run (3 s) {noise[0]}; during the run {noise[1]}",
         f"- Threads: {args.threads} everywhere (n_threads = n_threads_batch); "
         f"n_batch = n_ubatch = {N_BATCH}; no flash attention; "
-        "window-sized sliding-window caches (swa_full off, as in llama-bench); CPU only",
+        f"window-sized sliding-window caches (swa_full off, as in llama-bench); "
+        f"{describe_offload(results, args.n_gpu_layers)}",
         f"- llama.cpp {llama_cpp_commit()} (vendored, patched) for llama-rewire and llama-bench; "
         f"llama-cpp-python {args.lcpp_version or '(not measured)'} with its own build of the same llama.cpp, "
         "built from its sdist with patches/0003 (the stock 0.3.36 dies at its first decode on CPUs with AMX: "
         "SIGILL or SIGSEGV in its AMX matmul)",
-        f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads",
+        *([f"- Read bandwidth: {bandwidth:.1f} GB/s: best of 7 numpy sums of 1 GiB in {args.threads} threads"]
+          if bandwidth else []),
         f"- pp{N_PROMPT}: one `eval` of {N_PROMPT} random tokens from an empty cache. tg{N_GEN}: {N_GEN} "
         f"single-token decodes with greedy choice ({loop} in both Python libraries; llama-bench decodes "
         "without sampling). The row \"llama-bench's generation loop\" generates as llama-bench does, "
@@ -698,15 +734,19 @@ def report(results: list[ModelResult], args: argparse.Namespace, bandwidth: floa
         "## Reproduce",
         "",
         "```sh",
-        "pip install -e .                   # llama-rewire",
-        "python benchmarks/bench.py setup   # build/bench/bin/llama-bench, benchmarks/.venv-lcpp",
+        *(["pip install -e .                   # llama-rewire",
+           "python benchmarks/bench.py setup   # build/bench/bin/llama-bench, benchmarks/.venv-lcpp"]
+          if not args.n_gpu_layers else
+          ['CMAKE_ARGS="-DGGML_CUDA=on" pip install -e .    # llama-rewire, CUDA build',
+           "python benchmarks/bench.py setup --skip-lcpp --cmake-arg=-DGGML_CUDA=on   # llama-bench, CUDA"]),
         f"python benchmarks/bench.py run -t {args.threads} --reps {args.reps} --runs {args.runs}"
         + (f" --tg-method {args.tg_method}" if args.tg_method != "generate" else "")
         + (f" --only {' '.join(args.only)}" if args.only else "")
         + (f" --pairs {args.pairs}" if args.pairs != 20 else "")
         + ("" if args.repack_rows else " --no-repack-rows")
         + (" --portable-python VENV/bin/python" if args.portable_python else "")
-        + f" --models {' '.join(args.models)}",
+        + (f" --n-gpu-layers {args.n_gpu_layers}" if args.n_gpu_layers else "")
+        + f" --models {' '.join(Path(m).name if m.endswith('.gguf') else m for m in args.models)}",
         "```",
         "",
         "The models are fetched with `llama_rewire.models.fetch`. Run on an otherwise idle machine: "
@@ -751,7 +791,13 @@ def portable_build(python: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.lcpp_python is None and peers.venv_python(DEFAULT_VENV).exists():
+    if args.n_gpu_layers:
+        # a GPU run: the weights are on the GPU (no CPU repacking to compare), and the llama-cpp-python
+        # environment that setup builds is a CPU build (its row only when named)
+        args.repack_rows = False
+        if args.out is None:
+            args.out = str(HERE / "RESULTS-gpu.md")
+    elif args.lcpp_python is None and peers.venv_python(DEFAULT_VENV).exists():
         args.lcpp_python = str(peers.venv_python(DEFAULT_VENV))
     if args.llama_bench is None:
         found = peers.tool_path(DEFAULT_BUILD, "llama-bench")
@@ -768,13 +814,16 @@ def run(args: argparse.Namespace) -> int:
     before = idle.others()
     log(f"other processes before the run: {describe_noise(before)}")
     meter = CpuMeter()
-    bandwidth = read_bandwidth(args.threads)
-    log(f"read bandwidth: {bandwidth:.1f} GB/s")
+    bandwidth = None if args.n_gpu_layers else read_bandwidth(args.threads)
+    if bandwidth:
+        log(f"read bandwidth: {bandwidth:.1f} GB/s")
     results = [bench_model(model_info(name, args.threads), args) for name in args.models]
     during = meter.others()
     log(f"other processes during the run: {describe_noise(during)}")
     text = report(results, args, bandwidth, started, (describe_noise(before), describe_noise(during)))
     print(text)
+    if args.out is None:
+        args.out = str(HERE / "RESULTS.md")
     if args.out:
         Path(args.out).write_text(text)
         log(f"wrote {args.out}")
@@ -798,6 +847,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--venv", type=Path, default=DEFAULT_VENV, help="virtual environment for llama-cpp-python")
     p.add_argument("--skip-llama-bench", action="store_true", help="do not build llama-bench")
     p.add_argument("--skip-lcpp", action="store_true", help=f"do not install {LCPP_REQUIREMENT}")
+    p.add_argument("--cmake-arg", action="append", default=[], metavar="ARG",
+                   help="an extra CMake argument for llama-bench's build (repeatable), e.g. "
+                        "--cmake-arg=-DGGML_CUDA=on for a GPU run")
     p.set_defaults(func=setup)
 
     p = sub.add_parser("run", help="measure, print the table and write it to --out")
@@ -823,7 +875,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", nargs="+", metavar="KEY", default=None,
                    help="measure only these configurations next to 'none' (e.g. loop steer capture "
                         "logits); skips the split and switch measurements")
-    p.add_argument("--out", default=str(HERE / "RESULTS.md"), help="markdown output ('' for none)")
+    p.add_argument("--n-gpu-layers", "-ngl", type=int, default=0,
+                   help="layers offloaded to the GPU backend of a GPU build (-1: all and the output; 0, the "
+                        "default: CPU only), for llama-rewire and llama-bench alike; leaves out the rows of "
+                        "weights as stored, and llama-cpp-python unless --lcpp-python names one")
+    p.add_argument("--out", default=None,
+                   help="markdown output ('' for none; default benchmarks/RESULTS.md, RESULTS-gpu.md with "
+                        "--n-gpu-layers)")
     p.add_argument("--json", help="also write the raw samples here")
     p.set_defaults(func=run)
 

@@ -103,6 +103,7 @@ def open_backend(args: argparse.Namespace, activations: str | None = None) -> Ba
         "n_ubatch": args.n_batch,
         "n_threads": args.threads,
         "n_threads_batch": args.threads,
+        "n_gpu_layers": args.n_gpu_layers,
         "flash_attn": False,
         # sliding-window caches sized to the window, as llama-bench has them (both libraries default to
         # full-size ones, which keep prefix reuse exact but cost Gemma-3 about 5% of its prompt speed)
@@ -391,20 +392,29 @@ def switch(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def info(args: argparse.Namespace) -> dict[str, Any]:
-    """Fetch a model by name; its path, description, weight bytes, parameters and FFN activation."""
-    from llama_rewire import Llama
+    """Fetch a model by name (or take a GGUF path); its path, description, weight bytes, parameters and
+    FFN activation."""
+    from pathlib import Path
+
+    from llama_rewire import Llama, system_info
     from llama_rewire.models import fetch, get_spec
 
-    path = fetch(args.model)
+    given = Path(args.model)
+    path = given if given.suffix == ".gguf" and given.is_file() else fetch(args.model)
     with Llama(str(path), n_ctx=64, n_threads=args.threads, verbose=False) as llm:
+        if path is given:
+            description = f"{path.stem} ({llm.model.desc()})"
+        else:
+            description = get_spec(args.model).description
         return {
             "path": str(path),
-            "description": get_spec(args.model).description,
+            "description": description,
             "size": int(llm.model.size()),
             "n_params": int(llm.model.n_params()),
             "native_act": str(llm.describe_ffn()[0]["act"]),
             "n_layer": llm.n_layer(),
             "weight_buffers": llm.weight_buffers(),
+            "devices": system_info()["devices"],
         }
 
 
@@ -446,9 +456,11 @@ def main(argv: list[str] | None = None) -> int:
                        help="steer: a control vector on every layer and token; capture: pp is a capture "
                             "of resid_post on every layer (rewire only)")
         p.add_argument("--logits-all", action="store_true", help="keep every position's logits (rewire only)")
+        p.add_argument("--n-gpu-layers", type=int, default=0,
+                       help="layers offloaded to a GPU backend (-1: all, and the output; 0: CPU only)")
     p = sub.add_parser("info")
     p.set_defaults(func=info)
-    p.add_argument("--model", required=True, help="a model name known to llama_rewire.models")
+    p.add_argument("--model", required=True, help="a model name known to llama_rewire.models, or a GGUF path")
     p.add_argument("--threads", type=int, default=1)
     p = sub.add_parser("bandwidth")
     p.set_defaults(func=bandwidth)

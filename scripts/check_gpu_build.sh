@@ -6,7 +6,8 @@
 #     scripts/check_gpu_build.sh [ARCH]        # ARCH: CMAKE_CUDA_ARCHITECTURES, default 90 (H100/H200)
 #
 # Environment: BUILD_DIR (default build/cuda-check), JOBS (default: all cores), CUDA_HOME or nvcc on
-# PATH. ccache, when installed, caches the C, C++ and CUDA compilations (a second run takes minutes).
+# PATH, TARGETS (default _core; e.g. "_core llama-bench" with EXTRA_CMAKE_ARGS, below), EXTRA_CMAKE_ARGS
+# (more configure options, split on spaces: -DLLAMA_REWIRE_BUILD_LLAMA_BENCH=ON for llama.cpp's tools). ccache, when installed, caches the C, C++ and CUDA compilations (a second run takes minutes).
 # ggml's CUDA backend links cuBLAS: a toolkit installed without it (nvcc and the runtime only) gets it
 # from NVIDIA's wheel on PyPI (nvidia-cublas, the toolkit's major.minor), unpacked into the build
 # directory; CUBLAS_ROOT (a folder with include/ and lib/) names one instead.
@@ -19,6 +20,8 @@ ARCH="${1:-90}"
 BUILD_DIR="${BUILD_DIR:-build/cuda-check}"
 JOBS="${JOBS:-$(nproc)}"
 PYTHON="${PYTHON:-python3}"
+read -r -a targets <<< "${TARGETS:-_core}"
+read -r -a extra <<< "${EXTRA_CMAKE_ARGS:-}"
 
 NVCC="$(command -v nvcc || true)"
 if [ -z "$NVCC" ] && [ -n "${CUDA_HOME:-}" ] && [ -x "$CUDA_HOME/bin/nvcc" ]; then
@@ -104,8 +107,8 @@ cmake -S . -B "$BUILD_DIR" "${generator[@]}" "${launcher[@]}" "${cublas[@]}" "${
     -DCMAKE_BUILD_TYPE=Release \
     -DCMAKE_CUDA_COMPILER="$NVCC" \
     -DGGML_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="$ARCH" \
-    -DPython_EXECUTABLE="$(command -v "$PYTHON")" -Dpybind11_DIR="$PYBIND11_DIR"
-cmake --build "$BUILD_DIR" --target _core -j "$JOBS"
+    -DPython_EXECUTABLE="$(command -v "$PYTHON")" -Dpybind11_DIR="$PYBIND11_DIR" "${extra[@]}"
+cmake --build "$BUILD_DIR" --target "${targets[@]}" -j "$JOBS"
 end=$(date +%s)
 
 core="$(find "$BUILD_DIR" -maxdepth 1 -name '_core*.so' | head -n 1)"

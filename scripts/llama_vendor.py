@@ -6,9 +6,14 @@
     python scripts/llama_vendor.py export   # write vendor/llama.cpp's commits since `upstream` to patches/
     python scripts/llama_vendor.py status   # which patches are applied
     python scripts/llama_vendor.py tests    # llama-cpp-python's own tests, from the same sdist
+    python scripts/llama_vendor.py pack OUT.tar.gz  # the pristine tree a build reads, for an offline machine
 
 The upstream source is the llama.cpp copy vendored inside the llama-cpp-python sdist named below,
-downloaded with pip by name and version and checked against a pinned sha256. vendor/llama.cpp is made
+downloaded with pip by name and version and checked against a pinned sha256 (LLAMA_REWIRE_SDIST: a copy
+already on disk). A machine that cannot reach PyPI builds from a packed tree instead: `pack` writes the
+pristine files a build reads (no docs, model vocabularies or benchmarks: 12 MB instead of the sdist's 77),
+marked with the sdist's sha256, and LLAMA_REWIRE_VENDOR_PACK=OUT.tar.gz makes `fetch` extract that, after
+checking the mark, when vendor/llama.cpp is missing. vendor/llama.cpp is made
 its own git repository whose first commit (tagged `upstream`) is the pristine tree; each patch of the
 series is one commit on top, so editing a patch is: change the tree, `git commit --amend` (or
 `git rebase -i upstream`) inside vendor/llama.cpp, then `export`.
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import os
 import shutil
 import subprocess
@@ -40,6 +46,10 @@ VENDOR = ROOT / "vendor" / "llama.cpp"
 LCPP_TESTS = ROOT / "vendor" / "llama-cpp-python-tests"
 LCPP_TEST_FILES = ("tests/", "llama_cpp/llama_types.py")
 PATCHES = ROOT / "patches"
+
+# What `pack` leaves out of the tree: nothing in a build (the extension, llama-bench, llama-quantize) reads it
+PACK_LEAVE_OUT = ("docs", "models", "benches")
+PACK_MARK = "LLAMA_REWIRE_PACKED"  # a file at the packed tree's root: the sdist and commit it came from
 
 # Fixed identity and dates so that applying the series gives the same commits everywhere.
 GIT_ENV = {
@@ -151,6 +161,53 @@ def extract_llama_cpp(sdist: Path) -> None:
     tmp.rename(VENDOR)
 
 
+def pack_mark() -> str:
+    return f"{SDIST_NAME} {SDIST_VERSION} sha256 {SDIST_SHA256}, llama.cpp {LLAMA_CPP_COMMIT}\n"
+
+
+def extract_pack(pack: Path) -> None:
+    """vendor/llama.cpp from a tarball that `pack` wrote (checked: its mark names the pinned sdist)."""
+    tmp = VENDOR.parent / ".llama.cpp.partial"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    prefix = "llama.cpp/"
+    with tarfile.open(pack, "r:gz") as tar:
+        try:
+            mark = tar.extractfile(prefix + PACK_MARK)
+        except KeyError:
+            mark = None
+        found = mark.read().decode() if mark else "(none)"
+        if found != pack_mark():
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise VendorError(f"{pack}: not a packed tree of the pinned llama.cpp: its {PACK_MARK} says "
+                              f"{found.strip()!r}, this tree pins {pack_mark().strip()!r}")  # fmt: skip
+        members = []
+        for m in tar.getmembers():
+            if not m.name.startswith(prefix) or not (m.isfile() or m.isdir()) or m.name == prefix + PACK_MARK:
+                continue
+            m.name = m.name[len(prefix):]
+            members.append(m)
+        extract(tar, tmp, members)
+    tmp.rename(VENDOR)
+
+
+def pack(out: Path) -> None:
+    """Write the pristine tree (the `upstream` commit) but PACK_LEAVE_OUT, and the mark, to out (tar.gz)."""
+    fetch()
+    excludes = [f":(exclude){d}" for d in PACK_LEAVE_OUT]
+    archive = subprocess.run(["git", "archive", "--format=tar", "--prefix=llama.cpp/", "upstream", "--", ".",
+                              *excludes], cwd=VENDOR, check=True, capture_output=True).stdout  # fmt: skip
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(fileobj=io.BytesIO(archive)) as src, tarfile.open(out, "w:gz") as dst:
+        for m in src.getmembers():
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+        data = pack_mark().encode()
+        info = tarfile.TarInfo("llama.cpp/" + PACK_MARK)
+        info.size, info.mode, info.mtime = len(data), 0o644, 1767225600  # 2026-01-01, as the commits
+        dst.addfile(info, io.BytesIO(data))
+    log(f"packed llama.cpp {LLAMA_CPP_COMMIT} into {out} ({out.stat().st_size / 1e6:.1f} MB)")
+
+
 def init_repo() -> None:
     """Make vendor/llama.cpp a git repository whose first commit, tagged `upstream`, is pristine."""
     git("init", "-q")
@@ -166,6 +223,12 @@ def fetch() -> None:
             init_repo()
         return
     VENDOR.parent.mkdir(parents=True, exist_ok=True)
+    packed = os.environ.get("LLAMA_REWIRE_VENDOR_PACK")
+    if packed:
+        log(f"extracting llama.cpp {LLAMA_CPP_COMMIT} from the packed tree {packed}")
+        extract_pack(Path(packed))
+        init_repo()
+        return
     with tempfile.TemporaryDirectory() as tmp:
         sdist = download_sdist(Path(tmp))
         log(f"extracting llama.cpp {LLAMA_CPP_COMMIT} into {VENDOR.relative_to(ROOT)}")
@@ -249,11 +312,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("command", choices=["fetch", "apply", "export", "status", "tests"])
+    parser.add_argument("command", choices=["fetch", "apply", "export", "status", "tests", "pack"])
+    parser.add_argument("out", nargs="?", type=Path, help="pack: the tarball to write (.tar.gz)")
     args = parser.parse_args(argv)
+    if (args.command == "pack") != (args.out is not None):
+        parser.error("pack takes the tarball to write, and only pack takes a path")
     try:
-        {"fetch": fetch, "apply": apply, "export": export, "status": status,
-         "tests": extract_lcpp_tests}[args.command]()
+        if args.command == "pack":
+            pack(args.out)
+        else:
+            {"fetch": fetch, "apply": apply, "export": export, "status": status,
+             "tests": extract_lcpp_tests}[args.command]()
     except (VendorError, subprocess.CalledProcessError) as e:
         detail = getattr(e, "stderr", None) or ""
         log(f"error: {e}\n{detail}")

@@ -131,18 +131,19 @@ def server_options(build_dir: Path) -> list[str]:
             "-DLLAMA_USE_PREBUILT_UI=OFF"]
 
 
-def build_tool(target: str, build_dir: Path = DEFAULT_TOOLS_BUILD) -> Path:
+def build_tool(target: str, build_dir: Path = DEFAULT_TOOLS_BUILD, cmake_args: Sequence[str] = ()) -> Path:
     """Configure our CMake project with llama.cpp's tools (LLAMA_REWIRE_BUILD_LLAMA_BENCH=ON) and build
     one of them (llama-bench, llama-perplexity, llama-server, ...) from the same patched tree as the
     extension. The server's directories are configured for every target, so that building one tool after
-    another in the same directory never reconfigures it; only what the target needs is built."""
+    another in the same directory never reconfigures it; only what the target needs is built. cmake_args:
+    more options for the configuration (a GPU backend: -DGGML_CUDA=on)."""
     pybind11_dir = subprocess.run(
         [sys.executable, "-m", "pybind11", "--cmakedir"], check=True, capture_output=True, text=True
     ).stdout.strip()
     generator = ["-G", "Ninja"] if shutil.which("ninja") else []
     echo_run(["cmake", "-S", ROOT, "-B", build_dir, *generator, "-DCMAKE_BUILD_TYPE=Release",
               "-DLLAMA_REWIRE_BUILD_LLAMA_BENCH=ON", f"-Dpybind11_DIR={pybind11_dir}",
-              *server_options(build_dir)])  # fmt: skip
+              *server_options(build_dir), *cmake_args])  # fmt: skip
     echo_run(["cmake", "--build", build_dir, "--target", target])
     path = tool_path(build_dir, target)
     if path is None:
@@ -159,11 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     tool = sub.add_parser("tool", help="build one of llama.cpp's tools from vendor/llama.cpp")
     tool.add_argument("target")
     tool.add_argument("--build-dir", type=Path, default=DEFAULT_TOOLS_BUILD)
+    tool.add_argument("--cmake-arg", action="append", default=[], metavar="ARG",
+                      help="an extra CMake argument (repeatable), e.g. --cmake-arg=-DGGML_CUDA=on")
     args = parser.parse_args(argv)
     if args.command == "lcpp":
         print(build_lcpp_server(args.venv) if args.server else build_lcpp(args.venv))
     else:
-        print(build_tool(args.target, args.build_dir))
+        print(build_tool(args.target, args.build_dir, args.cmake_arg))
     return 0
 
 
