@@ -791,12 +791,12 @@ def portable_build(python: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.out is None:
+        args.out = str(HERE / ("RESULTS-gpu.md" if args.n_gpu_layers else "RESULTS.md"))
     if args.n_gpu_layers:
         # a GPU run: the weights are on the GPU (no CPU repacking to compare), and the llama-cpp-python
         # environment that setup builds is a CPU build (its row only when named)
         args.repack_rows = False
-        if args.out is None:
-            args.out = str(HERE / "RESULTS-gpu.md")
     elif args.lcpp_python is None and peers.venv_python(DEFAULT_VENV).exists():
         args.lcpp_python = str(peers.venv_python(DEFAULT_VENV))
     if args.llama_bench is None:
@@ -822,8 +822,6 @@ def run(args: argparse.Namespace) -> int:
     log(f"other processes during the run: {describe_noise(during)}")
     text = report(results, args, bandwidth, started, (describe_noise(before), describe_noise(during)))
     print(text)
-    if args.out is None:
-        args.out = str(HERE / "RESULTS.md")
     if args.out:
         Path(args.out).write_text(text)
         log(f"wrote {args.out}")

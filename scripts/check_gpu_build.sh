@@ -7,7 +7,8 @@
 #
 # Environment: BUILD_DIR (default build/cuda-check), JOBS (default: all cores), CUDA_HOME or nvcc on
 # PATH, TARGETS (default _core; e.g. "_core llama-bench" with EXTRA_CMAKE_ARGS, below), EXTRA_CMAKE_ARGS
-# (more configure options, split on spaces: -DLLAMA_REWIRE_BUILD_LLAMA_BENCH=ON for llama.cpp's tools). ccache, when installed, caches the C, C++ and CUDA compilations (a second run takes minutes).
+# (more configure options, split on spaces: -DLLAMA_REWIRE_BUILD_LLAMA_BENCH=ON for llama.cpp's tools).
+# ccache, when installed, caches the C, C++ and CUDA compilations (a second run takes minutes).
 # ggml's CUDA backend links cuBLAS: a toolkit installed without it (nvcc and the runtime only) gets it
 # from NVIDIA's wheel on PyPI (nvidia-cublas, the toolkit's major.minor), unpacked into the build
 # directory; CUBLAS_ROOT (a folder with include/ and lib/) names one instead.

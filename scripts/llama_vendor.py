@@ -32,6 +32,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 # The one pinned upstream line: llama.cpp 0c1e570 as vendored in llama-cpp-python 0.3.36.
@@ -139,12 +140,13 @@ def extract(tar: tarfile.TarFile, dest: Path, members: list[tarfile.TarInfo] | N
         tar.extractall(dest, members=members)
 
 
-def extract_llama_cpp(sdist: Path) -> None:
-    prefix = f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/"
+def extract_tree(tarball: Path, prefix: str, leave_out: Callable[[str], bool]) -> None:
+    """vendor/llama.cpp from the files and folders under prefix in tarball (tar.gz), but those whose
+    path below prefix leave_out names; extracted beside it first, then renamed into place."""
     tmp = VENDOR.parent / ".llama.cpp.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    with tarfile.open(sdist, "r:gz") as tar:
+    with tarfile.open(tarball, "r:gz") as tar:
         members = []
         for m in tar.getmembers():
             if not m.name.startswith(prefix) or m.name == prefix.rstrip("/"):
@@ -152,13 +154,19 @@ def extract_llama_cpp(sdist: Path) -> None:
             if not (m.isfile() or m.isdir()):
                 continue
             m.name = m.name[len(prefix):]
-            if m.name == ".git" or m.name.startswith(".git/"):
-                continue  # a submodule's gitlink: we make the tree a repository of its own
+            if leave_out(m.name):
+                continue
             members.append(m)
         if not members:
-            raise VendorError(f"{sdist.name} holds no {prefix}")
+            raise VendorError(f"{tarball.name} holds no {prefix}")
         extract(tar, tmp, members)
     tmp.rename(VENDOR)
+
+
+def extract_llama_cpp(sdist: Path) -> None:
+    # a submodule's gitlink is left out: we make the tree a repository of its own
+    extract_tree(sdist, f"llama_cpp_python-{SDIST_VERSION}/vendor/llama.cpp/",
+                 lambda name: name == ".git" or name.startswith(".git/"))
 
 
 def pack_mark() -> str:
@@ -167,28 +175,16 @@ def pack_mark() -> str:
 
 def extract_pack(pack: Path) -> None:
     """vendor/llama.cpp from a tarball that `pack` wrote (checked: its mark names the pinned sdist)."""
-    tmp = VENDOR.parent / ".llama.cpp.partial"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    prefix = "llama.cpp/"
     with tarfile.open(pack, "r:gz") as tar:
         try:
-            mark = tar.extractfile(prefix + PACK_MARK)
+            mark = tar.extractfile("llama.cpp/" + PACK_MARK)
         except KeyError:
             mark = None
         found = mark.read().decode() if mark else "(none)"
-        if found != pack_mark():
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise VendorError(f"{pack}: not a packed tree of the pinned llama.cpp: its {PACK_MARK} says "
-                              f"{found.strip()!r}, this tree pins {pack_mark().strip()!r}")  # fmt: skip
-        members = []
-        for m in tar.getmembers():
-            if not m.name.startswith(prefix) or not (m.isfile() or m.isdir()) or m.name == prefix + PACK_MARK:
-                continue
-            m.name = m.name[len(prefix):]
-            members.append(m)
-        extract(tar, tmp, members)
-    tmp.rename(VENDOR)
+    if found != pack_mark():
+        raise VendorError(f"{pack}: not a packed tree of the pinned llama.cpp: its {PACK_MARK} says "
+                          f"{found.strip()!r}, this tree pins {pack_mark().strip()!r}")  # fmt: skip
+    extract_tree(pack, "llama.cpp/", lambda name: name == PACK_MARK)
 
 
 def pack(out: Path) -> None:
