@@ -175,12 +175,16 @@ def pack_mark() -> str:
 
 def extract_pack(pack: Path) -> None:
     """vendor/llama.cpp from a tarball that `pack` wrote (checked: its mark names the pinned sdist)."""
-    with tarfile.open(pack, "r:gz") as tar:
-        try:
-            mark = tar.extractfile("llama.cpp/" + PACK_MARK)
-        except KeyError:
-            mark = None
-        found = mark.read().decode() if mark else "(none)"
+    try:
+        with tarfile.open(pack, "r:gz") as tar:
+            try:
+                mark = tar.extractfile("llama.cpp/" + PACK_MARK)
+            except KeyError:
+                mark = None
+            found = mark.read().decode(errors="replace") if mark else "(none)"
+    except (OSError, tarfile.TarError) as e:
+        raise VendorError(f"LLAMA_REWIRE_VENDOR_PACK={pack}: cannot read it as a packed tree (tar.gz): "
+                          f"{e}") from e
     if found != pack_mark():
         raise VendorError(f"{pack}: not a packed tree of the pinned llama.cpp: its {PACK_MARK} says "
                           f"{found.strip()!r}, this tree pins {pack_mark().strip()!r}")  # fmt: skip
@@ -193,14 +197,17 @@ def pack(out: Path) -> None:
     excludes = [f":(exclude){d}" for d in PACK_LEAVE_OUT]
     archive = subprocess.run(["git", "archive", "--format=tar", "--prefix=llama.cpp/", "upstream", "--", ".",
                               *excludes], cwd=VENDOR, check=True, capture_output=True).stdout  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(fileobj=io.BytesIO(archive)) as src, tarfile.open(out, "w:gz") as dst:
-        for m in src.getmembers():
-            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
-        data = pack_mark().encode()
-        info = tarfile.TarInfo("llama.cpp/" + PACK_MARK)
-        info.size, info.mode, info.mtime = len(data), 0o644, 1767225600  # 2026-01-01, as the commits
-        dst.addfile(info, io.BytesIO(data))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        with tarfile.open(fileobj=io.BytesIO(archive)) as src, tarfile.open(out, "w:gz") as dst:
+            for m in src.getmembers():
+                dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+            data = pack_mark().encode()
+            info = tarfile.TarInfo("llama.cpp/" + PACK_MARK)
+            info.size, info.mode, info.mtime = len(data), 0o644, 1767225600  # 2026-01-01, as the commits
+            dst.addfile(info, io.BytesIO(data))
+    except OSError as e:
+        raise VendorError(f"{out}: cannot write the packed tree there: {e}") from e
     log(f"packed llama.cpp {LLAMA_CPP_COMMIT} into {out} ({out.stat().st_size / 1e6:.1f} MB)")
 
 

@@ -104,3 +104,28 @@ def test_a_tarball_of_another_tree_is_refused(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "not a packed tree of the pinned llama.cpp" in done.stderr and "0.0.1" in done.stderr
     assert not (project / "vendor" / "llama.cpp").exists()
+
+
+@pytest.mark.parametrize("content", [None, b"not a tarball at all", b"\x1f\x8b\x08\x00 truncated gzip"])
+def test_a_missing_or_unreadable_pack_is_a_clear_error(tmp_path: Path, content: bytes | None) -> None:
+    pack = tmp_path / "llama.cpp.tar.gz"
+    if content is not None:
+        pack.write_bytes(content)
+    (tmp_path / "proj").mkdir()
+    project = project_copy(tmp_path / "proj")
+    done = vendor_tool(project, "apply", pack=pack)
+    assert done.returncode == 1, done.stderr
+    assert "cannot read it as a packed tree" in done.stderr and str(pack) in done.stderr
+    assert "Traceback" not in done.stderr
+    assert not (project / "vendor" / "llama.cpp").exists()
+
+
+def test_pack_arguments_and_an_unwritable_target(tmp_path: Path) -> None:
+    for args in (["pack"], ["status", str(tmp_path / "x.tar.gz")]):
+        done = vendor_tool(ROOT, *args)
+        assert done.returncode == 2 and "pack takes the tarball to write" in done.stderr, (args, done.stderr)
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where a folder should be\n")
+    done = vendor_tool(ROOT, "pack", str(blocker / "llama.cpp.tar.gz"))
+    assert done.returncode == 1 and "cannot write the packed tree there" in done.stderr, done.stderr
+    assert "Traceback" not in done.stderr
