@@ -24,9 +24,11 @@ Only the standard library is used: this runs inside the build, before anything e
 from __future__ import annotations
 
 import argparse
+import email
 import hashlib
 import io
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -243,14 +245,33 @@ def series() -> list[Path]:
     return sorted(PATCHES.glob("*.patch"))
 
 
-def is_applied(patch: Path) -> bool:
+def patch_subject(patch: Path) -> str:
+    """The subject of a patch in format-patch form, unfolded, without its [PATCH] tag."""
+    head = patch.read_text(encoding="utf-8", errors="replace").split("\n\n", 1)[0]
+    subject = email.message_from_string(head).get("Subject", "")
+    subject = re.sub(r"\s*\n\s*", " ", str(subject)).strip()
+    return re.sub(r"^\[PATCH[^\]]*\]\s*", "", subject)
+
+
+def committed_subjects() -> set[str]:
+    """Subjects of the commits on top of the pristine tree (a patch applied with `git am`)."""
+    out = git("log", "--format=%s", "upstream..HEAD", check=False)
+    return set(out.stdout.splitlines()) if out.returncode == 0 else set()
+
+
+def is_applied(patch: Path, committed: set[str] | None = None) -> bool:
+    # a later patch of the series may change the lines around an earlier one, so that the earlier one
+    # no longer reverses cleanly: a commit with its subject says it is applied
+    if committed is not None and patch_subject(patch) in committed:
+        return True
     return git("apply", "--reverse", "--check", str(patch), check=False).returncode == 0
 
 
 def apply() -> None:
     fetch()
+    committed = committed_subjects()
     for patch in series():
-        if is_applied(patch):
+        if is_applied(patch, committed):
             continue
         if git("apply", "--check", str(patch), check=False).returncode != 0:
             raise VendorError(

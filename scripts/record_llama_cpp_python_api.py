@@ -13,24 +13,37 @@ It writes ``tests/data/llama_cpp_python_api_reference.json`` with:
 - ``seeded``: seeded sampled completions (temperature 0.8, default top-k/top-p/min-p) of both models;
 - ``logprobs``: a greedy completion of SmolLM2 with ``logprobs=3``;
 - ``embeddings``: mean-pooled embeddings of SmolLM2 (first values and norms).
+
+With ``--names`` it writes ``tests/data/llama_cpp_python_names.json`` instead: the public names of each
+module of the package (read from its sources, so ``--source DIR`` may name an unpacked sdist's
+``llama_cpp`` folder instead of the installed package) and the public members of ``Llama`` (methods,
+properties and the attributes ``__init__`` sets), for tests/test_dropin.py::
+
+    python scripts/record_llama_cpp_python_api.py --names --source /path/to/llama_cpp
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import importlib.util
 import json
 import sys
 from pathlib import Path
 from typing import Any
 
-import llama_cpp
 import numpy as np
+
+try:
+    import llama_cpp
+except ImportError:  # --names --source reads the sources only
+    llama_cpp = None
 
 REPO = Path(__file__).resolve().parent.parent
 MODELS_PY = REPO / "src" / "llama_rewire" / "models.py"
 VOCABS = REPO / "vendor" / "llama.cpp" / "models"
 DEFAULT_OUTPUT = REPO / "tests" / "data" / "llama_cpp_python_api_reference.json"
+NAMES_OUTPUT = REPO / "tests" / "data" / "llama_cpp_python_names.json"
 
 VOCAB_NAMES = ("llama-spm", "llama-bpe", "gpt-2", "qwen2", "phi-3", "gemma-4", "falcon", "bert-bge")
 TEXTS = ("Hello World", " Hello World", "Hello World</s>", "<s>hi</s>", "<|im_start|>user\nhi<|im_end|>",
@@ -94,10 +107,67 @@ def record_models() -> dict[str, Any]:
     return {"chat": chat, "seeded": seeded, "logprobs": logprobs, "embeddings": embeddings}
 
 
+def _top_level_names(tree: ast.Module) -> set[str]:
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.Assign):
+            names.update(t.id for t in node.targets if isinstance(t, ast.Name))
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            names.add(node.target.id)
+    return {n for n in names if not n.startswith("_")}
+
+
+def _llama_members(tree: ast.Module) -> set[str]:
+    """Llama's public methods and properties, and the public attributes its methods set on self."""
+    cls = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name == "Llama")
+    members = {b.name for b in cls.body if isinstance(b, ast.FunctionDef)}
+    members |= {a.attr for a in ast.walk(cls) if isinstance(a, ast.Attribute) and isinstance(a.ctx, ast.Store)
+                and isinstance(a.value, ast.Name) and a.value.id == "self"}
+    return {m for m in members if not m.startswith("_")}
+
+
+def record_names(root: Path) -> dict[str, Any]:
+    """Public names by module (``llama_cpp.llama_chat_format``, ...) and Llama's members, from sources."""
+    modules: dict[str, list[str]] = {}
+    llama: list[str] = []
+    for path in sorted(root.rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(("llama_cpp", *parts)).removesuffix(".__init__")
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        modules[name] = sorted(_top_level_names(tree))
+        if parts == ("llama",):
+            llama = sorted(_llama_members(tree))
+    return {"modules": modules, "Llama": llama}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("-o", "--output", type=Path, default=DEFAULT_OUTPUT)
+    parser.add_argument("-o", "--output", type=Path, default=None)
+    parser.add_argument("--names", action="store_true", help="record the public names only")
+    parser.add_argument("--source", type=Path, default=None,
+                        help="with --names: the llama_cpp source folder (default: the installed package)")
     args = parser.parse_args()
+    if args.names:
+        if args.source is None and llama_cpp is None:
+            print("llama_cpp is not installed: give --source", file=sys.stderr)
+            return 1
+        root = args.source or Path(llama_cpp.__file__).parent
+        init = (root / "__init__.py").read_text(encoding="utf-8")
+        version = next((line.split('"')[1] for line in init.splitlines()
+                        if line.startswith("__version__")), "")
+        if version != "0.3.36":
+            print(f"llama-cpp-python 0.3.36 expected, found {version!r}", file=sys.stderr)
+            return 1
+        out = args.output or NAMES_OUTPUT
+        out.write_text(json.dumps({"llama_cpp_python": version, **record_names(root)}, indent=1) + "\n")
+        print(f"wrote {out}")
+        return 0
+    args.output = args.output or DEFAULT_OUTPUT
+    if llama_cpp is None:
+        print("llama_cpp is not installed", file=sys.stderr)
+        return 1
     if llama_cpp.__version__ != "0.3.36":
         print(f"llama-cpp-python 0.3.36 expected, found {llama_cpp.__version__}", file=sys.stderr)
         return 1

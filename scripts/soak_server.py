@@ -10,9 +10,16 @@ The server (``python -m llama_rewire.server``, SmolLM2 by default) is started on
 always stopped at the end. Each client is a thread with its own httpx connection, sending a mix drawn
 with a fixed seed: completions and chat completions, streamed or not, small ``max_tokens`` and short
 unique prompts; ``--disconnect_rate`` of the requests close their stream after one or two events, and
-``--malformed_rate`` are bad requests (bad JSON, wrong types, n=2, an unknown model, a prompt over the
-context, ...) that must get a 4xx, or edge cases with a designed answer (max_tokens=10**9 is capped at
-the context or refused with a 400; unknown fields are ignored).
+``--malformed_rate`` are bad requests (bad JSON, wrong types, n=2, a prompt over the context, an
+unknown model where several are served, ...) that must get a 4xx, or edge cases with a designed answer
+(max_tokens=10**9 is capped at the context or refused with a 400; unknown fields are ignored; any model
+name on a one-model server). ``--hostile_rate`` are hostile requests
+(scripts/soak_cases.py: a grammar nested 50,000 deep, megabytes of logit_bias, prompt, messages or special
+tokens, hundreds of long stop strings, steering beyond float32 or by bad names, a forged Host, ...) that
+must get a 4xx with a clear error, or, legitimate but adversarial (control tokens typed in a message), a
+normal answer. The server started here gets a steering directory with the soak's vectors; for a server
+already running, ``--steering_dir`` names its directory (the soak writes its vectors there), else the
+steering kinds are left out.
 
 Goals (the exit status is 1 when one fails, 2 when the server does not start):
   no 5xx; every response as expected; no connection errors or timeouts; all requests ran in time;
@@ -43,12 +50,25 @@ from typing import Any
 
 import httpx
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from soak_cases import (  # the request mix, next to this script
+    Case,
+    Context,
+    hostile_case,
+    hostile_kinds,
+    make_case,
+    malformed_kinds,
+    write_steering_vectors,
+)
+
+__all__ = ["Case", "Context", "hostile_case", "hostile_kinds", "make_case", "malformed_kinds", "run_soak",
+           "write_steering_vectors"]
+
 REQUIRED_METRICS = ("llama_rewire_requests_total", "llama_rewire_prompt_tokens_total",
                     "llama_rewire_tokens_predicted_total", "llama_rewire_slots_processing",
                     "llama_rewire_queue_length")
 GREEDY_PROMPT = "The capital of France is"
-TOPICS = ("the sea", "a red fox", "winter", "bread", "the moon", "trains", "a small town", "music",
-          "rivers", "the number seven", "a library", "coffee", "mountains", "bees", "a lighthouse")
 EXAMPLES_KEPT = 20
 
 
@@ -61,6 +81,7 @@ class SoakConfig:
     max_tokens: int = 16
     disconnect_rate: float = 0.05
     malformed_rate: float = 0.05
+    hostile_rate: float = 0.03
     timeout: float = 300.0  # seconds one request may take (it may wait for a slot)
     max_seconds: float = 7200.0  # no request starts after this
     idle_timeout: float = 60.0  # how long to wait for every slot to be idle at the end
@@ -70,29 +91,7 @@ class SoakConfig:
     monitor_interval: float = 2.0
     model: str | None = None  # the alias requests name (None: the server's first model)
     n_parallel: int | None = None  # the server's slots, as reported (None: its default)
-
-
-@dataclass(frozen=True)
-class Case:
-    """One request: ``expect`` is ok (a 200 with a valid answer), 4xx, capped (max_tokens over the
-    context: a 200 within the context, or a 400) or disconnect (a 200 stream, closed early)."""
-
-    kind: str
-    path: str
-    expect: str
-    body: dict[str, Any] | None = None
-    content: bytes | None = None  # a raw body instead of JSON
-    stream: bool = False
-    code: str | None = None  # the error code a 4xx must carry
-
-    def describe(self, limit: int = 300) -> str:
-        if self.content is not None:
-            raw = self.content if len(self.content) <= limit else self.content[:limit] + b"..."
-            shown = f"{len(self.content)} bytes {raw!r}"
-        else:
-            text = json.dumps(self.body)
-            shown = text if len(text) <= limit else text[:limit] + "..."
-        return f"POST {self.path} {shown}"
+    steering: bool = False  # the server's steering directory holds the soak's vectors (soak_cases)
 
 
 @dataclass
@@ -101,17 +100,6 @@ class Outcome:
     problem: str | None = None  # why the response was not the expected one
     failure: str | None = None  # "connection" or "timeout" when no response came
     seconds: float = 0.0
-
-
-@dataclass
-class Context:
-    """What the cases are built from: the server's window and a plain token for token-list prompts."""
-
-    n_ctx: int
-    token: int
-    max_tokens: int
-    model: str | None
-    max_body_bytes: int | None
 
 
 @dataclass
@@ -125,7 +113,10 @@ class SoakReport:
     unexpected_5xx: int = 0
     unexpected: int = 0  # responses not as expected, 5xx included
     malformed: int = 0
-    malformed_not_4xx: int = 0
+    malformed_not_4xx: int = 0  # malformed or hostile requests due a 4xx that did not get one
+    hostile: int = 0
+    kind_problems: dict[str, int] = field(default_factory=dict)  # responses not as expected, by kind
+    kind_max_seconds: dict[str, float] = field(default_factory=dict)  # the slowest request of each kind
     connection_errors: int = 0
     timeouts: int = 0
     examples: list[dict[str, Any]] = field(default_factory=list)
@@ -158,90 +149,10 @@ class SoakReport:
         return all(ok is not False for ok in self.goals.values())
 
 
-# -- the request mix ----------------------------------------------------------------------------------
-
-
-def _with_model(body: dict[str, Any], ctx: Context) -> dict[str, Any]:
-    return {**body, "model": ctx.model} if ctx.model is not None else body
-
-
-def _malformed_cases(ctx: Context, prompt: str) -> list[Case]:
-    """The bad requests (4xx) and edge cases (their designed answer), one of each."""
-    chat = [{"role": "user", "content": prompt}]
-    near_full = [ctx.token] * max(1, ctx.n_ctx - 6)  # room for 6 tokens: max_tokens is capped there
-    over = [ctx.token] * (ctx.n_ctx + 8)
-    completions, chats = "/v1/completions", "/v1/chat/completions"
-
-    def c(kind: str, body: dict[str, Any], path: str = completions, **kw: Any) -> Case:
-        return Case(kind, path, kw.pop("expect", "4xx"), body=_with_model(body, ctx), **kw)
-
-    cases = [
-        Case("bad_json", completions, "4xx",
-             content=b'{"prompt": "' + prompt.encode() + b'", "max_tokens": '),
-        Case("non_utf8", completions, "4xx", content=b'{"prompt": "caf\xe9 \xff\xfe"}'),
-        c("prompt_number", {"prompt": 42}),
-        c("max_tokens_string", {"prompt": prompt, "max_tokens": "many"}),
-        c("temperature_list", {"prompt": prompt, "temperature": [0.5], "max_tokens": 2}),
-        c("n_2", {"prompt": prompt, "n": 2, "max_tokens": 2}),
-        c("chat_n_2", {"messages": chat, "n": 2, "max_tokens": 2}, chats),
-        c("best_of_2", {"prompt": prompt, "best_of": 2, "max_tokens": 2}),
-        c("negative_max_tokens", {"prompt": prompt, "max_tokens": -1}),
-        c("empty_messages", {"messages": [], "max_tokens": 2}, chats),
-        c("messages_not_a_list", {"messages": prompt, "max_tokens": 2}, chats),
-        c("unknown_model", {"prompt": prompt, "model": "no-such-model", "max_tokens": 2}),
-        c("over_context", {"prompt": over, "max_tokens": 2}, code="context_length_exceeded"),
-        c("over_context_stream", {"prompt": over, "max_tokens": 2, "stream": True},
-          code="context_length_exceeded"),
-        c("huge_max_tokens", {"prompt": near_full, "max_tokens": 10**9, "temperature": 0}, expect="capped"),
-        c("huge_max_tokens_stream", {"prompt": near_full, "max_tokens": 10**9, "temperature": 0,
-                                     "stream": True, "stream_options": {"include_usage": True}},
-          expect="capped", stream=True),
-        c("unknown_fields", {"prompt": prompt, "max_tokens": 2, "frobnicate": {"x": [1, 2]}, "banana": True},
-          expect="ok"),
-    ]
-    if ctx.max_body_bytes is not None:
-        big = b'{"prompt": "' + b"a" * (ctx.max_body_bytes + 1) + b'", "max_tokens": 1}'
-        cases.append(Case("body_too_large", completions, "4xx", content=big))
-    return cases
-
-
-def malformed_kinds(ctx: Context) -> list[str]:
-    return [case.kind for case in _malformed_cases(ctx, "x")]
-
-
-def make_case(rng: random.Random, client: int, index: int, ctx: Context, *, disconnect_rate: float,
-              malformed_rate: float) -> Case:
-    """Request ``index`` of ``client``: drawn from ``rng``, which the client seeds once."""
-    topic = rng.choice(TOPICS)
-    tag = f"{client}.{index}"
-    draw = rng.random()
-    if draw < malformed_rate:
-        return rng.choice(_malformed_cases(ctx, f"Note {tag} on {topic}:"))
-    chat = rng.random() < 0.5
-    body: dict[str, Any] = {"max_tokens": rng.randint(1, ctx.max_tokens),
-                            "temperature": rng.choice((0.0, 0.7, 1.0)), "seed": rng.randrange(2**31)}
-    if chat:
-        path, kind = "/v1/chat/completions", "chat"
-        body["messages"] = [{"role": "user", "content": f"({tag}) In a few words, tell me about {topic}."}]
-    else:
-        path, kind = "/v1/completions", "completion"
-        body["prompt"] = f"Note {tag} on {topic}:"
-    if draw < malformed_rate + disconnect_rate:
-        body["max_tokens"] = max(32, ctx.max_tokens)  # long enough to be cut off mid-stream
-        return Case(f"{kind}_disconnect", path, "disconnect", body=_with_model({**body, "stream": True}, ctx),
-                    stream=True)
-    stream = rng.random() < 0.5
-    if stream:
-        body["stream"] = True
-        if rng.random() < 0.5:
-            body["stream_options"] = {"include_usage": True}
-    return Case(f"{kind}_stream" if stream else kind, path, "ok", body=_with_model(body, ctx), stream=stream)
-
-
 # -- running one request ----------------------------------------------------------------------------------
 
 
-def _error_problem(response: httpx.Response, code: str | None) -> str | None:
+def _error_problem(response: httpx.Response, code: str | None, param: str | None = None) -> str | None:
     try:
         error = response.json()["error"]
     except (ValueError, KeyError, TypeError):
@@ -249,7 +160,9 @@ def _error_problem(response: httpx.Response, code: str | None) -> str | None:
     if not isinstance(error, dict) or not error.get("message"):
         return f"a {response.status_code} with no error message: {response.text[:200]!r}"
     if code is not None and error.get("code") != code:
-        return f"error code {error.get('code')!r}, expected {code!r}"
+        return f"error code {error.get('code')!r}, expected {code!r}: {error.get('message')!r:.300}"
+    if param is not None and error.get("param") != param:
+        return f"error param {error.get('param')!r}, expected {param!r}: {error.get('message')!r:.300}"
     return None
 
 
@@ -265,6 +178,9 @@ def _answer_problem(case: Case, data: Any, n_ctx: int) -> str | None:
         return f"the answer's text is a {type(text).__name__}"
     if usage["total_tokens"] > n_ctx:
         return f"total_tokens {usage['total_tokens']} > n_ctx {n_ctx}"
+    if case.min_prompt_tokens is not None and usage["prompt_tokens"] < case.min_prompt_tokens:
+        return (f"prompt_tokens {usage['prompt_tokens']} < {case.min_prompt_tokens}: text in the request "
+                "was read as control tokens")
     return None
 
 
@@ -305,10 +221,11 @@ def run_case(http: httpx.Client, case: Case, n_ctx: int, rng: random.Random) -> 
     limit = n_ctx + 8  # events a stream may send: one per token, plus role, usage and [DONE]
     try:
         if case.content is not None:
-            r = http.post(case.path, content=case.content, headers={"content-type": "application/json"})
+            headers = {"content-type": "application/json", **(case.headers or {})}
+            r = http.post(case.path, content=case.content, headers=headers)
             outcome = Outcome(r.status_code, _check_plain(case, r, n_ctx))
         elif case.stream:
-            with http.stream("POST", case.path, json=case.body) as r:
+            with http.stream("POST", case.path, json=case.body, headers=case.headers) as r:
                 if r.status_code != 200:
                     r.read()
                     outcome = Outcome(r.status_code, _check_plain(case, r, n_ctx))
@@ -323,7 +240,7 @@ def run_case(http: httpx.Client, case: Case, n_ctx: int, rng: random.Random) -> 
                 else:
                     outcome = Outcome(200, _stream_problem(case, _events(r, limit), limit, n_ctx))
         else:
-            r = http.post(case.path, json=case.body)
+            r = http.post(case.path, json=case.body, headers=case.headers)
             outcome = Outcome(r.status_code, _check_plain(case, r, n_ctx))
     except httpx.TimeoutException as e:
         outcome = Outcome(None, f"timed out: {type(e).__name__}", failure="timeout")
@@ -341,8 +258,8 @@ def _check_plain(case: Case, r: httpx.Response, n_ctx: int) -> str | None:
     if case.expect == "4xx":
         if not 400 <= status < 500:
             return f"a {status}, expected a 4xx: {r.text[:200]!r}"
-        return _error_problem(r, case.code)
-    if case.expect == "capped" and status == 400:
+        return _error_problem(r, case.code, case.param)
+    if (case.expect == "capped" and status == 400) or (case.expect == "ok_or_4xx" and 400 <= status < 500):
         return _error_problem(r, None)
     if status != 200:
         return f"a {status}, expected a 200: {r.text[:200]!r}"
@@ -420,6 +337,26 @@ def plain_token(http: httpx.Client, model: str | None) -> int:
     return int(r.json()["tokens"][-1])
 
 
+def chat_prompt_tokens(http: httpx.Client, model: str | None) -> int | None:
+    """usage.prompt_tokens of a chat whose one message is "x" (None if the server does not answer it)."""
+    body = {"messages": [{"role": "user", "content": "x"}], "max_tokens": 1, "temperature": 0,
+            **({"model": model} if model else {})}
+    r = http.post("/v1/chat/completions", json=body)
+    return int(r.json()["usage"]["prompt_tokens"]) if r.status_code == 200 else None
+
+
+def served_models(http: httpx.Client) -> int:
+    """How many models the server serves (GET /v1/models)."""
+    r = http.get("/v1/models")
+    r.raise_for_status()
+    return len(r.json()["data"])
+
+
+def _loopback(url: str) -> bool:
+    host = httpx.URL(url).host
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 # -- the soak -----------------------------------------------------------------------------------------
 
 
@@ -434,7 +371,9 @@ class _Tally:
         self.statuses: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.latencies: list[float] = []
-        self.unexpected = self.unexpected_5xx = self.malformed = self.malformed_not_4xx = 0
+        self.unexpected = self.unexpected_5xx = self.malformed = self.malformed_not_4xx = self.hostile = 0
+        self.kind_problems: Counter[str] = Counter()
+        self.kind_max_seconds: dict[str, float] = {}
         self.connection_errors = self.timeouts = 0
         self.examples: list[dict[str, Any]] = []
         self.rss_first: int | None = None
@@ -447,10 +386,14 @@ class _Tally:
             status = str(outcome.status) if outcome.status is not None else outcome.failure or "none"
             self.statuses[status] += 1
             self.latencies.append(outcome.seconds)
-            if case.expect in ("4xx", "capped") or case.kind == "unknown_fields":
+            slowest = self.kind_max_seconds.get(case.kind, 0.0)
+            self.kind_max_seconds[case.kind] = max(slowest, round(outcome.seconds, 3))
+            if case.group == "hostile":
+                self.hostile += 1
+            elif case.group == "malformed":
                 self.malformed += 1
-                if case.expect == "4xx" and not (outcome.status is not None and 400 <= outcome.status < 500):
-                    self.malformed_not_4xx += 1
+            if case.expect == "4xx" and not (outcome.status is not None and 400 <= outcome.status < 500):
+                self.malformed_not_4xx += 1
             if outcome.failure == "timeout":
                 self.timeouts += 1
             elif outcome.failure == "connection":
@@ -458,6 +401,7 @@ class _Tally:
             elif outcome.status is not None and outcome.status >= 500:
                 self.unexpected_5xx += 1
             if outcome.problem is not None:
+                self.kind_problems[case.kind] += 1
                 if outcome.failure is None:
                     self.unexpected += 1
                 if len(self.examples) < EXAMPLES_KEPT:
@@ -530,7 +474,11 @@ def run_soak(base_url: str, config: SoakConfig, pid: int | None = None,
     http = httpx.Client(base_url=base_url, timeout=httpx.Timeout(config.timeout, connect=10))
     try:
         ctx = Context(config.n_ctx, plain_token(http, config.model), config.max_tokens, config.model,
-                      config.max_body_bytes)
+                      config.max_body_bytes, steering=config.steering, host_check=_loopback(base_url),
+                      chat_base_tokens=chat_prompt_tokens(http, config.model), n_models=served_models(http))
+        if config.hostile_rate > 0:
+            for kind in hostile_kinds(ctx):  # build the big bodies now, not while the clients wait
+                hostile_case(ctx, kind)
         report.greedy_before = greedy(http, config.model)
         first_at = max(1, min(config.rss_first_at, report.planned // 2))
         tally = _Tally(pid, first_at)
@@ -547,7 +495,7 @@ def run_soak(base_url: str, config: SoakConfig, pid: int | None = None,
                     if stop.is_set() or time.monotonic() > deadline:
                         return
                     case = make_case(rng, client, index, ctx, disconnect_rate=config.disconnect_rate,
-                                     malformed_rate=config.malformed_rate)
+                                     malformed_rate=config.malformed_rate, hostile_rate=config.hostile_rate)
                     tally.add(case, run_case(own, case, config.n_ctx, rng), client, index)
 
         monitor = threading.Thread(target=_monitor, daemon=True,
@@ -570,9 +518,11 @@ def run_soak(base_url: str, config: SoakConfig, pid: int | None = None,
             report.ran = tally.done
             report.statuses = dict(sorted(tally.statuses.items()))
             report.kinds = dict(sorted(tally.kinds.items()))
-            for name in ("unexpected", "unexpected_5xx", "malformed", "malformed_not_4xx",
+            for name in ("unexpected", "unexpected_5xx", "malformed", "malformed_not_4xx", "hostile",
                          "connection_errors", "timeouts", "examples"):
                 setattr(report, name, getattr(tally, name))
+            report.kind_problems = dict(sorted(tally.kind_problems.items()))
+            report.kind_max_seconds = dict(sorted(tally.kind_max_seconds.items(), key=lambda kv: -kv[1]))
             latencies = list(tally.latencies)
         report.latency_p50 = _percentile(latencies, 0.5)
         report.latency_p99 = _percentile(latencies, 0.99)
@@ -612,7 +562,7 @@ def run_soak(base_url: str, config: SoakConfig, pid: int | None = None,
     g = report.goals
     g["no 5xx"] = report.unexpected_5xx == 0
     g["every response as expected"] = report.unexpected == 0
-    g["malformed requests got a 4xx"] = report.malformed_not_4xx == 0
+    g["malformed and hostile requests got a 4xx"] = report.malformed_not_4xx == 0
     g["no connection errors or timeouts"] = report.connection_errors == 0 and report.timeouts == 0
     g["all requests ran in time"] = report.ran == report.planned and stuck == 0
     g[f"RSS growth < {config.rss_goal}%"] = (None if report.rss_growth_pct is None
@@ -691,11 +641,16 @@ def summary(report: SoakReport) -> str:
         "kinds: " + ", ".join(f"{k} {v}" for k, v in report.kinds.items()),
         f"latency: p50 {report.latency_p50} s, p99 {report.latency_p99} s, max {report.latency_max} s; "
         f"server CPU time {report.server_cpu_s} s",
-        f"malformed/edge requests: {report.malformed} ({report.malformed_not_4xx} of those due a 4xx did not "
-        "get one)",
+        "slowest kinds (their slowest request): " + ", ".join(
+            f"{k} {v} s" for k, v in list(report.kind_max_seconds.items())[:6]),
+        f"malformed/edge requests: {report.malformed}; hostile requests: {report.hostile}; "
+        f"{report.malformed_not_4xx} of those due a 4xx did not get one",
         f"unexpected 5xx: {report.unexpected_5xx}; unexpected responses: {report.unexpected}; "
         f"connection errors: {report.connection_errors}; timeouts: {report.timeouts}",
     ]
+    if report.kind_problems:
+        lines.append("not as expected, by kind: " + ", ".join(f"{k} {v}/{report.kinds.get(k, 0)}"
+                                                              for k, v in report.kind_problems.items()))
     if report.rss_first_kib is not None or report.rss_last_kib is not None:
         first_at = max(1, min(c["rss_first_at"], report.planned // 2))
         lines.append(f"server RSS: {_mib(report.rss_first_kib)} after the first {first_at} requests, "
@@ -769,6 +724,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="largest max_tokens of a request")
     p.add_argument(*_flag("disconnect_rate"), type=float, default=d.disconnect_rate)
     p.add_argument(*_flag("malformed_rate"), type=float, default=d.malformed_rate)
+    p.add_argument(*_flag("hostile_rate"), type=float, default=d.hostile_rate,
+                   help="the share of hostile requests (scripts/soak_cases.py)")
     p.add_argument("--timeout", type=float, default=d.timeout, help="seconds one request may take")
     p.add_argument(*_flag("max_seconds"), type=float, default=d.max_seconds,
                    help="no request starts after this many seconds")
@@ -784,6 +741,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(*_flag("server_args"), default="", help="more server options, as one shell-quoted string")
     p.add_argument("--url", default=None, help="soak this running server instead of starting one")
     p.add_argument("--pid", type=int, default=None, help="with --url: the server's process, for its RSS")
+    p.add_argument(*_flag("steering_dir"), type=Path, default=None,
+                   help="with --url: the server's --steering_dir; the soak writes its vectors there (for the "
+                        "model --model names) and sends steered requests")
     p.add_argument(*_flag("startup_timeout"), type=float, default=180.0)
     p.add_argument("--json", type=Path, default=None, help="write the report here")
     p.add_argument("--out", type=Path, default=None, help="write the report as markdown here")
@@ -793,26 +753,37 @@ def main(argv: list[str] | None = None) -> int:
     window = -(-args.n_ctx // 256) * 256
     config = SoakConfig(clients=args.clients, requests=args.requests, seed=args.seed, n_ctx=window,
                         max_tokens=args.max_tokens, disconnect_rate=args.disconnect_rate,
-                        malformed_rate=args.malformed_rate, timeout=args.timeout,
-                        max_seconds=args.max_seconds, idle_timeout=args.idle_timeout,
+                        malformed_rate=args.malformed_rate, hostile_rate=args.hostile_rate,
+                        timeout=args.timeout, max_seconds=args.max_seconds, idle_timeout=args.idle_timeout,
                         max_body_bytes=args.max_body_bytes, rss_goal=args.rss_goal,
                         n_parallel=args.n_parallel)
+    from llama_rewire.models import resolve
+
     if args.url is not None:
         pid = args.pid
+        if args.steering_dir is not None:
+            write_steering_vectors(args.steering_dir, resolve(args.model))
+            config.steering = True
         report = run_soak(args.url.rstrip("/"), config, pid=pid,
                           alive=(lambda: Path(f"/proc/{pid}").exists()) if pid else None)
     else:
-        from llama_rewire.models import resolve
+        from llama_rewire.server.settings import DEFAULT_MAX_BODY_BYTES
 
         model = str(resolve(args.model))
+        if config.max_body_bytes is None and "max_body_bytes" not in args.server_args.replace("-", "_"):
+            config.max_body_bytes = DEFAULT_MAX_BODY_BYTES  # the server's own limit
         port = free_port()
         base_url = f"http://127.0.0.1:{port}"
         with tempfile.TemporaryDirectory() as tmp:
             log_path = Path(tmp) / "server.log"
+            steering_dir = Path(tmp) / "steering"
+            steering_dir.mkdir()
+            write_steering_vectors(steering_dir, model)
+            config.steering = True
+            extra = ["--steering_dir", str(steering_dir), *shlex.split(args.server_args)]
             with log_path.open("wb") as log:
                 proc = start_server(model, port, alias=Path(args.model).stem, n_ctx=args.n_ctx,
-                                    threads=args.threads, n_parallel=args.n_parallel,
-                                    extra=shlex.split(args.server_args), log=log)
+                                    threads=args.threads, n_parallel=args.n_parallel, extra=extra, log=log)
                 try:
                     if not wait_until_up(proc, base_url, args.startup_timeout):
                         print(f"the server did not come up; its log:\n{_tail(log_path)}", file=sys.stderr)
@@ -821,9 +792,12 @@ def main(argv: list[str] | None = None) -> int:
                           f"n_ctx {args.n_ctx}); soaking...", flush=True)
                     report = run_soak(base_url, config, pid=proc.pid, alive=lambda: proc.poll() is None,
                                       log_path=log_path)
+                    if proc.poll() is not None:
+                        print(f"the server died during the soak: exit status {proc.returncode} (a negative "
+                              "status is the signal that killed it)", flush=True)
                 finally:
                     stop_server(proc)
-            if report.log_tracebacks:
+            if report.log_tracebacks or not report.server_alive:
                 print(f"server log (tail):\n{_tail(log_path, 60)}")
     print(summary(report))
     if args.json is not None:

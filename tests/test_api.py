@@ -109,16 +109,18 @@ def test_save_and_load_state_replays_the_same_sample(both: Llama) -> None:
     assert draw() == first
 
 
-def test_penalties_keep_the_prompt_tokens_out(llm: Llama) -> None:
+def test_penalties_see_the_generated_tokens_only(llm: Llama) -> None:
+    """As in llama-cpp-python, the prompt is not in the penalties' window: the first token is the
+    unpenalized one, and a generated token is penalized from then on."""
     prompt = "1, 2, 3, 1, 2, 3, 1, 2, 3, 1, 2,"
-    prompt_tokens = set(llm.tokenize(prompt.encode()))
-    plain = llm(prompt, max_tokens=4, temperature=0.0, logprobs=0)
-    penalized = llm(prompt, max_tokens=4, temperature=0.0, logprobs=0, repeat_penalty=1000.0)
-    first_plain = llm.tokenize(plain["choices"][0]["logprobs"]["tokens"][0].encode(), add_bos=False)
-    first_pen = llm.tokenize(penalized["choices"][0]["logprobs"]["tokens"][0].encode(), add_bos=False)
-    assert first_plain[0] in prompt_tokens  # the pattern continues
-    assert first_pen[0] not in prompt_tokens
-    freq = llm(prompt, max_tokens=4, temperature=0.0, frequency_penalty=50.0, presence_penalty=50.0)
+    plain = llm(prompt, max_tokens=8, temperature=0.0, logprobs=0)
+    penalized = llm(prompt, max_tokens=8, temperature=0.0, logprobs=0, repeat_penalty=1000.0)
+    tokens_plain = plain["choices"][0]["logprobs"]["tokens"]
+    tokens_pen = penalized["choices"][0]["logprobs"]["tokens"]
+    assert tokens_pen[0] == tokens_plain[0]
+    assert len(set(tokens_plain)) < len(tokens_plain)  # the pattern continues, repeating tokens
+    assert len(set(tokens_pen)) == len(tokens_pen)  # a generated token is not generated again
+    freq = llm(prompt, max_tokens=8, temperature=0.0, frequency_penalty=50.0, presence_penalty=50.0)
     assert text_of(freq) != text_of(plain)
 
 

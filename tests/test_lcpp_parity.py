@@ -7,7 +7,9 @@ where this machine's path is the one that made it, this machine's own recording 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import itertools
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +82,56 @@ def test_mean_pooled_embeddings_like_llama_cpp_python(smollm2_path: Path) -> Non
     for v, head, norm in zip(vectors, ref["head"], ref["norm"]):
         assert np.allclose(v[:8], head, atol=2e-3)
         assert float(np.linalg.norm(v)) == pytest.approx(norm, rel=1e-3)
+
+
+# -- penalties: over the generated tokens only ------------------------------------------------------------
+
+PENALTIES = [{"repeat_penalty": 1.3}, {"frequency_penalty": 0.9, "presence_penalty": 0.6},
+             {"repeat_penalty": 1.3, "frequency_penalty": 0.3, "presence_penalty": 0.2}]
+
+
+def penalized_greedy(llm: Llama, prompt: list[int], n: int, last_n: int, repeat_penalty: float = 1.0,
+                     frequency_penalty: float = 0.0, presence_penalty: float = 0.0,
+                     prompt_in_window: bool = False) -> list[int]:
+    """llama-cpp-python's greedy loop with penalties, written out: its sampler accepts each sampled token
+    and nothing else, so the window holds the last ``last_n`` generated tokens (``prompt_in_window``: the
+    prompt's tokens before them, which llama-cpp-python does not do); llama.cpp's penalties (float32): a
+    token in the window has its logit divided by the repeat penalty (multiplied when not positive), then
+    ``count * frequency + presence`` subtracted."""
+    llm.reset()
+    llm.eval(prompt)
+    rp, fp, pp = np.float32(repeat_penalty), np.float32(frequency_penalty), np.float32(presence_penalty)
+    seen = list(prompt) if prompt_in_window else []
+    generated: list[int] = []
+    while len(generated) < n:
+        logits = llm.last_logits.astype(np.float32)
+        for tok, count in Counter((seen + generated)[-last_n:]).items():
+            x = logits[tok] * rp if logits[tok] <= 0 else logits[tok] / rp
+            logits[tok] = x - (np.float32(count) * fp + np.float32(1.0) * pp)
+        tok = int(np.argmax(logits))
+        if tok == llm.token_eos():
+            break
+        generated.append(tok)
+        llm.eval([tok])
+    return generated
+
+
+@pytest.mark.parametrize("penalties", PENALTIES, ids=[",".join(p) for p in PENALTIES])
+def test_penalties_see_generated_tokens_only_like_llama_cpp_python(
+        tiny_llm: Callable[..., Llama], penalties: dict[str, float]) -> None:
+    llm = tiny_llm("llama", n_ctx=128, logits_all=False, last_n_tokens_size=6, n_parallel=2)
+    ref = tiny_llm("llama", n_ctx=128, logits_all=False)
+    prompt = llm.tokenize(b"hello")
+    want = penalized_greedy(ref, prompt, 24, 6, **penalties)
+    assert len(set(want)) < len(want)  # repeats happen: the window's content matters
+    assert want != penalized_greedy(ref, prompt, 24, 6, **penalties, prompt_in_window=True)
+    got = list(itertools.islice(llm.generate(prompt, temp=0.0, **penalties), 24))
+    assert got[: len(want)] == want
+    text = ref.detokenize(want).decode("utf-8", errors="replace")
+    out = llm.create_completion(prompt, max_tokens=24, temperature=0.0, **penalties)
+    assert out["choices"][0]["text"] == text
+    streamed = "".join(c["choices"][0]["text"] for c in llm.create_completion(
+        prompt, max_tokens=24, temperature=0.0, stream=True, **penalties))
+    assert streamed == text
+    slot = llm.slots.create_completion(prompt, max_tokens=24, temperature=0.0, **penalties)
+    assert slot["choices"][0]["text"] == text  # the parallel slots' samplers likewise

@@ -21,12 +21,15 @@ from serving import running
 from llama_rewire import Llama
 from llama_rewire.residual import ControlVector
 from llama_rewire.server import ModelSettings, Settings, create_app, parse_settings
+from llama_rewire.server.schemas import SAMPLING_DEFAULTS
 
 pytestmark = pytest.mark.real_model
 
 PROMPTS = ["The capital of France is", "def add(a, b):", "Once upon a time", "The sun is a",
            "Cats and dogs are", "In 1492,", "The best way to learn is", "Rain falls when"]
 GREEDY = {"temperature": 0, "max_tokens": 16}
+# what the server samples a GREEDY request with (llama-cpp-python's server defaults for the rest)
+AS_SERVED = {**SAMPLING_DEFAULTS, **GREEDY}
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +94,7 @@ def metrics_of(text: str, alias: str) -> dict[str, float]:
 
 
 def test_concurrent_requests_get_what_each_gets_alone(client: httpx.Client, alone: Llama) -> None:
-    want = [alone.create_completion(p, **GREEDY)["choices"][0]["text"] for p in PROMPTS]
+    want = [alone.create_completion(p, **AS_SERVED)["choices"][0]["text"] for p in PROMPTS]
 
     def one(i: int) -> str:
         body = {"model": "par", "prompt": PROMPTS[i], **GREEDY}
@@ -104,7 +107,7 @@ def test_concurrent_requests_get_what_each_gets_alone(client: httpx.Client, alon
     r = client.post("/v1/chat/completions", json={"model": "par", "messages": chat, **GREEDY})
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == \
-        alone.create_chat_completion(chat, **GREEDY)["choices"][0]["message"]["content"]
+        alone.create_chat_completion(chat, **AS_SERVED)["choices"][0]["message"]["content"]
 
 
 def test_health_and_metrics_report_the_slots(client: httpx.Client) -> None:
@@ -150,7 +153,7 @@ def test_a_disconnect_frees_its_slot(client: httpx.Client, alone: Llama) -> None
     health = wait_idle(client)
     assert health["models"]["par"]["slots_processing"] == 0
     assert text_of(client.post("/v1/completions", json={"model": "par", "prompt": PROMPTS[0], **GREEDY})) \
-        == alone.create_completion(PROMPTS[0], **GREEDY)["choices"][0]["text"]
+        == alone.create_completion(PROMPTS[0], **AS_SERVED)["choices"][0]["text"]
 
 
 def test_a_non_streamed_request_whose_client_leaves_frees_its_slot(url: str, client: httpx.Client) -> None:
@@ -177,7 +180,7 @@ def test_a_prompt_over_the_slot_window_is_a_400(client: httpx.Client) -> None:
 
 
 def test_steered_and_echo_requests_run_on_the_model_alone(client: httpx.Client, alone: Llama) -> None:
-    plain = alone.create_completion(PROMPTS[2], **GREEDY)["choices"][0]["text"]
+    plain = alone.create_completion(PROMPTS[2], **AS_SERVED)["choices"][0]["text"]
 
     def steered() -> str:
         return text_of(client.post("/v1/completions", json={
@@ -196,7 +199,7 @@ def test_steered_and_echo_requests_run_on_the_model_alone(client: httpx.Client, 
 
 def test_the_wiring_is_shared_by_the_slots(client: httpx.Client, smollm2_path: Path) -> None:
     with Llama(str(smollm2_path), n_ctx=512, n_threads=2, verbose=False, activations="*:relu") as relu:
-        want = [relu.create_completion(p, **GREEDY)["choices"][0]["text"] for p in PROMPTS[:4]]
+        want = [relu.create_completion(p, **AS_SERVED)["choices"][0]["text"] for p in PROMPTS[:4]]
     with ThreadPoolExecutor(4) as ex:
         got = list(ex.map(lambda p: text_of(client.post(
             "/v1/completions", json={"model": "relu", "prompt": p, **GREEDY})), PROMPTS[:4]))

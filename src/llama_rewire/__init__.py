@@ -5,7 +5,10 @@
     print(llm("The capital of France is", max_tokens=16)["choices"][0]["text"])
 
 The high-level names of llama-cpp-python are here too, so ``import llama_rewire as llama_cpp`` runs code
-written for ``llama_cpp.Llama``.
+written for ``llama_cpp.Llama``; after :func:`install_as_llama_cpp`, ``import llama_cpp`` and its submodules
+(``llama_cpp.llama_chat_format``, ``llama_cpp.llama_cpp``, ...) resolve to llama-rewire's. The names of the
+low-level C API (``llama_cpp.llama_batch_init``, ...) are looked up in :mod:`llama_rewire.llama_cpp`, which is
+imported when one of them is first asked for.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ from . import (
     llama_chat_format,
     llama_grammar,
     llama_speculative,
+    llama_tokenizer,
     llama_types,
 )
+from ._alias import install_as_llama_cpp
 from ._core import (
     GGML_TYPE_BF16,
     GGML_TYPE_F16,
@@ -60,6 +65,8 @@ from ._core import (
     LLAMA_VOCAB_TYPE_UGM,
     LLAMA_VOCAB_TYPE_WPM,
 )
+from ._logger import set_verbose
+from ._utils import suppress_stdout_stderr
 from .errors import (
     ActivationSpecError,
     ChatFormatError,
@@ -76,12 +83,14 @@ from .llama import (
     Llama,
     LogitsProcessor,
     LogitsProcessorList,
+    MinTokensLogitsProcessor,
     StoppingCriteria,
     StoppingCriteriaList,
 )
 from .llama_cache import BaseLlamaCache, LlamaCache, LlamaDiskCache, LlamaRAMCache, LlamaState
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel, LlamaPromptLookupDecoding
+from .llama_tokenizer import BaseLlamaTokenizer, LlamaHFTokenizer, LlamaTokenizer
 from .llama_types import (
     ChatCompletion,
     ChatCompletionChoice,
@@ -161,6 +170,27 @@ from .wiring import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    """The low-level C API's names (``llama_cpp.llama_decode``, ``llama_cpp.llama_batch``, ...), as
+    llama-cpp-python's package has them at its top level: from :mod:`llama_rewire.llama_cpp`, imported on
+    first use."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    import importlib
+
+    try:  # also sets this package's llama_cpp attribute
+        capi = importlib.import_module(".llama_cpp", __name__)
+    except Exception as e:  # hasattr() and getattr(..., default) expect AttributeError
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r} (the C API module "
+                             f"llama_rewire.llama_cpp did not import: {type(e).__name__}: {e})") from e
+    if name == "llama_cpp":
+        return capi
+    try:
+        return getattr(capi, name)
+    except AttributeError:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
 __all__ = [
     "GGML_TYPE_BF16",
     "GGML_TYPE_F16",
@@ -206,6 +236,7 @@ __all__ = [
     "Activation",
     "ActivationSpecError",
     "BaseLlamaCache",
+    "BaseLlamaTokenizer",
     "ChatCompletion",
     "ChatCompletionChoice",
     "ChatCompletionChunk",
@@ -282,11 +313,14 @@ __all__ = [
     "LlamaDiskCache",
     "LlamaDraftModel",
     "LlamaGrammar",
+    "LlamaHFTokenizer",
     "LlamaPromptLookupDecoding",
     "LlamaRAMCache",
     "LlamaState",
+    "LlamaTokenizer",
     "LogitsProcessor",
     "LogitsProcessorList",
+    "MinTokensLogitsProcessor",
     "ModelLoadError",
     "StoppingCriteria",
     "StoppingCriteriaList",
@@ -294,13 +328,17 @@ __all__ = [
     "WiringSpecError",
     "__version__",
     "format_table",
+    "install_as_llama_cpp",
     "llama_cache",
     "llama_chat_format",
     "llama_grammar",
     "llama_speculative",
+    "llama_tokenizer",
     "llama_types",
     "parse",
     "parse_activation",
     "parse_wiring",
+    "set_verbose",
+    "suppress_stdout_stderr",
     "system_info",
 ]

@@ -13,10 +13,12 @@ import json
 import time
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .chat_completion import ToolPlan
+from .chat_completion import ToolPlan, check_roles, tokenize_prompt_parts
+from .chat_formats import ChatFormatterResponse
 from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
@@ -45,6 +47,20 @@ def templates_of(llama: Llama) -> _core.ChatTemplates:
         llama._chat_templates = _core.ChatTemplates(llama.model)
     templates: _core.ChatTemplates = llama._chat_templates
     return templates
+
+
+@dataclass
+class TemplateResponse(ChatFormatterResponse):
+    """A rendered template that knows which of its text came from the request (``from_user``): the
+    chat handler tokenizes that text without turning typed control tokens into real ones."""
+
+    prompt_parts: list[tuple[bytes, bool]] = field(default_factory=list)
+
+
+def prompt_tokens(llama: Llama, render: _core.ChatRender) -> list[int]:
+    """The rendered prompt's tokens (with the model's BOS if it wants one), control tokens only where
+    the template put them."""
+    return tokenize_prompt_parts(llama, render.prompt_parts, add_bos=True)
 
 
 class TemplateChatHandler:
@@ -90,6 +106,7 @@ class TemplateChatHandler:
     ) -> Any:
         from . import llama_chat_format
 
+        check_roles(messages)
         plan = ToolPlan.from_request(functions, function_call, tools, tool_choice)
         if plan.mode != "none":
             render = self.render(
@@ -104,8 +121,9 @@ class TemplateChatHandler:
 
         def formatter(*, messages: list[dict[str, Any]], **_: Any) -> Any:
             r = self.render(llama, messages, enable_thinking=enable_thinking)
-            return llama_chat_format.ChatFormatterResponse(
-                prompt=r.prompt.decode("utf-8", errors="replace"), stop=list(r.additional_stops)
+            return TemplateResponse(
+                prompt=r.prompt.decode("utf-8", errors="replace"), stop=list(r.additional_stops),
+                prompt_parts=list(r.prompt_parts),
             )
 
         handler = llama_chat_format.chat_formatter_to_chat_completion_handler(formatter)
@@ -147,12 +165,17 @@ def _native_tool_completion(
                 patterns.append(value)
         lazy = (patterns, tokens)
     sampling = {k: v for k, v in kwargs.items() if k in _SAMPLING_KEYS}
+    grammar_ = PrefilledGrammar(_grammar=render.grammar)
+    if lazy is None:
+        # llama.cpp's common_sampler_init: a (non-lazy) tool-call grammar starts with the generation
+        # prompt, which the rendered prompt already ends with, so the grammar is fed those tokens first
+        grammar_.prefill = generation_prompt_tokens(llama, render.generation_prompt)
     out = llama.create_completion(
-        prompt=render.prompt.decode("utf-8", errors="replace"),
+        prompt=prompt_tokens(llama, render),
         max_tokens=max_tokens,
         stream=False,
         stop=stops + list(render.additional_stops),
-        grammar=LlamaGrammar(_grammar=render.grammar),
+        grammar=grammar_,
         _grammar_lazy=lazy,
         model=model,
         **sampling,
@@ -179,6 +202,29 @@ def _native_tool_completion(
     if not stream:
         return result
     return _Replay(_as_chunks(result), out["usage"])
+
+
+class PrefilledGrammar(LlamaGrammar):
+    """A grammar whose first tokens are already in the prompt: the sampler accepts ``prefill`` into
+    the grammar before the first token is drawn."""
+
+    prefill: list[int]
+
+    def __init__(self, *, _grammar: str) -> None:
+        super().__init__(_grammar=_grammar)
+        self.prefill = []
+
+
+def generation_prompt_tokens(llama: Llama, text: str) -> list[int]:
+    """The tokens of the generation prompt, as llama.cpp's sampler computes its prefill: special tokens
+    parsed, no BOS, and without a leading space token that some tokenizers put before the first
+    special token when the text itself does not start with a space."""
+    tokens = llama.tokenize(text.encode("utf-8"), add_bos=False, special=True)
+    if tokens and text and not text[0].isspace():
+        first = llama.detokenize([tokens[0]], special=True)
+        if first[:1].isspace():
+            tokens = tokens[1:]
+    return tokens
 
 
 class _Replay:

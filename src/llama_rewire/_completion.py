@@ -40,14 +40,55 @@ def valid_utf8_prefix(data: bytes) -> str:
         return data.decode("utf-8", errors="replace")
 
 
+class StopMatcher:
+    """Finds one stop string in a text given piece by piece, in time linear in the text.
+
+    Knuth-Morris-Pratt: ``state`` is the length of the longest prefix of the stop that the text seen so
+    far ends with, which is also how much of the text's end must be held back while streaming. The
+    failure table is extended only as far as ``state`` reaches, so a long stop costs nothing until the
+    text starts to match it."""
+
+    def __init__(self, stop: str) -> None:
+        self.stop = stop
+        self.state = 0
+        self._fail: list[int] = [0]  # _fail[i]: the longest proper border of stop[:i + 1]
+
+    def _border(self, i: int) -> int:
+        fail, s = self._fail, self.stop
+        while len(fail) <= i:
+            j = len(fail)
+            k = fail[j - 1]
+            while k > 0 and s[j] != s[k]:
+                k = fail[k - 1]
+            fail.append(k + 1 if s[j] == s[k] else 0)
+        return fail[i]
+
+    def feed(self, piece: str) -> int:
+        """Take the next piece of text; the index in piece where the first match ends (exclusive), or -1."""
+        s, q = self.stop, self.state
+        if q == 0 and s[0] not in piece:
+            return -1
+        n = len(s)
+        for i, c in enumerate(piece):
+            while q > 0 and s[q] != c:
+                q = self._border(q - 1)
+            if s[q] == c:
+                q += 1
+                if q == n:
+                    self.state = self._border(n - 1)
+                    return i + 1
+        self.state = q
+        return -1
+
+
 def stop_holdback(text: str, stops: list[str]) -> int:
     """How many trailing characters of text could be the start of a stop string."""
     longest = 0
     for stop in stops:
-        for n in range(min(len(stop) - 1, len(text)), longest, -1):
-            if text.endswith(stop[:n]):
-                longest = n
-                break
+        if stop:
+            m = StopMatcher(stop)
+            m.feed(text[-(len(stop) - 1):] if len(stop) > 1 else "")
+            longest = max(longest, m.state)
     return longest
 
 
@@ -95,7 +136,8 @@ class CompletionRun:
         self.prompt_tokens = prompt_tokens
         self.limit = limit
         self.stops = [s for s in stops if s]
-        self.max_stop = max((len(s) for s in self.stops), default=0)
+        self.matchers = [StopMatcher(s) for s in self.stops]
+        self.holdback = 0  # trailing characters of the text that could still become a stop string
         self.meta = meta
         self.echo_text = echo_text
         self.prompt_text_len = prompt_text_len  # logprobs text offsets count from the prompt's end
@@ -128,6 +170,19 @@ class CompletionRun:
         self.token_logprobs.append(float(lp[token]))
         self.top_logprobs.append(top)
 
+    def _stop_at(self, offset: int, new: str) -> int:
+        """Where in the text the first stop string starts, once new is appended at offset; -1 if none.
+
+        Only the matchers see the text, piece by piece: no search goes back over earlier text."""
+        cut = -1
+        for m in self.matchers:
+            end = m.feed(new)
+            if end >= 0:
+                start = offset + end - len(m.stop)
+                cut = start if cut < 0 else min(cut, start)
+        self.holdback = 0 if cut >= 0 else max((m.state for m in self.matchers), default=0)
+        return cut
+
     def _texts(self) -> Iterator[str]:
         """Yield the completion text so far after each token; sets finish_reason.
 
@@ -148,9 +203,9 @@ class CompletionRun:
                 piece = piece_bytes.decode("utf-8", errors="replace")
                 self.pieces.append(piece)
                 self._record_logprobs(token, logits, piece)
-                start = max(0, len(text) - self.max_stop)
-                text += decoder.decode(piece_bytes)
-                cut = min((i for i in (text.find(s, start) for s in self.stops) if i >= 0), default=-1)
+                new = decoder.decode(piece_bytes)
+                cut = self._stop_at(len(text), new)
+                text += new
                 if cut >= 0:
                     self.finish_reason = "stop"
                     yield text[:cut]
@@ -217,7 +272,7 @@ class CompletionRun:
             yield self._chunk(self.echo_text, None, self._logprobs(0, 0, 0, with_prompt=True))
         text = ""
         for text in self._texts():
-            ready = len(text) - stop_holdback(text, self.stops)
+            ready = len(text) - self.holdback
             if ready > sent:
                 n_tok = len(self.completion_tokens)
                 yield self._chunk(text[sent:ready], None,
@@ -333,6 +388,8 @@ def create_completion(
     sampler = llama._sampler(**sampling, seed=llama._draw_seed(seed), grammar=grammar,
                              grammar_lazy=grammar_lazy is not None, trigger_patterns=patterns,
                              trigger_tokens=trigger_tokens)
+    for token in getattr(grammar, "prefill", ()):  # text the prompt already holds (see _chat.PrefilledGrammar)
+        sampler.accept_grammar(token)  # the grammar only: the penalties see generated tokens
     meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
             "model": model if model is not None else llama.model_path}
     prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(

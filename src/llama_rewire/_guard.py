@@ -2,7 +2,9 @@
 
 Every public method that touches the native context runs under the Llama's :class:`CallGuard`. A call
 from another thread waits until the running one has returned; a call made inside a call, in the same
-thread (``create_chat_completion`` -> ``create_completion`` -> ``eval``), goes straight through.
+thread (``create_chat_completion`` -> ``create_completion`` -> ``eval``), goes straight through. Waiting
+calls take their turns in the order they arrived (a queue of tickets): a thread that calls in a loop gets
+the guard again only after every call that was waiting when it asked, so it cannot starve the others.
 
 A stream (``create_completion(stream=True)``, a streamed chat completion, ``generate``) keeps the guard
 between its steps as well, from the call that starts it until it is exhausted, closed or dropped; its
@@ -62,6 +64,17 @@ class _Stream:
         self.home = threading.get_ident()
 
 
+class _Ticket:
+    """A call waiting for the guard: its place in the queue and what it may run alongside."""
+
+    __slots__ = ("me", "stream", "while_streaming")
+
+    def __init__(self, me: int, while_streaming: bool, stream: _Stream | None) -> None:
+        self.me = me
+        self.while_streaming = while_streaming
+        self.stream = stream
+
+
 class CallGuard:
     """The state of one Llama's calls: which thread runs one (and how deeply nested), the open stream,
     the readers of the vocabulary, and whether it is closing."""
@@ -72,6 +85,7 @@ class CallGuard:
         self._depth = 0
         self._readers = 0
         self._waiting = 0  # threads in a wait on _cond (exit() notifies only when there are some)
+        self._queue: list[_Ticket] = []  # the calls waiting for the guard, oldest first
         self._stream: _Stream | None = None
         self._closing = False
         self._closed = False
@@ -90,8 +104,8 @@ class CallGuard:
 
     @property
     def waiting(self) -> int:
-        """Threads waiting for the guard (read without the lock by its owner)."""
-        return self._waiting
+        """Calls waiting for the guard (read without the lock by its owner)."""
+        return len(self._queue)
 
     @property
     def closing(self) -> bool:
@@ -110,47 +124,75 @@ class CallGuard:
         if self._owner == me:  # a call inside a call: only this thread can change the owner now
             self._depth += 1
             return True
-        if stream is None:
-            with self._cond:  # the common case: nothing runs, no stream is open
-                if self._owner is None and self._stream is None and not (self._closing or self._closed):
-                    self._owner, self._depth = me, 1
-                    self._turns += 1
-                    return True
+        with self._cond:
+            if (stream is None and not self._queue and self._owner is None and self._stream is None
+                    and not (self._closing or self._closed)):  # the common case: nothing runs or waits
+                self._owner, self._depth = me, 1
+                self._turns += 1
+                return True
+            ticket = _Ticket(me, while_streaming, stream)
+            self._queue.append(ticket)
         collected = False
-        while True:
-            with self._cond:
-                verdict = self._wait_turn(me, what, while_streaming, stream, collected)
-            if verdict == "collect":  # our own open stream: unless it is garbage, that is an error
-                collected = True
-                gc.collect()
-                continue
-            if verdict == "gone":
-                return False
-            if isinstance(verdict, _Stream):  # a dropped stream is closed by whoever comes next
-                self._close_gen(verdict)
-            return True
+        try:
+            while True:
+                with self._cond:
+                    verdict = self._wait_turn(ticket, what, collected)
+                if verdict == "collect":  # our own open stream: unless it is garbage, that is an error
+                    collected = True
+                    gc.collect()
+                    continue
+                if verdict == "gone":
+                    return False
+                if isinstance(verdict, _Stream):  # a dropped stream is closed by whoever comes next
+                    self._close_gen(verdict)
+                return True
+        finally:
+            self._leave_queue(ticket)
 
-    def _wait_turn(self, me: int, what: str, while_streaming: bool, stream: _Stream | None,
-                   collected: bool) -> str | _Stream | None:
-        """Under the lock: wait until this thread may run, then own the guard (None, or the dropped
-        stream to close first), or say why not ('gone', 'collect'; raises when closed)."""
+    def _leave_queue(self, ticket: _Ticket) -> None:
+        with self._cond:
+            if ticket in self._queue:
+                self._queue.remove(ticket)
+                if self._waiting:
+                    self._cond.notify_all()  # the next in the queue may be the one to run now
+
+    def _may_run(self, ticket: _Ticket) -> bool:
+        """Under the lock, with no owner: whether the call would go ahead now (run, raise, or give up)
+        rather than wait for the open stream's thread."""
+        if self._closing or self._closed or (ticket.stream is not None and self._stream is not ticket.stream):
+            return True
+        s = self._stream
+        if s is None or s is ticket.stream or ticket.while_streaming or s.abandoned:
+            return True
+        return s.home == ticket.me or not s.home_thread.is_alive()
+
+    def _wait_turn(self, ticket: _Ticket, what: str, collected: bool) -> str | _Stream | None:
+        """Under the lock: wait until this call's turn, then own the guard (None, or the dropped stream
+        to close first), or say why not ('gone', 'collect'; raises when closed). A call that could run
+        lets an earlier one that could run too go first."""
+        me, stream = ticket.me, ticket.stream
         while True:
             if stream is not None and self._stream is not stream:
                 return "gone"
             if self._closing or self._closed:
                 raise RuntimeError(CLOSED)
             if self._owner is None:
+                if not self._may_run(ticket):
+                    self._wait(_POLL_S)  # the stream's thread may still consume it: wait
+                    continue
+                earlier = self._queue[: self._queue.index(ticket)]
+                if any(self._may_run(t) for t in earlier):
+                    self._wait(_POLL_S)  # its turn comes first
+                    continue
                 s = self._stream
                 dropped = None
-                if s is not None and s is not stream and not while_streaming:
+                if s is not None and s is not stream and not ticket.while_streaming:
                     if not s.abandoned:
-                        if s.home != me and s.home_thread.is_alive():
-                            self._wait(_POLL_S)  # its thread may still consume it: wait
-                            continue
                         if not collected:
                             return "collect"
                         raise _open_stream_error(what, s.what, mine=s.home == me)
                     dropped, self._stream = s, None
+                self._queue.remove(ticket)
                 self._owner, self._depth = me, 1
                 self._turns += 1
                 if stream is not None:
@@ -217,6 +259,8 @@ class CallGuard:
         with self._cond:
             if self._stream is record:
                 self._stream = None
+                if self._waiting:
+                    self._cond.notify_all()
 
     @staticmethod
     def _close_gen(record: _Stream) -> None:

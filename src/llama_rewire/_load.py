@@ -7,6 +7,7 @@ from typing import Any
 
 from . import _core, _gguf_check, rpc
 from .errors import ModelLoadError
+from .rpc import RPCServerError
 
 
 def open_model(path: str, a: dict[str, Any]) -> _core.Model:
@@ -25,7 +26,7 @@ def open_model(path: str, a: dict[str, Any]) -> _core.Model:
     if servers:
         rpc.connect(servers)
     try:
-        return _core.Model(
+        model = _core.Model(
             path,
             n_gpu_layers=a["n_gpu_layers"],
             use_mmap=a["use_mmap"],
@@ -42,11 +43,19 @@ def open_model(path: str, a: dict[str, Any]) -> _core.Model:
         rpc.release(servers)
         if not isinstance(e, ModelLoadError):
             raise
+        rpc.check_connected(servers)  # a load that failed because a server went away or misbehaved
         why = None if a["vocab_only"] else _gguf_check.explain(path, overrides)
         if why is None and not given:
             raise
         message = f"failed to load model from file: {path}: {why}" if why is not None else str(e)
         raise ModelLoadError(message + given) from e
+    try:
+        rpc.check_connected(servers)  # a model whose server went away while it loaded cannot run
+    except RPCServerError:
+        model.close()
+        rpc.release(servers)
+        raise
+    return model
 
 
 def open_context(model: _core.Model, a: dict[str, Any]) -> _core.Context:

@@ -110,14 +110,21 @@ class ResidualMixin:
             on_chunk(start, len(chunk), rows)
         self._edits_kv_key = self._edits_native_key
 
-    def _push_edits(self, n_prompt: int, *, keep_cache: bool = False) -> None:
-        """Send the edits, resolved for a prompt of n_prompt tokens, to the context when they differ from
-        what it has; tokens evaluated under other edits are dropped unless keep_cache."""
-        nat = native(self._edits, n_prompt)
+    def _push_edits(
+        self, n_prompt: int, *, keep_cache: bool = False, edits: tuple[Edit, ...] | None = None
+    ) -> None:
+        """Send the edits (``edits``, else those in force), resolved for a prompt of n_prompt tokens, to
+        the context when they differ from what it has, and only then make them the edits in force: a
+        refused set leaves the previous edits in force, here and natively. Tokens evaluated under other
+        edits are dropped unless keep_cache."""
+        if edits is None:
+            edits = self._edits
+        nat = native(edits, n_prompt)
         k = key(nat)
         if k != self._edits_native_key:
             _core.rewire_edits_set(self.ctx, nat)
             self._edits_native_key = k
+        self._edits = edits
         if keep_cache:
             self._edits_kv_key = k
         elif k != self._edits_kv_key:
@@ -249,8 +256,7 @@ class ResidualMixin:
                     info = self._layout[m]
                     layers_l[m] = dataclasses.replace(layers_l[m], skip_attn=info.attn, skip_ffn=info.ffn)
                 _core.rewire_wiring_set(self.ctx, type(user_wiring)(tuple(layers_l), self._layout).native())
-                self._edits = tuple(e for e in user_edits if e.layer <= il)
-                self._push_edits(len(toks))
+                self._push_edits(len(toks), edits=tuple(e for e in user_edits if e.layer <= il))
                 logits = np.empty((len(toks), self.n_vocab()), dtype=np.float64)
 
                 def keep(start: int, n: int, out: Any, logits: np.ndarray = logits) -> None:
@@ -264,8 +270,10 @@ class ResidualMixin:
                 logprobs[j] = np.take_along_axis(lp, top, axis=1)
         finally:
             _core.rewire_wiring_set(self.ctx, user_wiring.native())
-            self._edits = user_edits
-            self._push_edits(0)
+            try:
+                self._push_edits(0, edits=user_edits)
+            finally:
+                self._edits = user_edits  # a failed push is retried by the next evaluation
             self.reset()
         pieces = [
             self.detokenize([int(t)], special=True).decode("utf-8", errors="replace") for t in np.unique(ids)
@@ -303,8 +311,7 @@ class ResidualMixin:
         chk = self._checker()
         checked = tuple(chk.check(e) for e in edits)
         native(checked, 0)  # conflicts (two patches at one place...) raise here, before anything changes
-        self._edits = checked
-        self._push_edits(self._edits_n_prompt, keep_cache=keep_cache)
+        self._push_edits(self._edits_n_prompt, keep_cache=keep_cache, edits=checked)
 
     def _replace_kind(self, kind: type, new: list[Edit], keep_cache: bool) -> None:
         self.set_edits([e for e in self._edits if not isinstance(e, kind)] + new, keep_cache=keep_cache)

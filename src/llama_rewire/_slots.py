@@ -137,7 +137,6 @@ class Slots:
         self._turn = -1  # the guard's turn count when the slots last held it
         # a cached prefix can be kept only where the cache can be cut at any position
         self._reuse = not (llama._is_recurrent or llama._is_hybrid or llama._swa_window)
-        self._last_n = llama.last_n_tokens_size
         self._counts = {"requests": 0, "prompt_tokens": 0, "prompt_tokens_cached": 0,
                         "tokens_predicted": 0, "decodes": 0, "cancelled": 0, "errors": 0}
 
@@ -219,8 +218,7 @@ class Slots:
     def _submit(self, prompt: list[int], sampler: _core.Sampler, *, limit: int, want_logits: bool,
                 logits_processor: LogitsProcessor | None, keep_logits: bool) -> _Job:
         llama = self._llama
-        for t in prompt[-self._last_n :] if self._last_n else ():
-            sampler.accept(int(t), grammar=False)  # the penalties' window starts with the prompt
+        # the penalties see the generated tokens only (the sampler accepts each one it samples)
         job = _Job(prompt, sampler, limit=limit, want_logits=want_logits or keep_logits,
                    logits_processor=logits_processor, keep_logits=keep_logits)
         with self._cv:

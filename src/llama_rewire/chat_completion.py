@@ -427,6 +427,41 @@ class ChatCompletionStream:
         return usage
 
 
+# -- roles and the prompt's tokens -----------------------------------------------------------------
+
+CHAT_ROLES = ("system", "user", "assistant", "tool", "developer", "function")
+
+
+def check_roles(messages: Sequence[Any]) -> None:
+    """Every message's ``role`` is one of :data:`CHAT_ROLES` (a template inserts the role as is, so a
+    free-form role could write any text, control tokens included, into the prompt)."""
+    for i, msg in enumerate(messages):
+        role = msg.get("role") if isinstance(msg, Mapping) else None
+        if not isinstance(role, str) or role not in CHAT_ROLES:
+            raise ValueError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}: got {role!r}")
+
+
+def tokenize_prompt_parts(llama: Llama, parts: Sequence[tuple[bytes, bool]], *, add_bos: bool) -> list[int]:
+    """The tokens of a prompt given as ``(text, from_user)`` parts: control tokens only where the
+    template wrote them. Text from the request that would tokenize to a control token (a user typing
+    ``<|im_end|>``) is tokenized as plain text; the rest of the prompt is tokenized in one piece with
+    special tokens parsed, exactly as a whole-string tokenization would."""
+    runs: list[tuple[bytes, bool]] = []  # (text, parse special tokens)
+    for text, from_user in parts:
+        plain = from_user and (llama.tokenize(text, add_bos=False, special=True)
+                               != llama.tokenize(text, add_bos=False, special=False))
+        if not plain and runs and runs[-1][1]:
+            runs[-1] = (runs[-1][0] + text, True)
+        else:
+            runs.append((text, not plain))
+    if not runs:
+        return llama.tokenize(b"", add_bos=add_bos, special=True)
+    tokens: list[int] = []
+    for i, (text, special) in enumerate(runs):
+        tokens += llama.tokenize(text, add_bos=add_bos and i == 0, special=special)
+    return tokens
+
+
 # -- the handler ---------------------------------------------------------------------------------
 
 
@@ -471,6 +506,7 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
         **kwargs: Any,
     ) -> ChatCompletionResult:
         verbose = bool(getattr(llama, "verbose", False))
+        check_roles(messages)
         plan = ToolPlan.from_request(functions, function_call, tools, tool_choice)
         renders_tools = getattr(chat_formatter, "renders_tools", None)  # set on template formatters
         msgs: Sequence[Any] = messages
@@ -481,7 +517,10 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
             messages=list(msgs), functions=functions, function_call=function_call,
             tools=plan.tools if plan.mode != "none" else None, tool_choice=tool_choice,
         )
-        prompt = llama.tokenize(result.prompt.encode("utf-8"), add_bos=not result.added_special, special=True)
+        parts = getattr(result, "prompt_parts", None)  # set by formatters that know what came from the user
+        add_bos = not result.added_special
+        prompt = (tokenize_prompt_parts(llama, parts, add_bos=add_bos) if parts is not None
+                  else llama.tokenize(result.prompt.encode("utf-8"), add_bos=add_bos, special=True))
         if response_format is not None:
             grammar = grammar_for_response_format(response_format, verbose) or grammar
         grammar = plan.grammar(verbose) or grammar

@@ -386,6 +386,47 @@ def format_snoozy(*, messages: Messages, **kwargs: Any) -> ChatFormatterResponse
     return ChatFormatterResponse(prompt=prompt, stop=["### Prompt:", "### Instruction:"])
 
 
+OPENBUDDY_SYSTEM = (
+    "You are a helpful, respectful and honest assistant named Buddy, talking to a human User. Answer as "
+    "helpfully and logically as you can; if you do not know an answer, say so."
+)
+OPEN_ORCA_SYSTEM = (
+    "You are a helpful assistant. Answer truthfully and think step by step; if you are not sure, say so."
+)
+
+
+def format_openbuddy(*, messages: Messages, **kwargs: Any) -> ChatFormatterResponse:
+    """OpenBuddy: a system preamble, then ``User: ...`` / ``Assistant: ...`` lines."""
+    system, turns = _split_system(_messages(messages), OPENBUDDY_SYSTEM)
+    templates = {"user": "User: {text}\n", "assistant": "Assistant: {text}\n"}
+    prompt = system + "\n\n" + _roles_prompt(turns, templates, "Assistant:")
+    return ChatFormatterResponse(prompt=prompt, stop=["\nUser:"])
+
+
+def format_open_orca(*, messages: Messages, **kwargs: Any) -> ChatFormatterResponse:
+    """OpenOrca (OpenChat style): ``User: ...<|end_of_turn|>`` / ``Assistant: ...<|end_of_turn|>``."""
+    system, turns = _split_system(_messages(messages), OPEN_ORCA_SYSTEM)
+    templates = {"user": "User: {text}<|end_of_turn|>\n", "assistant": "Assistant: {text}<|end_of_turn|>\n"}
+    prompt = system + "<|end_of_turn|>\n" + _roles_prompt(turns, templates, "Assistant: ")
+    return ChatFormatterResponse(prompt=prompt, stop=["<|end_of_turn|>", "User:"])
+
+
+def format_mistrallite(*, messages: Messages, **kwargs: Any) -> ChatFormatterResponse:
+    """MistralLite (Amazon): ``<|prompter|>...</s><|assistant|>...</s>``; no system role, so the system
+    prompt opens the first user message."""
+    turns = _merge_system_into_first_user(_messages(messages))
+    templates = {"user": "<|prompter|>{text}</s>", "assistant": "<|assistant|>{text}</s>"}
+    prompt = _roles_prompt(turns, templates, "<|assistant|>")
+    return ChatFormatterResponse(prompt=prompt, stop=["</s>"])
+
+
+def format_chatglm3(*, messages: Messages, **kwargs: Any) -> ChatFormatterResponse:
+    """ChatGLM3 (THUDM): ``<|system|>``, ``<|user|>``, ``<|assistant|>``, each followed by a newline."""
+    templates = {r: f"<|{r}|>\n{{text}}" for r in ("system", "user", "assistant")}
+    prompt = _roles_prompt(_messages(messages), templates, "<|assistant|>\n")
+    return ChatFormatterResponse(prompt=prompt, stop=["<|user|>", "<|observation|>", "</s>"])
+
+
 BUILTIN_FORMATS: dict[str, ChatFormatter] = {
     "chatml": format_chatml,
     "qwen": format_qwen,
@@ -407,4 +448,8 @@ BUILTIN_FORMATS: dict[str, ChatFormatter] = {
     "baichuan-2": format_baichuan2,
     "redpajama-incite": format_redpajama_incite,
     "snoozy": format_snoozy,
+    "openbuddy": format_openbuddy,
+    "open-orca": format_open_orca,
+    "mistrallite": format_mistrallite,
+    "chatglm3": format_chatglm3,
 }

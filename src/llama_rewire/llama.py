@@ -12,10 +12,11 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _completion, _core, _load, _logging, _params, rpc
+from . import _completion, _core, _llama_compat, _load, _logging, _params, rpc
 from ._completion import CompletionIterator
 from ._embedding import embed as _embed
 from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
+from ._llama_compat import MinTokensLogitsProcessor as MinTokensLogitsProcessor  # noqa: PLC0414  (re-export)
 from ._residual import ResidualMixin
 from ._rewiring import RewiringMixin
 from ._slots import Slots
@@ -23,6 +24,7 @@ from .errors import ActivationSpecError, ContextOverflowError
 from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
+from .llama_tokenizer import BaseLlamaTokenizer
 from .wiring.activations import Spec
 from .wiring.spec import WiringSpec
 
@@ -59,7 +61,7 @@ class StoppingCriteriaList(list[StoppingCriteria]):
         return any(criterion(input_ids, logits) for criterion in self)
 
 
-class Llama(RewiringMixin, ResidualMixin):
+class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
     """A GGUF model and one inference context, with a rewirable runtime per layer.
 
     Parameters follow llama-cpp-python's ``Llama``; unknown keyword arguments are accepted and ignored,
@@ -115,11 +117,14 @@ class Llama(RewiringMixin, ResidualMixin):
         lora_base: str | None = None,
         lora_scale: float = 1.0,
         lora_path: str | None = None,
+        numa: bool | int = False,
         chat_format: str | None = None,
         chat_handler: Any = None,
+        draft_model: LlamaDraftModel | None = None,
+        tokenizer: BaseLlamaTokenizer | None = None,
         type_k: int | None = None,
         type_v: int | None = None,
-        draft_model: LlamaDraftModel | None = None,
+        spm_infill: bool = False,
         verbose: bool = True,
         activations: Spec = None,
         wiring: WiringSpec = None,
@@ -132,6 +137,7 @@ class Llama(RewiringMixin, ResidualMixin):
         self._slots: Slots | None = None
         self._slots_lock = threading.Lock()
         self._rpc_servers: list[str] = []
+        self._init_args = _llama_compat.init_args(locals())  # what pickling keeps
         a = _params.check_llama_args(locals())
         self.verbose = verbose = a["verbose"]
         _logging.install()
@@ -145,19 +151,17 @@ class Llama(RewiringMixin, ResidualMixin):
         if draft_model is not None and not callable(draft_model):
             raise TypeError("draft_model must be a LlamaDraftModel (called with the token ids so far)")
         self.draft_model = draft_model
-        if kwargs:
+        if tokenizer is not None and not isinstance(tokenizer, BaseLlamaTokenizer):
+            raise TypeError("tokenizer must be a BaseLlamaTokenizer (e.g. LlamaHFTokenizer), got "
+                            f"{type(tokenizer).__name__}")
+        self._tokenizer = tokenizer
+        if kwargs and verbose:
             _log.debug("ignoring unknown Llama arguments: %s", ", ".join(sorted(kwargs)))
 
         self._model: _core.Model | None = _load.open_model(self.model_path, a)
         self._rpc_servers = a["rpc_servers"]  # released when the model is freed
         self._ctx: _core.Context | None = None
-        self.context_params = {
-            "n_ctx": a["n_ctx"],
-            "n_batch": a["n_batch"],
-            "n_ubatch": a["n_ubatch"],
-            "embeddings": a["embedding"],
-            "logits_all": a["logits_all"],
-        }
+        _llama_compat.set_attributes(self, a)  # llama-cpp-python's: context_params, n_batch, ...
         self._logits_all = logits_all = a["logits_all"]
         self._embedding = a["embedding"]
         self.last_n_tokens_size = a["last_n_tokens_size"]
@@ -189,8 +193,9 @@ class Llama(RewiringMixin, ResidualMixin):
             raise
         # each of n_parallel sequences has a window of its own (an embedding context shares one)
         self._n_ctx = self._ctx.n_ctx() // (1 if self._embedding else self._ctx.n_seq_max())
-        self._n_batch = self._ctx.n_batch()
+        self._n_batch = self.n_batch = self._ctx.n_batch()
         self._n_ubatch = self._ctx.n_ubatch()
+        self.context_params = _llama_compat.context_params(self, a)  # with the context's n_ctx, ...
         self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
         # calloc'd: only the rows that are written take memory. Without logits_all only the last
         # token's row is written; a window too large to address (e.g. n_ctx=0 on a long-context model
@@ -365,14 +370,13 @@ class Llama(RewiringMixin, ResidualMixin):
 
     # -- tokens -----------------------------------------------------------------------------------
 
-    @reading
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        """Text (UTF-8 bytes) to token ids; add_bos adds the model's special prefix tokens."""
-        if isinstance(text, str):
-            raise TypeError("tokenize takes bytes: use text.encode('utf-8')")
-        return list(self.model.tokenize(bytes(text), add_special=add_bos, parse_special=special))
+        """Text (UTF-8 bytes) to token ids; add_bos adds the model's special prefix tokens. A
+        ``tokenizer`` given to the constructor does it instead of the model's vocabulary."""
+        if self._tokenizer is not None:
+            return self._tokenizer.tokenize(text, add_bos, special)
+        return self._vocab_tokenize(text, add_bos, special)
 
-    @reading
     def detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None, special: bool = False
     ) -> bytes:
@@ -381,6 +385,21 @@ class Llama(RewiringMixin, ResidualMixin):
         A leading BOS drops the space its first word carries (SentencePiece vocabularies); after
         ``prev_tokens`` the text is the continuation, so nothing is dropped.
         """
+        if self._tokenizer is not None:
+            return self._tokenizer.detokenize(
+                list(tokens), None if prev_tokens is None else list(prev_tokens), special)
+        return self._vocab_detokenize(tokens, prev_tokens, special)
+
+    @reading
+    def _vocab_tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+        if isinstance(text, str):
+            raise TypeError("tokenize takes bytes: use text.encode('utf-8')")
+        return list(self.model.tokenize(bytes(text), add_special=add_bos, parse_special=special))
+
+    @reading
+    def _vocab_detokenize(
+        self, tokens: Sequence[int], prev_tokens: Sequence[int] | None, special: bool
+    ) -> bytes:
         toks = [int(t) for t in tokens]
         model = self.model
         out = b"".join(model.token_to_piece(t, special=special) for t in toks)
@@ -603,8 +622,7 @@ class Llama(RewiringMixin, ResidualMixin):
             presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
             mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar,
             temp_name="temp")
-        for t in self._input_ids[-self.last_n_tokens_size :]:
-            sampler.accept(int(t), grammar=False)
+        # a fresh sampler, as in llama-cpp-python: the penalties see no earlier token
         with _params.grammar_messages():
             return self._sample(sampler, logits_processor, idx)
 
@@ -638,10 +656,12 @@ class Llama(RewiringMixin, ResidualMixin):
         logits_processor: LogitsProcessor | None,
         want_logits: bool,
     ) -> Iterator[tuple[int, npt.NDArray[np.single] | None]]:
-        """Evaluate tokens (after the reused prefix), then yield (token, raw logits) step by step."""
+        """Evaluate tokens (after the reused prefix), then yield (token, raw logits) step by step.
+
+        The repeat/frequency/presence penalties look at the last ``last_n_tokens_size`` generated
+        tokens (the sampler accepts each token it samples), never at the prompt, as in llama-cpp-python.
+        """
         self.eval(tokens)
-        for t in self._input_ids[-self.last_n_tokens_size :]:
-            sampler.accept(int(t), grammar=False)
         if self._can_draft():
             from . import _speculative
 
@@ -821,9 +841,10 @@ class Llama(RewiringMixin, ResidualMixin):
 
     def _chat(self, messages: list[dict[str, Any]], kwargs: dict[str, Any], llama: Any) -> Any:
         """The chat handler's result, its completions run by ``llama`` (the Llama, or its slots)."""
-        from . import llama_chat_format
+        from . import _grammar_limits, llama_chat_format
 
         _params.check_chat_request(messages, kwargs)
+        _grammar_limits.check_chat(self, messages, kwargs)  # before the template renders
         handler = (
             self.chat_handler
             or self._chat_handlers.get(self.chat_format or "")

@@ -20,6 +20,19 @@ from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Callable, NoReturn, TypeVar
 
+from ._multimodal import (
+    Gemma4ChatHandler,
+    Llama3VisionAlpha,
+    Llama3VisionAlphaChatHandler,
+    Llava15ChatHandler,
+    Llava16ChatHandler,
+    MiniCPMv26ChatHandler,
+    MoondreamChatHandler,
+    MTMDChatHandler,
+    NanoLlavaChatHandler,
+    ObsidianChatHandler,
+    Qwen25VLChatHandler,
+)
 from .chat_completion import (
     ChatCompletionStream,
     LlamaChatCompletionHandler,
@@ -34,13 +47,17 @@ from .chat_formats import (
     format_alpaca,
     format_baichuan,
     format_baichuan2,
+    format_chatglm3,
     format_chatml,
     format_gemma,
     format_intel,
     format_llama2,
     format_llama3,
     format_mistral_instruct,
+    format_mistrallite,
     format_oasst_llama,
+    format_open_orca,
+    format_openbuddy,
     format_openchat,
     format_phi3,
     format_phind,
@@ -65,7 +82,47 @@ F = TypeVar("F", bound=ChatFormatter)
 H = TypeVar("H", bound=Callable[..., Any])
 
 
+# The chat templates of a few families as Jinja text (for Jinja2ChatFormatter, or to compare with a GGUF's
+# tokenizer.chat_template), with the BOS/EOS texts they are rendered with.
+CHATML_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
+CHATML_BOS_TOKEN = "<s>"
+CHATML_EOS_TOKEN = "<|im_end|>"
+
+# [INST] user [/INST] answer</s> ..., roles alternating from a user turn
+_MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}"
+    "{% if (message['role'] == 'user') != (loop.index0 % 2 == 0) %}"
+    "{{ raise_exception('Conversation roles must alternate user/assistant/user/assistant/...') }}{% endif %}"
+    "{% if message['role'] == 'user' %}{{ '[INST] ' + message['content'] + ' [/INST]' }}"
+    "{% elif message['role'] == 'assistant' %}{{ message['content'] + eos_token@AFTER_EOS@ }}"
+    "{% else %}{{ raise_exception('Only user and assistant roles are supported!') }}{% endif %}"
+    "{% endfor %}"
+)
+MISTRAL_INSTRUCT_CHAT_TEMPLATE = _MISTRAL_TEMPLATE.replace("@AFTER_EOS@", " + ' '")
+MISTRAL_INSTRUCT_BOS_TOKEN = "<s>"
+MISTRAL_INSTRUCT_EOS_TOKEN = "</s>"
+MIXTRAL_INSTRUCT_CHAT_TEMPLATE = _MISTRAL_TEMPLATE.replace("@AFTER_EOS@", "")
+
+LLAMA3_INSTRUCT_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% set content = '<|start_header_id|>' + message['role'] + '<|end_header_id|>\n\n'"
+    " + message['content'] | trim + '<|eot_id|>' %}"
+    "{% if loop.index0 == 0 %}{% set content = bos_token + content %}{% endif %}{{ content }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|start_header_id|>assistant<|end_header_id|>\n\n' }}{% endif %}"
+)
+
+
 # -- registry ------------------------------------------------------------------------------------
+
+
+class LlamaChatCompletionHandlerNotFoundException(ValueError):
+    """No chat completion handler is registered under the name asked for."""
 
 
 class LlamaChatCompletionHandlerRegistry:
@@ -98,7 +155,8 @@ class LlamaChatCompletionHandlerRegistry:
             return self._chat_handlers[name]
         except KeyError:
             known = ", ".join(sorted(self._chat_handlers))
-            raise ValueError(f"Invalid chat handler: {name} (valid formats: {known})") from None
+            raise LlamaChatCompletionHandlerNotFoundException(
+                f"Invalid chat handler: {name} (valid formats: {known})") from None
 
     # short names
     register = register_chat_completion_handler
@@ -140,6 +198,32 @@ def register_chat_format(name: str) -> Callable[[F], F]:
 
 for _name, _formatter in BUILTIN_FORMATS.items():
     register_chat_format(_name)(_formatter)
+
+format = format_vicuna
+
+# ChatML with tools: the ChatML handler answers tools / tool_choice / functions (see chat_completion)
+chatml_function_calling: LlamaChatCompletionHandler = get_chat_completion_handler("chatml")
+register_chat_completion_handler("chatml-function-calling")(chatml_function_calling)
+
+
+def _functionary(name: str) -> LlamaChatCompletionHandler:
+    def handler(*, llama: Any, messages: Any, **kwargs: Any) -> Any:
+        raise NotImplementedError(
+            f"the {name} chat handler (functionary models' own prompt format and tokenizer) is not "
+            "available in llama-rewire: use the model's GGUF chat template (chat_format=None) or "
+            "chat_format='chatml-function-calling'"
+        )
+
+    handler.__name__ = handler.__qualname__ = name.replace("-", "_") + "_chat_handler"
+    return handler
+
+
+functionary_chat_handler = _functionary("functionary")
+functionary_v1_v2_chat_handler = _functionary("functionary-v1-v2")
+for _name, _handler in (("functionary", functionary_chat_handler),
+                        ("functionary-v1", functionary_v1_v2_chat_handler),
+                        ("functionary-v2", functionary_v1_v2_chat_handler)):
+    register_chat_completion_handler(_name)(_handler)
 
 
 # -- Jinja chat templates ------------------------------------------------------------------------
@@ -320,6 +404,41 @@ def hf_tokenizer_config_to_chat_formatter(
                                          add_generation_prompt=add_generation_prompt)
 
 
+def hf_tokenizer_config_to_chat_completion_handler(
+    tokenizer_config: Mapping[str, Any], add_generation_prompt: bool = True
+) -> LlamaChatCompletionHandler:
+    """The chat completion handler of :func:`hf_tokenizer_config_to_chat_formatter`."""
+    formatter = hf_tokenizer_config_to_chat_formatter(tokenizer_config, add_generation_prompt)
+    return chat_formatter_to_chat_completion_handler(formatter)
+
+
+def hf_autotokenizer_to_chat_formatter(pretrained_model_name_or_path: str) -> ChatFormatter:
+    """A formatter rendering with a Hugging Face tokenizer's ``apply_chat_template`` (needs
+    transformers); the prompt holds the BOS text, and generation stops at the tokenizer's EOS text."""
+    try:
+        from transformers import AutoTokenizer  # type: ignore[import-not-found]
+    except ImportError:
+        raise ImportError("hf_autotokenizer_to_chat_formatter needs the transformers package: "
+                          "pip install transformers") from None
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_model_name_or_path)
+
+    def format_autotokenizer(*, messages: list[Any], **kwargs: Any) -> ChatFormatterResponse:
+        tokenizer.use_default_system_prompt = False
+        prompt = tokenizer.apply_chat_template(messages, tokenize=False, **kwargs)
+        if not isinstance(prompt, str):
+            raise ChatFormatError("the tokenizer's apply_chat_template did not return text")
+        return ChatFormatterResponse(prompt=prompt, stop=tokenizer.eos_token, added_special=True)
+
+    return format_autotokenizer
+
+
+def hf_autotokenizer_to_chat_completion_handler(pretrained_model_name_or_path: str
+                                                ) -> LlamaChatCompletionHandler:
+    """The chat completion handler of :func:`hf_autotokenizer_to_chat_formatter`."""
+    return chat_formatter_to_chat_completion_handler(
+        hf_autotokenizer_to_chat_formatter(pretrained_model_name_or_path))
+
+
 def chat_template_handlers(
     metadata: Mapping[str, str],
     *,
@@ -397,25 +516,51 @@ def guess_chat_format_from_gguf_metadata(
 
 
 __all__ = [
+    "CHATML_BOS_TOKEN",
+    "CHATML_CHAT_TEMPLATE",
+    "CHATML_EOS_TOKEN",
+    "LLAMA3_INSTRUCT_CHAT_TEMPLATE",
+    "MISTRAL_INSTRUCT_BOS_TOKEN",
+    "MISTRAL_INSTRUCT_CHAT_TEMPLATE",
+    "MISTRAL_INSTRUCT_EOS_TOKEN",
+    "MIXTRAL_INSTRUCT_CHAT_TEMPLATE",
     "ChatCompletionStream",
     "ChatFormatter",
     "ChatFormatterResponse",
+    "Gemma4ChatHandler",
     "Jinja2ChatFormatter",
+    "Llama3VisionAlpha",
+    "Llama3VisionAlphaChatHandler",
     "LlamaChatCompletionHandler",
+    "LlamaChatCompletionHandlerNotFoundException",
     "LlamaChatCompletionHandlerRegistry",
+    "Llava15ChatHandler",
+    "Llava16ChatHandler",
+    "MTMDChatHandler",
+    "MiniCPMv26ChatHandler",
+    "MoondreamChatHandler",
+    "NanoLlavaChatHandler",
+    "ObsidianChatHandler",
+    "Qwen25VLChatHandler",
     "chat_formatter_to_chat_completion_handler",
     "chat_template_handlers",
+    "chatml_function_calling",
     "completion_to_chat",
+    "format",
     "format_alpaca",
     "format_baichuan",
     "format_baichuan2",
+    "format_chatglm3",
     "format_chatml",
     "format_gemma",
     "format_intel",
     "format_llama2",
     "format_llama3",
     "format_mistral_instruct",
+    "format_mistrallite",
     "format_oasst_llama",
+    "format_open_orca",
+    "format_openbuddy",
     "format_openchat",
     "format_phi3",
     "format_phind",
@@ -426,8 +571,13 @@ __all__ = [
     "format_snoozy",
     "format_vicuna",
     "format_zephyr",
+    "functionary_chat_handler",
+    "functionary_v1_v2_chat_handler",
     "get_chat_completion_handler",
     "guess_chat_format_from_gguf_metadata",
+    "hf_autotokenizer_to_chat_completion_handler",
+    "hf_autotokenizer_to_chat_formatter",
+    "hf_tokenizer_config_to_chat_completion_handler",
     "hf_tokenizer_config_to_chat_formatter",
     "parse_tool_calls",
     "register_chat_completion_handler",

@@ -1,7 +1,9 @@
 """GBNF grammars for constrained sampling, shaped like llama-cpp-python's ``llama_cpp.llama_grammar``.
 
 A grammar is parsed (and checked) when it is made; it is compiled against a model's vocabulary when a
-completion uses it. JSON schemas are converted by llama.cpp's own converter.
+completion uses it. JSON schemas are converted by llama.cpp's own converter. Every grammar, however it
+is made, is first held to the limits of :mod:`._grammar_limits` (nesting, size, rules, repetitions),
+and every JSON schema to its depth and "$ref" limits before it is converted.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ import json
 from typing import Any
 
 from . import _core
+from ._grammar_limits import check_grammar, check_json_schema, load_json_schema
 from .errors import GrammarError
 
 # A JSON object (what response_format json_object asks for), with any JSON values inside.
@@ -30,6 +33,9 @@ class LlamaGrammar:
     """A GBNF grammar whose start rule is ``root``."""
 
     def __init__(self, *, _grammar: str) -> None:
+        if not isinstance(_grammar, str):
+            raise GrammarError("a grammar must be GBNF text")
+        check_grammar(_grammar)
         self._grammar = _grammar
         self._root = LLAMA_GRAMMAR_DEFAULT_ROOT
 
@@ -38,10 +44,12 @@ class LlamaGrammar:
         """Parse GBNF text; raises ``GrammarError`` (a ValueError) when it does not parse."""
         if not isinstance(grammar, str) or not grammar.strip():
             raise GrammarError("a grammar must be non-empty GBNF text")
+        # the limits first (in the constructor): llama.cpp's parser never sees a grammar beyond them
+        made = cls(_grammar=grammar)
         # token references (<[123]>) need a vocabulary: those grammars are checked when used
         if "<[" not in grammar and not _core.grammar_check(None, grammar):
             raise GrammarError("the grammar does not parse or has no 'root' rule")
-        return cls(_grammar=grammar)
+        return made
 
     @classmethod
     def from_file(cls, file: str, verbose: bool = True) -> LlamaGrammar:
@@ -55,6 +63,8 @@ class LlamaGrammar:
     @classmethod
     def from_json_schema(cls, json_schema: str | dict[str, Any], verbose: bool = True) -> LlamaGrammar:
         """A grammar for the JSON documents that a JSON schema (text or dict) accepts."""
+        if not isinstance(json_schema, str):
+            check_json_schema(json_schema)  # before json.dumps, which recurses
         text = json_schema if isinstance(json_schema, str) else json.dumps(json_schema)
         return cls.from_string(json_schema_to_gbnf(text), verbose=verbose)
 
@@ -68,13 +78,40 @@ class LlamaGrammar:
 
 def json_schema_to_gbnf(schema: str, prop_order: list[str] | None = None) -> str:
     """GBNF text for a JSON schema given as JSON text."""
-    try:
-        parsed = json.loads(schema)
-    except json.JSONDecodeError as e:
-        raise GrammarError(f"the JSON schema is not valid JSON: {e}") from None
+    parsed = load_json_schema(schema)
     if not isinstance(parsed, (dict, bool)):
         raise GrammarError("a JSON schema must be an object (or true/false)")
     return str(_core.json_schema_to_grammar(schema))
 
 
 __all__ = ["JSON_GBNF", "LLAMA_GRAMMAR_DEFAULT_ROOT", "LlamaGrammar", "json_schema_to_gbnf"]
+
+# llama-cpp-python's other names in this module: SchemaConverter, its rule tables, sample grammars
+from ._grammar_compat import (  # noqa: E402
+    ARITHMETIC_GBNF,
+    C_GBNF,
+    CHESS_GBNF,
+    DOT,
+    DOTALL,
+    ESCAPED_IN_REGEXPS_BUT_NOT_IN_LITERALS,
+    GRAMMAR_LITERAL_ESCAPE_RE,
+    GRAMMAR_LITERAL_ESCAPES,
+    INVALID_RULE_CHARS_RE,
+    JAPANESE_GBNF,
+    JSON_ARR_GBNF,
+    LIST_GBNF,
+    NON_LITERAL_SET,
+    PRIMITIVE_RULES,
+    RESERVED_NAMES,
+    SPACE_RULE,
+    STRING_FORMAT_RULES,
+    BuiltinRule,
+    SchemaConverter,
+)
+
+__all__ += [
+    "ARITHMETIC_GBNF", "CHESS_GBNF", "C_GBNF", "DOT", "DOTALL", "ESCAPED_IN_REGEXPS_BUT_NOT_IN_LITERALS",
+    "GRAMMAR_LITERAL_ESCAPES", "GRAMMAR_LITERAL_ESCAPE_RE", "INVALID_RULE_CHARS_RE", "JAPANESE_GBNF",
+    "JSON_ARR_GBNF", "LIST_GBNF", "NON_LITERAL_SET", "PRIMITIVE_RULES", "RESERVED_NAMES", "SPACE_RULE",
+    "STRING_FORMAT_RULES", "BuiltinRule", "SchemaConverter",
+]

@@ -10,6 +10,14 @@ Every endpoint is probed (connect, handshake) before llama.cpp sees it, since ll
 process when an endpoint is unreachable or is not an RPC server: here that is a ``ConnectionError`` or a
 ``ValueError`` naming the endpoint. The RPC protocol has no authentication and no encryption: serve on
 loopback or on a private network only.
+
+Neither end trusts the other. A server closes the connection of a client whose message it cannot take
+(a size beyond its limits, a tensor outside its buffer, a graph it cannot compute) and serves the next
+one; it drops a client silent in the middle of a message, and an idle one when another waits to connect
+(after ``LLAMA_REWIRE_RPC_SERVER_TIMEOUT`` seconds, 60 by default). A client counts an answer it cannot
+use (an alignment that is not a power of two, a null base, an oversized allocation, too many devices) or
+a server silent for ``LLAMA_REWIRE_RPC_TIMEOUT`` seconds (300 by default, see :func:`set_timeout`) as a
+lost connection: an error at load, or an ``RPCServerLostError`` later.
 """
 
 from __future__ import annotations
@@ -29,6 +37,12 @@ from . import _core
 
 DEFAULT_PORT = 50052
 PROBE_TIMEOUT_S = 5.0
+# how long a client waits for a server's answer (a long graph on a slow server included)
+CLIENT_TIMEOUT_S = 300.0
+# how long a server waits for the rest of a message, for a HELLO, or lets a client idle while another
+# waits to connect; the largest message other than a tensor's data (bounded by the client's buffers)
+SERVER_TIMEOUT_S = 60.0
+SERVER_MAX_MESSAGE_MIB = 256
 
 # the handshake, as ggml-rpc frames it: | command (1 byte) | size (uint64) | payload |; the answer is
 # | size (uint64) | payload |. HELLO's number is fixed across protocol versions.
@@ -38,6 +52,7 @@ _HELLO_ANSWER = 4 + _CONN_CAPS  # major, minor, patch, padding, capabilities
 
 _lock = threading.Lock()
 _in_use: dict[str, int] = {}  # endpoint -> models of this process connected to it
+_timeout: list[float | None] = [None]  # set_timeout's value; None: the environment's, else the default
 
 
 # RPCServerLostError (a DecodeError): a decode found that an RPC server the model runs on went away; the
@@ -78,6 +93,34 @@ def parse_endpoints(value: Any) -> list[str]:
     if len(out) > _core.RPC_MAX_SERVERS:
         raise ValueError(f"rpc_servers: at most {_core.RPC_MAX_SERVERS} servers, got {len(out)}")
     return out
+
+
+def _seconds(name: str, value: str | None, default: float) -> float:
+    if value is None or not value.strip():
+        return default
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise ValueError(f"{name} must be a number of seconds, got {value!r}") from None
+    if not 0 <= seconds <= 86400 * 7:
+        raise ValueError(f"{name} must be from 0 (no limit) to 604800 seconds, got {value!r}")
+    return seconds
+
+
+def set_timeout(seconds: float | None) -> None:
+    """How long this process waits for an RPC server's answer before the connection counts as lost, for
+    the connections made from now on (0: without limit; None: ``LLAMA_REWIRE_RPC_TIMEOUT``, else
+    :data:`CLIENT_TIMEOUT_S`)."""
+    if seconds is not None:
+        _seconds("set_timeout", str(seconds), CLIENT_TIMEOUT_S)
+    _timeout[0] = seconds
+
+
+def client_timeout() -> float:
+    """The timeout :func:`set_timeout` chose, in seconds."""
+    if _timeout[0] is not None:
+        return _timeout[0]
+    return _seconds("LLAMA_REWIRE_RPC_TIMEOUT", os.environ.get("LLAMA_REWIRE_RPC_TIMEOUT"), CLIENT_TIMEOUT_S)
 
 
 def _recv_exactly(sock: socket.socket, n: int) -> bytes:
@@ -130,6 +173,7 @@ def connect(endpoints: list[str], timeout: float = PROBE_TIMEOUT_S) -> list[str]
     the model is freed."""
     names: list[str] = []
     with _lock:
+        _core.rpc_set_timeout(round(client_timeout() * 1000))
         for endpoint in endpoints:
             if not _in_use.get(endpoint):
                 try:
@@ -148,6 +192,18 @@ def connect(endpoints: list[str], timeout: float = PROBE_TIMEOUT_S) -> list[str]
     return names
 
 
+def check_connected(endpoints: list[str]) -> None:
+    """An :class:`RPCServerError` when the connection to one of ``endpoints`` was lost: while a model
+    loaded, that is a server that stopped, stayed silent past the timeout, or answered what an RPC server
+    must not (the log says which)."""
+    for endpoint in endpoints:
+        if _core.rpc_lost(endpoint):
+            raise RPCServerError(
+                f"rpc_servers: the connection to RPC server {endpoint} was lost while the model loaded (the "
+                f"server stopped, did not answer within {client_timeout():g} s, or answered what an RPC "
+                "server must not: see the log)")
+
+
 def release(endpoints: list[str]) -> None:
     with _lock:
         for endpoint in endpoints:
@@ -159,21 +215,41 @@ def release(endpoints: list[str]) -> None:
 
 
 def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, *, threads: int | None = None,
-          cache_dir: str | None = None) -> None:
+          cache_dir: str | None = None, timeout: float | None = None,
+          max_message_mib: int | None = None) -> None:
     """Serve this machine's CPU as an RPC device until the process ends (see ``llama-rewire
-    rpc-server``)."""
+    rpc-server``). ``timeout`` (seconds; 0: none) drops a client silent in the middle of a message or
+    before its handshake, or idle while another waits to connect; ``max_message_mib`` bounds a message
+    other than a tensor's data. Their defaults: ``LLAMA_REWIRE_RPC_SERVER_TIMEOUT`` and
+    ``LLAMA_REWIRE_RPC_MAX_MESSAGE_MIB``, else :data:`SERVER_TIMEOUT_S` and :data:`SERVER_MAX_MESSAGE_MIB`."""
     n = threads if threads else max(1, os.cpu_count() or 1)
-    _core.rpc_serve(f"{host}:{port}", cache_dir, n)
+    if timeout is None:
+        name = "LLAMA_REWIRE_RPC_SERVER_TIMEOUT"
+        timeout = _seconds(name, os.environ.get(name), SERVER_TIMEOUT_S)
+    else:
+        timeout = _seconds("timeout", str(timeout), SERVER_TIMEOUT_S)
+    if max_message_mib is None:
+        value = os.environ.get("LLAMA_REWIRE_RPC_MAX_MESSAGE_MIB") or str(SERVER_MAX_MESSAGE_MIB)
+        if not value.strip().isdigit():
+            raise ValueError(f"LLAMA_REWIRE_RPC_MAX_MESSAGE_MIB must be a whole number, got {value!r}")
+        max_message_mib = int(value)
+    if not 1 <= max_message_mib <= 1 << 20:
+        raise ValueError(f"max_message_mib must be from 1 to {1 << 20}, got {max_message_mib}")
+    _core.rpc_serve(f"{host}:{port}", cache_dir, n, round(timeout * 1000), max_message_mib << 20)
     raise RPCServerError(f"the RPC server on {host}:{port} could not start (is the port in use?)")
 
 
 # -- local server processes (tests, benchmarks, several servers on one machine) ---------------------------
 
 
-def spawn(port: int, *, host: str = "127.0.0.1", threads: int = 1) -> subprocess.Popen[bytes]:
-    """Start ``llama-rewire rpc-server`` in a new process. Its idle OpenMP threads sleep
-    (OMP_WAIT_POLICY=PASSIVE) rather than spin, so that processes sharing cores do not slow each other."""
+def spawn(port: int, *, host: str = "127.0.0.1", threads: int = 1,
+          timeout: float | None = None) -> subprocess.Popen[bytes]:
+    """Start ``llama-rewire rpc-server`` in a new process (``timeout``: its
+    ``LLAMA_REWIRE_RPC_SERVER_TIMEOUT``). Its idle OpenMP threads sleep (OMP_WAIT_POLICY=PASSIVE)
+    rather than spin, so that processes sharing cores do not slow each other."""
     env = {**os.environ, "OMP_WAIT_POLICY": "PASSIVE"}
+    if timeout is not None:
+        env["LLAMA_REWIRE_RPC_SERVER_TIMEOUT"] = str(timeout)
     return subprocess.Popen([sys.executable, "-m", "llama_rewire.cli", "rpc-server", "--host", host,
                              "--port", str(port), "--threads", str(threads)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -493,6 +493,12 @@ void bind_context(py::module_ & m) {
              py::arg("log10_max") = 4.0f, py::arg("n_seq_max") = 1, py::arg("extra") = py::dict())
         .def("close", &context::close, "Free the context now; later calls raise.")
         .def_property_readonly("closed", &context::closed)
+        // the llama_context * for the ctypes C API (llama_rewire.llama_cpp), as in model.cpp; `ctx` is
+        // llama-cpp-python's name for it
+        .def_property_readonly("ptr", [](const context & c) { return reinterpret_cast<uintptr_t>(c.get()); },
+                               "The address of the llama_context (raises once closed).")
+        .def_property_readonly("_as_parameter_", [](const context & c) { return reinterpret_cast<uintptr_t>(c.get()); })
+        .def_property_readonly("ctx", [](const context & c) { return reinterpret_cast<uintptr_t>(c.get()); })
         .def_property_readonly("model", &context::get_model)
         .def("n_ctx", [](const context & c) { return llama_n_ctx(c.get()); })
         .def("n_batch", [](const context & c) { return llama_n_batch(c.get()); })

@@ -248,6 +248,12 @@ void bind_model(py::module_ & m) {
              py::arg("rpc_servers") = std::vector<std::string>())
         .def("close", &model::close, "Free the model now; later calls raise.")
         .def_property_readonly("closed", &model::closed)
+        // the llama_model * for the ctypes C API (llama_rewire.llama_cpp); ctypes reads _as_parameter_, so
+        // the object itself can be passed as a llama_model_p, and `model` is llama-cpp-python's name for it
+        .def_property_readonly("ptr", [](const model & s) { return reinterpret_cast<uintptr_t>(s.get()); },
+                               "The address of the llama_model (raises once closed).")
+        .def_property_readonly("_as_parameter_", [](const model & s) { return reinterpret_cast<uintptr_t>(s.get()); })
+        .def_property_readonly("model", [](const model & s) { return reinterpret_cast<uintptr_t>(s.get()); })
         .def("n_layer", [](const model & s) { return llama_model_n_layer(s.get()); })
         .def("n_embd", [](const model & s) { return llama_model_n_embd(s.get()); })
         .def("n_ctx_train", [](const model & s) { return llama_model_n_ctx_train(s.get()); })

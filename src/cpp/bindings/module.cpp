@@ -1,6 +1,10 @@
 // llama_rewire._core: thin wrappers shaped like llama.h.
 #include "core.h"
 
+namespace rewire {
+void bind_capi(py::module_ & m); // capi.cpp (generated): the addresses the ctypes C API calls
+} // namespace rewire
+
 PYBIND11_MODULE(_core, m) {
     using namespace rewire;
     m.doc() = "llama.cpp with per-layer FFN activation overrides (thin bindings)";
@@ -115,4 +119,5 @@ PYBIND11_MODULE(_core, m) {
     bind_rewire(m);
     bind_resid(m);
     bind_chat(m);
+    bind_capi(m);
 }

@@ -53,6 +53,13 @@ std::vector<ggml_backend_dev_t> rpc_devices(const std::string & endpoint) {
         throw std::runtime_error("RPC server " + endpoint + ": " + error);
     }
     if (reg == nullptr) {
+        // a connection that failed, a server silent past the timeout, or an answer the client refuses
+        // (the log says which) marks the endpoint lost
+        auto * lost = rpc_function<decltype(ggml_backend_rpc_lost)>("ggml_backend_rpc_lost");
+        if (lost(endpoint.c_str())) {
+            throw std::runtime_error("RPC server " + endpoint + " did not answer, or answered what a "
+                                     "server of this protocol does not");
+        }
         throw std::runtime_error("RPC server " + endpoint + " has no devices");
     }
     for (size_t i = 0; i < ggml_backend_reg_dev_count(reg); ++i) {
@@ -77,13 +84,16 @@ std::string model::lost_rpc_endpoint() const {
 
 // Serve this machine's CPU over RPC until the process ends (ggml's server loop does not return on its
 // own). The GIL is released meanwhile, so the calling Python thread can be a daemon thread.
-static void rpc_serve(const std::string & endpoint, const std::optional<std::string> & cache_dir, int n_threads) {
+static void rpc_serve(const std::string & endpoint, const std::optional<std::string> & cache_dir, int n_threads,
+                      uint32_t timeout_ms, uint64_t max_message_size) {
     ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
     if (cpu == nullptr) {
         throw std::runtime_error("no CPU device to serve");
     }
     const std::string dir = cache_dir.value_or("");
     auto * start_server = rpc_function<decltype(ggml_backend_rpc_start_server)>("ggml_backend_rpc_start_server");
+    auto * set_limits = rpc_function<decltype(ggml_backend_rpc_set_server_limits)>("ggml_backend_rpc_set_server_limits");
+    set_limits(timeout_ms, max_message_size);
     py::gil_scoped_release release;
     start_server(endpoint.c_str(), cache_dir ? dir.c_str() : nullptr, (size_t) n_threads, 1, &cpu);
 }
@@ -103,7 +113,11 @@ void bind_rpc(py::module_ & m) {
         return names;
     }, py::arg("endpoint"), "Register an RPC server (once per process) and name its devices.");
     m.def("rpc_serve", &rpc_serve, py::arg("endpoint"), py::arg("cache_dir") = py::none(), py::arg("n_threads") = 1,
+          py::arg("timeout_ms") = 60000, py::arg("max_message_size") = 256ull << 20,
           "Serve this machine's CPU as an RPC device on endpoint (host:port); returns only if the server cannot start.");
+    m.def("rpc_set_timeout", [](uint32_t timeout_ms) {
+        rpc_function<decltype(ggml_backend_rpc_set_timeout)>("ggml_backend_rpc_set_timeout")(timeout_ms);
+    }, py::arg("timeout_ms"), "How long this process waits for an RPC server's answer (ms; 0: no limit).");
 }
 
 } // namespace rewire

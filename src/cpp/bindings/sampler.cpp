@@ -231,6 +231,22 @@ public:
         }
     }
 
+    // Record a token in the grammar only: text the prompt already holds (a tool-call grammar's
+    // generation prompt), which the penalties must not see, as llama.cpp's common_sampler prefill.
+    void accept_grammar(llama_token token) {
+        if (token < 0 || token >= n_vocab_) {
+            throw py::value_error("token id " + std::to_string(token) + " is out of range");
+        }
+        if (!grammar_) {
+            return;
+        }
+        try {
+            llama_sampler_accept(grammar_, token);
+        } catch (const std::exception & e) {
+            throw grammar_error(std::string("the grammar does not accept this token: ") + e.what());
+        }
+    }
+
     void reset() {
         llama_sampler_reset(chain_);
         if (grammar_) {
@@ -374,6 +390,7 @@ void bind_sampler(py::module_ & m) {
         .def("sample", &sampler::sample, py::arg("ctx"), py::arg("idx") = -1)
         .def("sample_logits", &sampler::sample_logits, py::arg("logits"))
         .def("accept", &sampler::accept, py::arg("token"), py::arg("grammar") = true)
+        .def("accept_grammar", &sampler::accept_grammar, py::arg("token"))
         .def("reset", &sampler::reset)
         .def_property_readonly("has_grammar", &sampler::has_grammar);
     m.def("grammar_check", &grammar_check, py::arg("model"), py::arg("gbnf"),

@@ -61,7 +61,14 @@ class ControlVector:
         return list(self.directions)
 
     def scaled(self, alpha: float) -> ControlVector:
-        return ControlVector({k: v * np.float32(alpha) for k, v in self.directions.items()}, self.model_hint)
+        """Every direction times alpha; ValueError where a value leaves float32's range."""
+        a = check_alpha(alpha)
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = {k: (v.astype(np.float64) * a).astype(np.float32) for k, v in self.directions.items()}
+        for layer, v in out.items():
+            if not np.all(np.isfinite(v)):
+                raise ValueError(f"control vector layer {layer} times {a:g} is beyond float32's range")
+        return ControlVector(out, self.model_hint)
 
     def save(self, path: str | os.PathLike[str], *, allow_layer0: bool = False) -> None:
         """Write llama.cpp's control-vector GGUF. A direction for layer 0 is refused unless
@@ -92,12 +99,18 @@ class ControlVector:
         if not f.tensors:
             raise ValueError(f"{path}: a control vector without direction tensors")
         directions: dict[int, np.ndarray] = {}
+        width = 0
         for t in f.tensors:
             prefix, _, index = t.name.partition(".")
             if prefix != "direction" or not index.isdigit():
                 raise ValueError(f"{path}: tensor {t.name!r} is not a direction.N tensor")
-            if len(t.shape) != 1:
+            if len(t.shape) != 1 or t.shape[0] == 0:
                 raise ValueError(f"{path}: tensor {t.name!r} is not one row (shape {t.shape})")
+            # every direction has the model's width: one of another width is refused, never broadcast
+            width = width or t.shape[0]
+            if t.shape[0] != width:
+                raise ValueError(f"{path}: tensor {t.name!r} has {t.shape[0]} values, the other directions "
+                                 f"{width}")
             v = f.f32(t)
             layer = int(index)
             directions[layer] = directions[layer] + v if layer in directions else v

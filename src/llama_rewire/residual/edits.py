@@ -224,7 +224,8 @@ def native(edits: Sequence[Edit], n_prompt: int) -> list[NativeEdit]:
     for e in edits:
         if isinstance(e, Steer):
             key = (e.layer, e.point)
-            v = e.vector.astype(np.float64) * e.alpha
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is refused below
+                v = e.vector.astype(np.float64) * e.alpha
             if key in adds:
                 prev, toks = adds[key]
                 if toks != e.tokens:
@@ -232,7 +233,8 @@ def native(edits: Sequence[Edit], n_prompt: int) -> list[NativeEdit]:
                         f"two steering vectors at layer {e.layer} {e.point} apply to different tokens "
                         f"({toks!r}, {e.tokens!r})"
                     )
-                v = prev + v
+                with np.errstate(over="ignore", invalid="ignore"):
+                    v = prev + v
             adds[key] = (v, e.tokens)
             continue
         kind = type(e).__name__
@@ -256,10 +258,25 @@ def native(edits: Sequence[Edit], n_prompt: int) -> list[NativeEdit]:
                 )
             )
     for (layer, point), (v, toks) in adds.items():
+        row = _as_float32(v, layer, point)  # checked whatever tokens it applies to
         rng = _range(toks, n_prompt)
         if rng is not None:
-            out.append((_core.EDIT_ADD, point_index(point), layer, v.astype(np.float32)[None, :], None, *rng))
+            out.append((_core.EDIT_ADD, point_index(point), layer, row, None, *rng))
     return out
+
+
+def _as_float32(v: np.ndarray, layer: int, point: str) -> np.ndarray:
+    """The summed alpha * vector of one place as the native table's float32 row; ValueError where a value
+    does not fit float32 (it would add infinities, and NaNs after them)."""
+    with np.errstate(over="ignore", invalid="ignore"):
+        row = v.astype(np.float32)
+    if not np.all(np.isfinite(row)):
+        big = float(np.max(np.abs(v))) if np.all(np.isfinite(v)) else float("inf")
+        raise ValueError(
+            f"steering at layer {layer} {point}: alpha * vector reaches {big:.3g}, beyond float32's range "
+            f"({np.finfo(np.float32).max:.3g}): use a smaller alpha"
+        )
+    return row[None, :]
 
 
 def key(native_edits: Sequence[NativeEdit]) -> tuple[Any, ...]:

@@ -9,6 +9,7 @@ offset into the data section); padding to ``general.alignment`` (32 by default);
 from __future__ import annotations
 
 import os
+import stat
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -67,10 +68,26 @@ class GGUFFile:
             raise ValueError(
                 f"{self.path}: the data of tensor {tensor.name!r} lies beyond the end of the file"
             )
-        with open(self.path, "rb") as f:
+        with _open_regular(self.path) as f:
             f.seek(start)
             data = np.frombuffer(f.read(4 * n), dtype="<f4").astype(np.float32)
         return data.reshape(tuple(reversed(tensor.shape)))
+
+
+def _open_regular(p: Path) -> BinaryIO:
+    """Open a regular file for reading; anything else (a FIFO, a device, a directory: a read could block
+    or never end) is a ValueError, refused before it is opened for reading."""
+    try:
+        mode = p.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise ValueError(f"{p}: not a regular file")
+        fd = os.open(p, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))  # no wait on a FIFO swapped in
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise ValueError(f"{p}: not a regular file")
+        return os.fdopen(fd, "rb")
+    except OSError as e:
+        raise ValueError(f"{p}: cannot be read: {e.strerror or e}") from None
 
 
 class _Reader:
@@ -114,12 +131,9 @@ class _Reader:
 def read(path: str | os.PathLike[str]) -> GGUFFile:
     """The metadata and tensor infos of a GGUF file (tensor data is read on demand)."""
     p = Path(path)
-    try:
-        size = p.stat().st_size
-        f = open(p, "rb")  # noqa: SIM115 (the with below; OSError here is the reader's error)
-    except OSError as e:
-        raise ValueError(f"{p}: cannot be read: {e.strerror or e}") from None
+    f = _open_regular(p)
     with f:
+        size = os.fstat(f.fileno()).st_size
         r = _Reader(f, size, p)
         if f.read(4) != MAGIC:
             raise ValueError(f"{p}: not a GGUF file")

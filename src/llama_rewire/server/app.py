@@ -4,25 +4,32 @@ llama-cpp-python's tokenize/detokenize extras, and /health."""
 from __future__ import annotations
 
 import base64
-import secrets
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 import numpy as np
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
-from starlette.datastructures import Headers
 from starlette.middleware.cors import CORSMiddleware
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 from .. import __version__
 from ..llama import Llama
 from ..llama_grammar import LlamaGrammar
-from .errors import APIError, install_handlers, unauthorized
+from .errors import APIError, install_handlers
+from .limits import check_bias_size, check_messages_size, check_prompt_size
 from .metrics import render_metrics
+from .middleware import (
+    ApiKeyMiddleware,
+    BodyLimitMiddleware,
+    HostCheckMiddleware,
+    authorized,
+    cors_options,
+    is_loopback,
+    names,
+)
 from .pool import ModelPool, ServedModel
 from .schemas import (
     ChatCompletionRequest,
@@ -37,30 +44,10 @@ from .steering import SteeringDir, steered, steered_stream, steering_of
 from .streaming import Chunk, ChunkStream, SSEResponse, UsageFallback, dumps
 
 OPEN_PATHS = frozenset({"/health"})
-DISCONNECT_POLL_S = 0.25  # how often a non-streamed slot request checks that its client is still there
 # stopping_criteria(ids, logits) -> stop?
 StopCheck = Callable[[Any, Any], bool]
-
-
-class ApiKeyMiddleware:
-    """Every HTTP request but those to OPEN_PATHS needs ``Authorization: Bearer <api_key>``."""
-
-    def __init__(self, app: ASGIApp, api_key: str) -> None:
-        self.app = app
-        self.expected = f"Bearer {api_key}".encode()
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in OPEN_PATHS or self._authorized(scope):
-            await self.app(scope, receive, send)
-            return
-        await unauthorized().response()(scope, receive, send)
-
-    def _authorized(self, scope: Scope) -> bool:
-        given = Headers(scope=scope).get("authorization", "")
-        scheme, _, key = given.partition(" ")
-        if scheme.lower() != "bearer":
-            return False
-        return secrets.compare_digest(f"Bearer {key.strip()}".encode(), self.expected)
+LlamaCall = Callable[[Llama], Any]
+T = TypeVar("T")
 
 
 def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
@@ -79,11 +66,14 @@ def create_app(settings: Settings, pool: ModelPool | None = None) -> FastAPI:
     app.state.pool = models
     steering_dir = SteeringDir(settings.steering_dir) if settings.steering_dir else None
     install_handlers(app)
-    app.include_router(_router(models, steering_dir))
+    app.include_router(_router(models, steering_dir, settings.api_key))
+    # the last added runs first: Host check, CORS (browsers' preflight requests need no key), key, size
+    app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key:
-        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)
-    # outermost, so that browsers' preflight requests are answered without a key
-    app.add_middleware(CORSMiddleware, allow_origins=["*"], allow_methods=["*"], allow_headers=["*"])
+        app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key, open_paths=OPEN_PATHS)
+    app.add_middleware(CORSMiddleware, **cors_options(settings.cors_origins, settings.api_key))
+    if is_loopback(settings.host):
+        app.add_middleware(HostCheckMiddleware, allowed=names(settings.allowed_hosts))
     return app
 
 
@@ -106,9 +96,12 @@ def _single_prompt(prompt: str | list[int] | list[str]) -> str | list[int]:
     return str(prompt[0])
 
 
-def _token_bias(body: SamplingRequest) -> dict[int, float] | None:
+def _token_bias(served: ServedModel, body: SamplingRequest) -> dict[int, float] | None:
     """logit_bias with token-id keys (checked before the request waits for its model)."""
-    if not body.logit_bias or body.logit_bias_type == "tokens":
+    if not body.logit_bias:
+        return None
+    check_bias_size(served, body.logit_bias)
+    if body.logit_bias_type == "tokens":
         return None
     try:
         return {int(k): v for k, v in body.logit_bias.items()}
@@ -220,44 +213,67 @@ async def _sse(stream: ChunkStream, param: str) -> Response:
     return SSEResponse(stream)
 
 
-async def _run(served: ServedModel, request: Request, call: Callable[[Llama], Any], param: str) -> Response:
-    """A non-streamed call, its result as JSON."""
-    if not await _acquire(served, request):
-        return Response(status_code=499)
-    try:
-        result = await served.call_locked(call, param)
-    finally:
-        served.lock.release()
-    return _result(served, result)
-
-
-async def _run_slots(served: ServedModel, request: Request, call: Callable[[Llama, StopCheck], Any],
-                     param: str) -> Response:
-    """A non-streamed call on the model's slots, its result as JSON. A client that leaves meanwhile
-    stops the generation at its next token (``call`` passes the check on as ``stopping_criteria``), so
-    that its slot is freed rather than run to ``max_tokens`` for nobody."""
+async def _until_client_leaves(request: Request, run: Callable[[StopCheck], Awaitable[T]]) -> tuple[T, bool]:
+    """``run(client_gone)``, with the client watched meanwhile: ``client_gone`` (a ``stopping_criteria``)
+    turns true once it has left. Returns the result and whether the client left."""
     gone = threading.Event()
+    receive = request.receive  # the body has been read: what comes next is the disconnect
 
     def client_gone(ids: Any, logits: Any) -> bool:
         return gone.is_set()
 
     async def watch() -> None:
-        while not await request.is_disconnected():
-            await anyio.sleep(DISCONNECT_POLL_S)
+        # it holds no reference to the request: the cancelled watcher's frame lives on in a reference
+        # cycle (its CancelledError's traceback) until the cyclic collector runs, and the request would
+        # keep its parsed body alive with it
+        while (await receive())["type"] != "http.disconnect":
+            pass
         gone.set()
 
     error: Exception | None = None
     async with anyio.create_task_group() as tg:
         tg.start_soon(watch)
         try:
-            result = await served.call_slots(lambda llm: call(llm, client_gone), param)
+            result = await run(client_gone)
         except Exception as e:  # raised below, not inside the group (which would wrap it)
             error = e
         finally:
             tg.cancel_scope.cancel()
     if error is not None:
-        raise error
-    if gone.is_set():
+        try:
+            raise error
+        finally:
+            error = None  # no cycle through this frame
+    return result, gone.is_set()
+
+
+async def _run(served: ServedModel, request: Request, call: Callable[[StopCheck | None], LlamaCall],
+               param: str, watch: bool = True) -> Response:
+    """A non-streamed call on the Llama, its result as JSON. ``call(stop)`` is the call to make; with
+    ``watch``, ``stop`` turns true once the client has left, so that a generation it passes on as
+    ``stopping_criteria`` ends at its next token rather than run to ``max_tokens`` for nobody."""
+    if not await _acquire(served, request):
+        return Response(status_code=499)
+    try:
+        if watch:
+            result, gone = await _until_client_leaves(
+                request, lambda stop: served.call_locked(call(stop), param))
+        else:
+            result, gone = await served.call_locked(call(None), param), False
+    finally:
+        served.lock.release()
+    if gone:
+        return Response(status_code=499)
+    return _result(served, result)
+
+
+async def _run_slots(served: ServedModel, request: Request, call: Callable[[Llama, StopCheck], Any],
+                     param: str) -> Response:
+    """A non-streamed call on the model's slots, its result as JSON; as :func:`_run`, a client that
+    leaves meanwhile stops the generation at its next token, which frees its slot."""
+    result, gone = await _until_client_leaves(
+        request, lambda stop: served.call_slots(lambda llm: call(llm, stop), param))
+    if gone:
         return Response(status_code=499)
     return _result(served, result)
 
@@ -306,17 +322,21 @@ async def _stream(served: ServedModel, request: Request, start: Callable[[Llama]
 # -- routes ---------------------------------------------------------------------------------------------
 
 
-def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRouter:
+def _router(pool: ModelPool, steering_dir: SteeringDir | None = None,
+            api_key: str | None = None) -> APIRouter:
     router = APIRouter()
 
     @router.get("/health")
-    async def health() -> dict[str, Any]:
-        """Up, and each model's slots: idle, processing, requests queued for one."""
+    async def health(request: Request) -> dict[str, Any]:
+        """Up, and each model's slots: idle, processing, requests queued for one (the models only to a
+        client with the API key, if the server has one)."""
         models = {alias: m.slot_counts() for alias, m in pool.models.items()}
-        return {"status": "ok",
-                "slots_idle": sum(c["slots_idle"] for c in models.values()),
-                "slots_processing": sum(c["slots_processing"] for c in models.values()),
-                "models": models}
+        out: dict[str, Any] = {"status": "ok",
+                               "slots_idle": sum(c["slots_idle"] for c in models.values()),
+                               "slots_processing": sum(c["slots_processing"] for c in models.values())}
+        if api_key is None or authorized(request.scope, api_key):
+            out["models"] = models
+        return out
 
     @router.get("/metrics")
     async def metrics() -> Response:
@@ -335,11 +355,12 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
         _check_only_one(body.best_of, "best_of")
         kwargs = body.call_kwargs()
         prompt = _single_prompt(kwargs.pop("prompt", body.prompt))
-        bias = _token_bias(body)
+        await check_prompt_size(served, prompt)
+        bias = _token_bias(served, body)
         steering = await steering_of(body.steer, steering_dir)
 
-        def call(llm: Llama, stream: bool) -> Any:
-            return llm.create_completion(prompt, model=served.alias, stream=stream,
+        def call(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
+            return llm.create_completion(prompt, model=served.alias, stream=stream, stopping_criteria=stop,
                                          **_model_kwargs(llm, body, kwargs, bias))
 
         if _on_slots(served, steering, bool(body.echo) and body.logprobs is not None):
@@ -357,7 +378,8 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
             return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
                                  param="prompt", include_usage=body.include_usage, text_of=_completion_text,
                                  usage_fallback=_completion_usage(prompt))
-        return await _run(served, request, steered(steering, lambda llm: call(llm, False)), "prompt")
+        return await _run(served, request, lambda stop: steered(steering, lambda llm: call(llm, False, stop)),
+                          "prompt")
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -365,11 +387,12 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
         served.counts["requests"] += 1
         _check_only_one(body.n, "n")
         kwargs = body.call_kwargs()
-        bias = _token_bias(body)
+        await check_messages_size(served, kwargs["messages"])
+        bias = _token_bias(served, body)
         steering = await steering_of(body.steer, steering_dir)
 
-        def call(llm: Llama, stream: bool) -> Any:
-            return llm.create_chat_completion(model=served.alias, stream=stream,
+        def call(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
+            return llm.create_chat_completion(model=served.alias, stream=stream, stopping_criteria=stop,
                                               **_model_kwargs(llm, body, kwargs, bias))
 
         if _on_slots(served, steering):
@@ -388,7 +411,8 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
             return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
                                  param="messages", include_usage=body.include_usage, text_of=_chat_text,
                                  usage_fallback=_chat_usage(kwargs["messages"]))
-        return await _run(served, request, steered(steering, lambda llm: call(llm, False)), "messages")
+        return await _run(served, request, lambda stop: steered(steering, lambda llm: call(llm, False, stop)),
+                          "messages")
 
     @router.get("/extras/steering")
     async def steering_vectors() -> dict[str, Any]:
@@ -406,7 +430,7 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None) -> APIRout
             result: dict[str, Any] = llm.create_embedding(body.input, model=served.alias)
             return _base64_embeddings(result) if body.encoding_format == "base64" else result
 
-        return await _run(served, request, call, "input")
+        return await _run(served, request, lambda stop: call, "input", watch=False)
 
     @router.post("/extras/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, list[int]]:

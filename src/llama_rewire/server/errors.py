@@ -80,6 +80,28 @@ def from_exception(exc: BaseException, param: str | None = None) -> APIError:
     return APIError(500, f"internal error: {type(exc).__name__}: {message}", type=SERVER_ERROR)
 
 
+def release(exc: BaseException | None) -> None:
+    """Drop what a handled exception keeps alive: the tracebacks of it and of the exceptions chained to
+    it (``__cause__``, ``__context__``, a group's members), and the chain itself.
+
+    A traceback holds the frames it passed through, with their locals: the request, its body, its parsed
+    fields (a 500,000-key ``logit_bias``). A frame that also holds the exception (``except ... as e``
+    kept in a variable, an error re-raised later) closes a reference cycle that only the cyclic garbage
+    collector frees, and it runs rarely when a request allocates few but large objects: a server answering
+    big bad requests would keep each one's memory. Call it once the response is built."""
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        e = pending.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        pending += [e.__cause__, e.__context__, *getattr(e, "exceptions", ())]
+        e.__traceback__ = None
+        e.__cause__ = None
+        e.__context__ = None
+
+
 def model_not_found(name: str, known: list[str]) -> APIError:
     return APIError(404, f"The model {name!r} does not exist; this server has {', '.join(known)}",
                     param="model", code="model_not_found")
@@ -109,23 +131,28 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
 
 async def _on_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, APIError)
+    release(exc)
     return exc.response()
 
 
 async def _on_validation_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, RequestValidationError)
     message, param = _validation_message(exc)
+    release(exc)
+    exc.body = None  # the request body FastAPI keeps on the error
     return APIError(400, message, param=param).response()
 
 
 async def _on_http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR
+    release(exc)
     return APIError(exc.status_code, str(exc.detail), type=kind, headers=exc.headers).response()
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     log.error("unexpected error handling %s %s", request.method, request.url.path, exc_info=exc)
+    release(exc)
     return APIError(500, f"internal error: {type(exc).__name__}", type=SERVER_ERROR).response()
 
 

@@ -39,6 +39,7 @@ class ServedModel:
         self.waiting = 0  # requests waiting for the lock
         self.counts = {"requests": 0, "prompt_tokens": 0, "tokens_predicted": 0}  # one-at-a-time
         self._limiter: anyio.CapacityLimiter | None = None
+        self._longest_piece: int | None = None  # bytes; 0 where the tokenizer gives no bound
 
     @classmethod
     def load(cls, settings: ModelSettings) -> ServedModel:
@@ -97,6 +98,14 @@ class ServedModel:
         except Exception as e:
             raise from_exception(e, param) from e
 
+    async def prompt_bytes_limit(self) -> int | None:
+        """The most bytes of text that can fit in a sequence's window (``n_ctx`` tokens of the longest
+        piece of the vocabulary), so that a larger prompt is refused before it is tokenized; None for a
+        tokenizer that may drop or shorten text (WPM, UGM, RWKV: no such bound)."""
+        if self._longest_piece is None:
+            self._longest_piece = await anyio.to_thread.run_sync(longest_piece, self.llama)
+        return self.llama.n_ctx() * self._longest_piece if self._longest_piece else None
+
     def require_embedding(self) -> None:
         if not self.settings.embedding:
             raise APIError(400, f"The model {self.alias!r} does not serve embeddings: load it with the "
@@ -117,10 +126,25 @@ class ServedModel:
         }
 
 
+# llama.cpp's vocabulary types whose tokens cover the text's bytes as their pieces do: SPM (with
+# byte fallback) and byte-level BPE
+_PIECEWISE_VOCABS = (1, 2)
+
+
+def longest_piece(llama: Llama) -> int:
+    """The longest text, in bytes, one token stands for (special tokens as their text); 0 for a vocabulary
+    whose tokenizer normalizes text (then a token may stand for more text than its piece)."""
+    model = llama.model
+    if model.vocab_type() not in _PIECEWISE_VOCABS:
+        return 0
+    return max((len(model.token_to_piece(t, True)) for t in range(model.n_vocab())), default=0)
+
+
 def select_alias(requested: str | None, aliases: list[str]) -> str:
-    """The alias a request's ``model`` field selects: itself if served, the first model's when omitted;
-    an unknown name raises a 404 :class:`APIError`."""
-    if requested is None or requested == "":
+    """The alias a request's ``model`` field selects: on a one-model server that model, whatever the
+    name (as llama-cpp-python's server answers); else the alias named, the first model's when omitted,
+    and a 404 :class:`APIError` for an unknown name."""
+    if requested is None or requested == "" or len(aliases) == 1:
         return aliases[0]
     if requested in aliases:
         return requested

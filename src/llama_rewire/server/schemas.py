@@ -1,7 +1,9 @@
 """Request bodies, shaped like OpenAI's API (and llama-cpp-python's server extras).
 
-Only the fields a client sets are passed on to the model, so ``Llama``'s own defaults apply to the
-rest. Unknown fields are ignored, as OpenAI-compatible servers do.
+Only the fields a client sets are passed on to the model, with llama-cpp-python's server's defaults for
+the sampling fields it leaves out (:data:`SAMPLING_DEFAULTS`: the same for completions and chats, where
+``Llama``'s own differ), ``Llama``'s for the rest. Unknown fields are ignored, as OpenAI-compatible
+servers do.
 """
 
 # No ``from __future__ import annotations``: pydantic evaluates these annotations at runtime, and
@@ -9,7 +11,7 @@ rest. Unknown fields are ignored, as OpenAI-compatible servers do.
 
 from typing import Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 # fields the server handles itself; everything else a client sets is passed to the Llama call
 SERVER_FIELDS = frozenset({"model", "stream", "stream_options", "n", "best_of", "user", "logit_bias",
@@ -17,6 +19,14 @@ SERVER_FIELDS = frozenset({"model", "stream", "stream_options", "n", "best_of", 
 
 # an explicit null for these means "no limit" / "the default", so it is passed on
 NULLABLE_FIELDS = frozenset({"max_tokens"})
+
+# llama-cpp-python's server samples with these when a completion or chat request leaves them out
+SAMPLING_DEFAULTS: dict[str, Any] = {
+    "temperature": 0.8, "top_p": 0.95, "min_p": 0.05, "top_k": 40, "repeat_penalty": 1.1,
+    "presence_penalty": 0.0, "frequency_penalty": 0.0,
+    "mirostat_mode": 0, "mirostat_tau": 5.0, "mirostat_eta": 0.1,
+}
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class _Request(BaseModel):
@@ -44,9 +54,16 @@ class SteerRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     vector: str = Field(description="a control-vector GGUF file in the server's --steering-dir")
-    alpha: float = Field(1.0, allow_inf_nan=False, description="the strength: alpha * vector")
+    alpha: float = Field(1.0, allow_inf_nan=False, description="the strength: alpha * vector (a float32)")
     layers: Optional[list[int]] = Field(None, description="steer only these of the vector's layers")
     tokens: Literal["all", "prompt", "generated"] = Field("all", description="the positions steered")
+
+    @field_validator("alpha")
+    @classmethod
+    def _alpha_is_a_float32(cls, value: float) -> float:
+        if abs(value) > FLOAT32_MAX:
+            raise ValueError(f"{value:g} is beyond the float32 range (|alpha| <= {FLOAT32_MAX:.4g})")
+        return value
 
 
 class SamplingRequest(_Request):
@@ -80,6 +97,9 @@ class SamplingRequest(_Request):
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def call_kwargs(self) -> dict[str, Any]:
+        return {**SAMPLING_DEFAULTS, **super().call_kwargs()}
 
 
 class CompletionRequest(SamplingRequest):

@@ -12,13 +12,18 @@ validated by the same pydantic models as config files, so both report errors the
 import argparse
 import json
 import sys
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ..llama import LLAMA_DEFAULT_SEED
 from ..models import DEFAULT_MODEL
+
+DEFAULT_MAX_BODY_BYTES = 16 << 20
+# llama-cpp-python's command-line spellings of a boolean's value (--embedding true, --verbose off)
+TRUE_WORDS = frozenset({"1", "on", "t", "true", "y", "yes"})
+FALSE_WORDS = frozenset({"0", "off", "f", "false", "n", "no"})
 
 
 class ModelSettings(BaseModel):
@@ -29,7 +34,8 @@ class ModelSettings(BaseModel):
     model: Optional[str] = Field(
         None, description=f"a GGUF file, or a known model name such as smollm2 (default: {DEFAULT_MODEL})")
     model_alias: Optional[str] = Field(
-        None, description="the name requests select this model by (default: the model argument)")
+        None, description="the name requests select this model by (default: the model file's name, without "
+                          "its directory)")
     activations: Optional[Union[str, dict[str, Any]]] = Field(
         None, description="FFN activation spec, e.g. '*:relu' or '0-11:gelu' (default: the model's own)")
     wiring: Optional[Union[str, dict[str, Any]]] = Field(
@@ -59,7 +65,8 @@ class ModelSettings(BaseModel):
 
     @property
     def alias(self) -> str:
-        return self.model_alias or self.model or DEFAULT_MODEL
+        """``model_alias``, else the model's file name: responses and /health never show a server path."""
+        return self.model_alias or PurePath(self.model or DEFAULT_MODEL).name
 
     def llama_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``Llama(path, **kwargs)``."""
@@ -74,12 +81,31 @@ class ServerSettings(BaseModel):
     host: str = Field("localhost", description="address to listen on")
     port: int = Field(8000, ge=0, le=65535, description="port to listen on (0: any free port)")
     api_key: Optional[str] = Field(
-        None, description="require 'Authorization: Bearer API_KEY' on every endpoint but /health")
+        None, description="require 'Authorization: Bearer API_KEY' on every endpoint (/health without it "
+                          "says only whether the server is up)")
     ssl_keyfile: Optional[str] = Field(None, description="TLS private key file")
     ssl_certfile: Optional[str] = Field(None, description="TLS certificate file")
+    max_body_bytes: int = Field(
+        DEFAULT_MAX_BODY_BYTES, ge=1024, description="the largest request body accepted, in bytes; a larger "
+                                                     "one is answered 413 before it is read")
+    cors_origins: Optional[str] = Field(
+        None, description="web pages (origins, comma-separated, or '*' for any) whose scripts may call the "
+                          "server (default: any with an api_key, else only pages on localhost)")
+    allowed_hosts: Optional[str] = Field(
+        None, description="host names accepted in requests' Host header besides localhost and loopback "
+                          "addresses, when the server listens on a loopback address (comma-separated; '*': "
+                          "any); guards a key-less local server against DNS rebinding")
     steering_dir: Optional[str] = Field(
         None, description="a directory of control-vector GGUF files (llama-rewire steer build, llama.cpp, "
                           "repeng) that completion and chat requests may name in their 'steer' field")
+
+    @field_validator("api_key")
+    @classmethod
+    def _api_key_not_empty(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not value.strip():
+            raise ValueError("the API key is empty (an unset variable?): give a key, or leave out --api_key "
+                             "to serve without one")
+        return value
 
     @field_validator("steering_dir")
     @classmethod
@@ -179,11 +205,48 @@ def build_parser(prog: str = "python -m llama_rewire.server") -> argparse.Argume
     return parser
 
 
+def _word(arg: str) -> str:
+    return arg.strip().lower()
+
+
+def _boolean_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """``argv`` with llama-cpp-python's boolean forms, ``--flag true`` / ``--flag=off``, rewritten as
+    ``--flag`` / ``--no-flag``; a ``--flag=value`` that is not a boolean is a usage error."""
+    negative = {}
+    for model in (ServerSettings, ModelSettings):
+        for name, field in model.model_fields.items():
+            if _is_bool(field.annotation):
+                for flag in (f"--{name}", f"--{name.replace('_', '-')}"):
+                    negative[flag] = "--no-" + flag[2:]
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        flag, eq, value = arg.partition("=")
+        if arg == "--":
+            out += argv[i:]
+            break
+        if flag in negative and eq:
+            word = _word(value)
+            if word not in TRUE_WORDS | FALSE_WORDS:
+                parser.error(f"{flag}: expected a boolean (true/false, 1/0, yes/no, on/off), got {value!r}")
+            out.append(flag if word in TRUE_WORDS else negative[flag])
+        elif arg in negative and i + 1 < len(argv) and _word(argv[i + 1]) in TRUE_WORDS | FALSE_WORDS:
+            out.append(arg if _word(argv[i + 1]) in TRUE_WORDS else negative[arg])
+            i += 1
+        else:
+            out.append(arg)
+        i += 1
+    return out
+
+
 def parse_settings(argv: Optional[list[str]] = None,
                    prog: str = "python -m llama_rewire.server") -> Settings:
-    """Settings from the command line; a bad value exits with a usage error, as argparse does."""
+    """Settings from the command line; a bad value exits with a usage error, as argparse does. Boolean
+    flags take llama-cpp-python's ``--flag true`` / ``--flag false`` as well as ``--flag`` / ``--no-flag``."""
     parser = build_parser(prog)
-    given = vars(parser.parse_args(argv))
+    args = sys.argv[1:] if argv is None else list(argv)
+    given = vars(parser.parse_args(_boolean_values(parser, args)))
     config_file = given.pop("config_file")
     positional = given.pop("model_positional")
     if positional is not None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import numpy as np
+
 from .errors import APIError
 
 if TYPE_CHECKING:
@@ -31,6 +33,8 @@ log = logging.getLogger("llama_rewire.server")
 T = TypeVar("T")
 PARAM = "steer.vector"
 _CACHE_SIZE = 32
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+MAX_NAME_CHARS = 1024
 
 
 class SteeringDir:
@@ -49,15 +53,25 @@ class SteeringDir:
         if not name or "\0" in name:
             raise APIError(400, "steer.vector: give the file name of a control vector in the steering "
                                 "directory", param=PARAM)
+        if len(name) > MAX_NAME_CHARS:
+            raise APIError(400, f"steer.vector: a name of {len(name)} characters is longer than any in the "
+                                f"steering directory (at most {MAX_NAME_CHARS})", param=PARAM)
         parts = PurePosixPath(name).parts
         if (PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or "\\" in name
                 or PureWindowsPath(name).drive or ".." in parts):
             raise APIError(400, f"steer.vector {name!r}: a file name inside the steering directory, not a "
                                 "path out of it", param=PARAM)
-        path = (self.root / name).resolve()
-        if not path.is_relative_to(self.root) or path == self.root:
-            raise APIError(400, f"steer.vector {name!r}: leads outside the steering directory", param=PARAM)
-        if not path.is_file():
+        try:
+            path = (self.root / name).resolve()
+            if not path.is_relative_to(self.root) or path == self.root:
+                raise APIError(400, f"steer.vector {name!r}: leads outside the steering directory",
+                               param=PARAM)
+            found = path.is_file()
+        except (OSError, RuntimeError) as e:  # a name too long, a loop of links (RuntimeError before 3.13)
+            reason = getattr(e, "strerror", None) or "a loop of symbolic links"
+            raise APIError(400, f"steer.vector {name[:100]!r}: not a control vector in the steering "
+                                f"directory ({reason})", param=PARAM) from None
+        if not found:
             raise APIError(400, f"steer.vector {name!r}: no such control vector in the steering directory "
                                 f"(see GET /extras/steering)", param=PARAM)
         return path
@@ -100,18 +114,30 @@ class Steering:
     tokens: str
 
     def apply(self, llm: Llama) -> tuple[Any, ...]:
-        """Set the steering; returns the edits it replaced. A vector that does not fit the model (its
-        width, its layers) is a 400 naming ``steer``."""
+        """Set the steering; returns the edits it replaced. All or nothing: when setting it fails, the
+        edits in force before are put back. A vector that does not fit the model (its width, its layers)
+        or a value the model refuses is a 400 naming ``steer``."""
         previous = tuple(llm.edits)
         try:
             llm.set_steering(self.vector, self.alpha, layers=self.layers, tokens=self.tokens)
         except (ValueError, TypeError) as e:
+            self.restore(llm, previous)
             raise APIError(400, f"steer: {self.name!r} does not fit this model: {e}", param="steer") from None
+        except BaseException:
+            self.restore(llm, previous)
+            raise
         return previous
 
     @staticmethod
     def restore(llm: Llama, previous: tuple[Any, ...]) -> None:
-        llm.set_edits(list(previous))
+        """Put ``previous`` back in force; if the model refuses them, clear every edit rather than leave
+        a request's steering on the model (and say so in the log)."""
+        try:
+            llm.set_edits(list(previous))
+            return
+        except Exception:
+            log.exception("restoring the edits after a steered request failed; clearing them")
+        llm.set_edits([])
 
 
 async def steering_of(request: SteerRequest | None, steering_dir: SteeringDir | None) -> Steering | None:
@@ -124,7 +150,13 @@ async def steering_of(request: SteerRequest | None, steering_dir: SteeringDir | 
         raise APIError(400, "steer: this server has no steering vectors (start it with --steering-dir DIR)",
                        param="steer")
     vector = await anyio.to_thread.run_sync(steering_dir.load, request.vector)
-    return Steering(request.vector, vector, float(request.alpha), request.layers, request.tokens)
+    alpha = float(request.alpha)
+    wanted = [v for il, v in vector.directions.items() if request.layers is None or il in request.layers]
+    peak = max((float(np.max(np.abs(v))) for v in wanted), default=0.0)
+    if abs(alpha) * peak > FLOAT32_MAX:
+        raise APIError(400, f"steer.alpha {alpha:g}: alpha times the vector's largest value ({peak:g}) is "
+                            "beyond the float32 range", param="steer.alpha")
+    return Steering(request.vector, vector, alpha, request.layers, request.tokens)
 
 
 @contextmanager

@@ -67,6 +67,7 @@ from .expr import (
     mentions_x,
     parse_expression,
 )
+from .profile import check_nesting
 from .program import Op, check_budget, compile_expression, compile_tree
 from .recognize import recognize
 
@@ -184,7 +185,7 @@ def expression_activation(text: str, threshold: float = 0.0, where: str = "activ
         if builtin is None:
             check_budget(program)
     except ExpressionError as e:
-        raise ExpressionError(f"{where}: expression {text.strip()!r}: {e}") from None
+        raise ExpressionError(f"{where}: expression {_shorten(text.strip())!r}: {e}") from None
     if builtin is not None:
         name, param = builtin
         if param is not None:
@@ -206,11 +207,15 @@ def parse_activation(value: Any, where: str = "activation") -> Activation:
     if isinstance(value, Activation):
         return value
     if isinstance(value, Mapping):
+        check_nesting(value, where)
         return _parse_activation_dict(value, where)
     if not isinstance(value, str):
         raise ActivationSpecError(f"{where}: an activation is a name or a dict, got {type(value).__name__}")
     body, at, tail = value.rpartition("@")
     if at:
+        if "@" in body:
+            raise ActivationSpecError(f"{where}: an activation has one threshold (name@t), got "
+                                      f"{value.count('@')} in {_shorten(value)!r}")
         try:
             t = float(tail)
         except ValueError:
@@ -237,6 +242,10 @@ def parse_activation(value: Any, where: str = "activation") -> Activation:
     except ValueError:
         raise ActivationSpecError(f"{where}: the parameter of {name} must be a number, got {arg!r}") from None
     return Activation(name, _check_param(name, p, where))
+
+
+def _shorten(text: str, limit: int = 80) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _parse_activation_dict(value: Mapping[Any, Any], where: str) -> Activation:

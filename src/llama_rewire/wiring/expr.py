@@ -14,7 +14,8 @@ clamp(t, lo, hi) with constant bounds.
 
 Constants fold as the tree is built (``sqrt(2/pi)`` is one number), and a few identities simplify
 (``t*1``, ``t+0``, ``--t``, ``(t^m)^n``), so equal trees print equal text: :func:`format_expression` gives
-the canonical text, and parsing it gives the same tree back.
+the canonical text, and parsing it gives the same tree back. An expression nests at most ``MAX_DEPTH``
+deep, and its folded tree is at most that deep: anything deeper is an ``ExpressionError``.
 """
 
 from __future__ import annotations
@@ -31,6 +32,9 @@ from ..errors import ExpressionError
 # the largest finite float32: a constant the native program receives must fit in it
 FLOAT32_MAX = 3.4028234663852886e38
 MAX_POWER = 1024
+# how deep an expression may nest (parentheses, calls, signs, powers) and how deep its folded tree may
+# be: far beyond any expression within the native budget, and well inside Python's recursion limit
+MAX_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -251,6 +255,7 @@ class _Parser:
             self.tokens.append((kind, m.group(kind), m.start(kind)))
             pos = m.end()
         self.i = 0
+        self.nesting = 0  # unary() calls in progress: every nested construct passes through one
 
     def peek(self) -> tuple[str, str, int] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -268,70 +273,92 @@ class _Parser:
             found = "the end" if tok is None else f"{tok[1]!r} at position {tok[2]}"
             raise ExpressionError(f"expected {op!r}, found {found}")
 
+    # Each rule returns its folded node and a bound on the node's depth (folding never makes a node
+    # deeper than its deepest operand plus one), so that no tree deeper than MAX_DEPTH is ever built:
+    # printing, comparing and compiling a tree recurse through it.
+
     def parse(self) -> Node:
         if not self.tokens:
             raise ExpressionError("empty expression")
-        node = self.expr()
+        node, _ = self.expr()
         tok = self.peek()
         if tok is not None:
             hint = " (write * for a product)" if tok[0] != "op" or tok[1] == "(" else ""
             raise ExpressionError(f"unexpected {tok[1]!r} at position {tok[2]}{hint}")
         return node
 
-    def expr(self) -> Node:
-        node = self.term()
+    @staticmethod
+    def _deeper(node: Node, *depths: int) -> tuple[Node, int]:
+        depth = max(depths) + 1
+        if depth > MAX_DEPTH:
+            raise ExpressionError(f"the expression is nested more than {MAX_DEPTH} deep")
+        return node, depth
+
+    def expr(self) -> tuple[Node, int]:
+        node, depth = self.term()
         while (op := self.take("+", "-")) is not None:
-            node = binop(op, node, self.term())
-        return node
+            right, rd = self.term()
+            node, depth = self._deeper(binop(op, node, right), depth, rd)
+        return node, depth
 
-    def term(self) -> Node:
-        node = self.unary()
+    def term(self) -> tuple[Node, int]:
+        node, depth = self.unary()
         while (op := self.take("*", "/")) is not None:
-            node = binop(op, node, self.unary())
-        return node
+            right, rd = self.unary()
+            node, depth = self._deeper(binop(op, node, right), depth, rd)
+        return node, depth
 
-    def unary(self) -> Node:
-        op = self.take("-", "+")
-        if op is None:
-            return self.power()
-        arg = self.unary()
-        return neg(arg) if op == "-" else arg
+    def unary(self) -> tuple[Node, int]:
+        if self.nesting >= MAX_DEPTH:
+            tok = self.peek()
+            at = f" at position {tok[2]}" if tok is not None else ""
+            raise ExpressionError(f"the expression is nested more than {MAX_DEPTH} deep{at}")
+        self.nesting += 1
+        try:
+            op = self.take("-", "+")
+            if op is None:
+                return self.power()
+            arg, depth = self.unary()
+            return self._deeper(neg(arg), depth) if op == "-" else (arg, depth)
+        finally:
+            self.nesting -= 1
 
-    def power(self) -> Node:
-        base = self.atom()
+    def power(self) -> tuple[Node, int]:
+        base, depth = self.atom()
         if self.take("^", "**") is not None:
-            return power(base, self.unary())
-        return base
+            exponent, ed = self.unary()
+            return self._deeper(power(base, exponent), depth, ed)
+        return base, depth
 
-    def atom(self) -> Node:
+    def atom(self) -> tuple[Node, int]:
         tok = self.peek()
         if tok is None:
             raise ExpressionError("unexpected end of expression")
         kind, text, pos = tok
         self.i += 1
         if kind == "num":
-            return num(float(text))
+            return num(float(text)), 1
         if kind == "name":
             name = text.lower()
             if name == "x":
-                return X
+                return X, 1
             if name in CONSTANTS:
-                return Num(CONSTANTS[name])
+                return Num(CONSTANTS[name]), 1
             if name not in FUNCTIONS:
                 known = ", ".join(FUNCTIONS)
                 raise ExpressionError(f"unknown name {text!r} at position {pos} (the variable is x; "
                                       f"constants pi, e; functions {known})")
             if self.take("(") is None:
                 raise ExpressionError(f"{name} at position {pos} needs its argument in parentheses")
-            args = [self.expr()]
+            parsed = [self.expr()]
             while self.take(",") is not None:
-                args.append(self.expr())
+                parsed.append(self.expr())
             self.expect(")")
-            return call(name, args)
+            return self._deeper(call(name, [a for a, _ in parsed]), *(d for _, d in parsed))
         if text == "(":
-            node = self.expr()
+            node, depth = self.expr()
             self.expect(")")
-            return node
+            return node, depth
         raise ExpressionError(f"unexpected {text!r} at position {pos}")
 
 

@@ -38,6 +38,7 @@ import json
 import os
 import re
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,26 @@ FORMAT = "llama-rewire-profile"
 SUFFIXES = (".json", ".toml")
 VERSIONS = (1, 2)
 _SPEC_KEY = {1: "activations", 2: "wiring"}
+# how deep the tables and lists of a spec may nest (a profile needs 4: document, wiring, layer group,
+# knob value); deeper data is refused before anything recurses through it
+MAX_NESTING = 32
+
+
+def check_nesting(value: object, where: str, error: type[ActivationSpecError] = ActivationSpecError) -> None:
+    """Raise ``error`` when dicts and lists in ``value`` nest more than MAX_NESTING deep (a container
+    that holds itself included); walks without recursion."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if isinstance(v, Mapping):
+            children = [*v.keys(), *v.values()]
+        elif isinstance(v, (list, tuple)):
+            children = list(v)
+        else:
+            continue
+        if depth >= MAX_NESTING:
+            raise error(f"{where}: nested more than {MAX_NESTING} deep")
+        stack.extend((c, depth + 1) for c in children)
 
 
 def is_profile_path(spec: object) -> bool:
@@ -90,6 +111,9 @@ def load_profile(path: str | os.PathLike[str]) -> dict[str, Any]:
         doc = _read_toml(data) if p.suffix.lower() == ".toml" else json.loads(data)
     except (ValueError, OSError) as e:
         raise ActivationSpecError(f"cannot read profile {p}: {e}") from None
+    except RecursionError:  # the parsers recurse into nested tables and lists
+        raise ActivationSpecError(f"cannot read profile {p}: nested more than {MAX_NESTING} deep") from None
+    check_nesting(doc, f"profile {p}")
     if not isinstance(doc, dict) or ("activations" not in doc and "wiring" not in doc):
         raise ActivationSpecError(f"profile {p} has no 'activations' (version 1) or 'wiring' (version 2) "
                                   "entry")

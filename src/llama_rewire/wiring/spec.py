@@ -51,7 +51,7 @@ from .knobs import (
     unknown_knob,
 )
 from .layout import LayerInfo, Layout, resolve_layout
-from .profile import is_profile_path, profile_spec
+from .profile import check_nesting, is_profile_path, profile_spec
 from .table import LayerWiring, Wiring
 
 WiringSpec = Union[Spec, Wiring]
@@ -252,6 +252,7 @@ def parse_wiring(spec: WiringSpec, layout: Layout, *, what: str = "a wiring spec
     if isinstance(spec, str):
         entries = _string_entries(spec, n_layer)
     elif isinstance(spec, Mapping):
+        check_nesting(spec, what, WiringSpecError)
         entries = _dict_entries(spec, n_layer)
     else:
         kinds = "a dict or a string" if what == "an activation spec" else "a dict, a string or a Wiring"

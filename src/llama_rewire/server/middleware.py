@@ -1,0 +1,158 @@
+"""The checks every HTTP request passes before it reaches an endpoint: the Host header (a server on a
+loopback address answers loopback names only), the API key, and the size of the body.
+
+Outermost first: the Host check, CORS (see :func:`cors_options`), the API key, the body limit. Each
+answers with an OpenAI-shaped error and does not call the application.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from typing import Any
+
+from starlette.datastructures import Headers
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import APIError, unauthorized
+
+# browsers' pages on this machine: http(s)://localhost, 127.x.x.x or [::1], any port
+LOOPBACK_ORIGINS = r"https?://(localhost|127(\.\d{1,3}){3}|\[::1\])(:\d+)?"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (a name or an address, without a port) names this machine only."""
+    name = host.strip().lower().rstrip(".").removeprefix("[").removesuffix("]")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def host_of(header: str) -> str:
+    """The host of a Host header's value, without its port or brackets."""
+    value = header.strip()
+    if value.startswith("["):
+        return value[1:].partition("]")[0]
+    return value.rpartition(":")[0] if value.count(":") == 1 else value
+
+
+def names(value: str | None) -> list[str]:
+    """A comma-separated setting as a list."""
+    return [part.strip() for part in (value or "").split(",") if part.strip()]
+
+
+def authorized(scope: Scope, api_key: str) -> bool:
+    """Whether the request carries ``Authorization: Bearer <api_key>``."""
+    given = Headers(scope=scope).get("authorization", "")
+    scheme, _, key = given.partition(" ")
+    if scheme.lower() != "bearer":
+        return False
+    return secrets.compare_digest(key.strip().encode(), api_key.encode())
+
+
+def cors_options(origins: str | None, api_key: str | None) -> dict[str, Any]:
+    """CORSMiddleware's keyword arguments: the origins given ('*' for any); by default any origin when an
+    API key guards the server (as llama-cpp-python's server allows), pages on localhost only when none
+    does, so that a page on another site cannot use a key-less server through its visitor's browser."""
+    given = names(origins)
+    common = {"allow_methods": ["*"], "allow_headers": ["*"]}
+    if given:
+        return {"allow_origins": given, **common}
+    if api_key:
+        return {"allow_origins": ["*"], **common}
+    return {"allow_origin_regex": LOOPBACK_ORIGINS, **common}
+
+
+class HostCheckMiddleware:
+    """On a server bound to a loopback address, a 400 for a Host header that names another host: a page
+    whose domain was re-pointed to 127.0.0.1 (DNS rebinding) sends its own domain there."""
+
+    def __init__(self, app: ASGIApp, allowed: list[str]) -> None:
+        self.app = app
+        self.allow_any = "*" in allowed
+        self.allowed = frozenset(h.lower().rstrip(".") for h in allowed)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket") and not self.allow_any:
+            header = Headers(scope=scope).get("host")
+            host = host_of(header).lower().rstrip(".") if header is not None else None
+            if host is not None and not is_loopback(host) and host not in self.allowed:
+                error = APIError(400, f"Host {header!r} is not served here: this server listens on a "
+                                      "loopback address and answers loopback names only (see "
+                                      "--allowed_hosts)", code="host_not_allowed")
+                await error.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+class ApiKeyMiddleware:
+    """Every HTTP request but those to ``open_paths`` needs ``Authorization: Bearer <api_key>``."""
+
+    def __init__(self, app: ASGIApp, api_key: str, open_paths: frozenset[str]) -> None:
+        self.app = app
+        self.api_key = api_key
+        self.open_paths = open_paths
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.open_paths or authorized(scope, self.api_key):
+            await self.app(scope, receive, send)
+            return
+        await unauthorized().response()(scope, receive, send)
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, f"The request body is larger than this server accepts ({limit} bytes; see "
+                         "--max_body_bytes)", code="request_too_large")
+
+
+class BodyLimitMiddleware:
+    """A 413 for a request body over ``limit`` bytes: at once when its Content-Length says so, else as soon
+    as the bytes read pass the limit. The body is read here, whole, before the endpoint runs."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = Headers(scope=scope).get("content-length", "")
+        if length.isdigit() and int(length) > self.limit:
+            await too_large(self.limit).response()(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":  # the client left: the endpoint sees that
+                await self.app(scope, _replay([], message, receive), send)
+                return
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.limit:
+                chunks.clear()
+                await too_large(self.limit).response()(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        chunks.clear()
+        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], None,
+                                      receive), send)
+
+
+def _replay(messages: list[Message], last: Message | None, receive: Receive) -> Receive:
+    """A receive channel that gives ``messages``, then ``last`` (if any), then what ``receive`` gives."""
+    pending = [*messages, *([last] if last is not None else [])]
+
+    async def replay() -> Message:
+        if pending:
+            return pending.pop(0)
+        return await receive()
+
+    return replay

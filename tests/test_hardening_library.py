@@ -1,0 +1,242 @@
+"""The library refuses what used to break it, with the exception it documents, and nothing changes then.
+
+- A refused edit (the native setter says no, or alpha * v leaves float32) leaves the previous edits in
+  force: generation goes on as before.
+- Expressions, wiring specs and profiles nested thousands deep are spec errors, not RecursionError.
+- A control-vector file whose directions have different widths is refused (never broadcast), and a
+  path that is not a regular file (a FIFO) is refused before anything opens it; the FIFO case runs in a
+  child process with a time limit, since the old reader blocked forever.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from llama_rewire import Llama, _core
+from llama_rewire.errors import ActivationSpecError, ExpressionError, WiringSpecError
+from llama_rewire.residual import ControlVector, Steer, gguf_min
+from llama_rewire.wiring import parse_wiring
+from llama_rewire.wiring.activations import parse_activation
+
+DEEP = 3000
+
+
+def _nest(depth: int, leaf: Any, kind: str) -> Any:
+    value = leaf
+    for _ in range(depth):
+        value = {"a": value} if kind == "dict" else [value]
+    return value
+
+
+def _last_logits(llm: Llama, tokens: list[int]) -> np.ndarray:
+    llm.reset()
+    llm.eval(tokens)
+    return np.array(llm.scores[len(tokens) - 1], dtype=np.float64)
+
+
+PROMPT = [1, 5, 9, 14, 3]
+
+
+# -- edits: a refused one leaves the previous in force -------------------------------------------------
+
+
+def test_a_refused_native_edit_leaves_the_previous_edits_in_force(
+    tiny_llm: Callable[..., Llama], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    llm = tiny_llm("llama")
+    v = np.linspace(-1.0, 1.0, llm.n_embd()).astype(np.float32)
+    llm.set_steering(v, alpha=2.0, layers=1)
+    before = llm.edits
+    want = _last_logits(llm, PROMPT)
+
+    def refuse(ctx: Any, edits: Any) -> None:
+        raise ValueError("refused by the native setter")
+
+    with monkeypatch.context() as m:
+        m.setattr(_core, "rewire_edits_set", refuse)
+        with pytest.raises(ValueError, match="refused"):
+            llm.set_steering(v, alpha=-3.0, layers=2)
+        with pytest.raises(ValueError, match="refused"):
+            llm.clear_edits()
+    assert llm.edits == before  # the same edit objects: nothing was committed
+    got = _last_logits(llm, PROMPT)  # no retry of the refused set, the old steering still applies
+    np.testing.assert_array_equal(got, want)
+    llm.clear_edits()
+    assert not np.array_equal(_last_logits(llm, PROMPT), want)
+
+
+@pytest.mark.parametrize("alpha", [1e38, 1e308])
+def test_steering_beyond_float32_is_refused_and_changes_nothing(
+    tiny_llm: Callable[..., Llama], alpha: float
+) -> None:
+    llm = tiny_llm("llama")
+    v = np.full(llm.n_embd(), 4.0, dtype=np.float32)  # alpha * 4 is finite in float64, inf in float32
+    llm.set_steering(v, alpha=0.5, layers=1)
+    before = llm.edits
+    want = _last_logits(llm, PROMPT)
+    with pytest.raises(ValueError, match="float32"):
+        llm.set_steering(v, alpha=alpha, layers=1)
+    with pytest.raises(ValueError, match="float32"):
+        llm.set_edits([Steer(1, v, alpha, tokens="prompt")])  # checked whatever tokens it applies to
+    assert llm.edits == before
+    got = _last_logits(llm, PROMPT)
+    assert np.all(np.isfinite(got))
+    np.testing.assert_array_equal(got, want)
+
+
+def test_two_steering_vectors_summing_beyond_float32_are_refused(tiny_llm: Callable[..., Llama]) -> None:
+    llm = tiny_llm("llama")
+    big = np.full(llm.n_embd(), 3e38, dtype=np.float32)  # each fits float32, their sum does not
+    with pytest.raises(ValueError, match="float32"):
+        llm.set_edits([Steer(1, big), Steer(1, big)])
+    assert llm.edits == ()
+
+
+def test_a_scaled_control_vector_beyond_float32_is_refused() -> None:
+    cv = ControlVector({1: np.full(8, 4.0, dtype=np.float32)})
+    with pytest.raises(ValueError, match="float32"):
+        cv.scaled(1e38)
+    np.testing.assert_array_equal(cv.scaled(0.5).directions[1], np.full(8, 2.0, dtype=np.float32))
+
+
+# -- nesting: spec errors, not RecursionError ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "(" * DEEP + "x" + ")" * DEEP,
+        "-" * DEEP + "x",
+        "+".join(["x"] * DEEP),
+        "x" + "/2" * DEEP,
+        "2^" * DEEP + "x",
+        "sigmoid(" * DEEP + "x" + ")" * DEEP,
+    ],
+    ids=["parens", "signs", "sum", "quotients", "powers", "calls"],
+)
+def test_deep_expressions_are_expression_errors(text: str) -> None:
+    with pytest.raises(ExpressionError, match="nested more than"):
+        parse_wiring(f"0:{text}", 4)
+
+
+def test_an_expression_within_the_depth_limit_still_parses() -> None:
+    wiring = parse_wiring("0:" + "(" * 40 + "x*sigmoid(1.5*x)" + ")" * 40, 4)
+    assert str(wiring) == "0:swish(1.5)"
+    chain = "relu(x" + "/2" * 50 + ")"  # a tree 52 deep
+    assert str(parse_wiring(f"0:{chain}", 4)) == f"0:{chain}"
+
+
+def test_deep_spec_values_are_spec_errors() -> None:
+    with pytest.raises(WiringSpecError, match="nested more than"):
+        parse_wiring({"0": _nest(DEEP, 1, "dict")}, 4)
+    with pytest.raises(WiringSpecError, match="nested more than"):
+        parse_wiring({"0": {"heads_off": _nest(DEEP, [], "list")}}, 4)
+    with pytest.raises(ActivationSpecError, match="nested more than"):
+        parse_activation({"name": _nest(DEEP, 1, "dict")})
+    looped: dict[str, Any] = {}
+    looped["a"] = looped  # a dict that holds itself
+    with pytest.raises(WiringSpecError, match="nested more than"):
+        parse_wiring({"0": looped}, 4)
+
+
+def test_thresholds_do_not_chain() -> None:
+    with pytest.raises(ActivationSpecError, match="one threshold"):
+        parse_activation("relu" + "@1" * DEEP)
+    with pytest.raises(ActivationSpecError, match="one threshold"):
+        parse_activation("relu@0.1@0.2")
+    assert parse_activation("relu@0.1").threshold == 0.1
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("deep.json", '{"wiring": {"0": ' + "[" * DEEP + "]" * DEEP + "}}"),
+        ("deep.toml", "wiring = " + "[" * DEEP + "]" * DEEP + "\n"),
+        ("shallow.json", '{"wiring": {"0": ' + "[" * 200 + "]" * 200 + "}}"),
+        ("expr.json", json.dumps({"wiring": {"0": {"act": "(" * DEEP + "x" + ")" * DEEP}}})),
+    ],
+    ids=["json", "toml", "json-200", "json-expression"],
+)
+def test_deep_profiles_are_spec_errors(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    with pytest.raises(ActivationSpecError, match="nested more than"):
+        parse_wiring(path, 4)
+
+
+def test_set_wiring_refuses_a_deep_spec_and_keeps_the_wiring(tiny_llm: Callable[..., Llama]) -> None:
+    llm = tiny_llm("llama")
+    llm.set_wiring("*:relu")
+    before = str(llm.wiring)
+    with pytest.raises(ExpressionError):
+        llm.set_wiring("0:" + "(" * DEEP + "x" + ")" * DEEP)
+    with pytest.raises(WiringSpecError):
+        llm.set_wiring({"0": _nest(DEEP, 1, "dict")})
+    assert str(llm.wiring) == before
+
+
+# -- control-vector files -------------------------------------------------------------------------------
+
+
+def test_a_direction_of_another_width_is_refused_not_broadcast(tmp_path: Path) -> None:
+    path = tmp_path / "mixed.gguf"
+    meta = {"general.architecture": "controlvector", "controlvector.layer_count": 2}
+    wide, narrow = np.ones(64, np.float32), np.ones(1, np.float32)
+    gguf_min.write(path, meta, {"direction.1": wide, "direction.2": narrow})
+    with pytest.raises(ValueError, match="values, the other directions 64"):
+        ControlVector.load(path)
+    same_layer = tmp_path / "same.gguf"  # two tensors for one layer add up (01 is layer 1): no broadcast
+    gguf_min.write(same_layer, meta, {"direction.1": wide, "direction.01": narrow})
+    with pytest.raises(ValueError, match="values, the other directions 64"):
+        ControlVector.load(same_layer)
+
+
+def test_a_width_1_control_vector_is_refused_by_the_model(
+    tmp_path: Path, tiny_llm: Callable[..., Llama]
+) -> None:
+    llm = tiny_llm("llama")
+    path = tmp_path / "narrow.gguf"
+    meta = {"general.architecture": "controlvector", "controlvector.layer_count": 2}
+    narrow = np.ones(1, np.float32)
+    gguf_min.write(path, meta, {"direction.1": narrow, "direction.2": narrow})
+    with pytest.raises(ValueError, match=f"{llm.n_embd()} values"):
+        llm.set_steering(str(path))
+    assert llm.edits == ()
+
+
+def _run_child(code: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="no FIFOs on this system")
+def test_a_fifo_is_refused_before_it_is_opened(tmp_path: Path) -> None:
+    fifo = tmp_path / "vector.gguf"
+    os.mkfifo(fifo)
+    code = f"""
+        from llama_rewire.residual import ControlVector
+        from llama_rewire.residual import gguf_min
+        for read in (ControlVector.load, gguf_min.read):
+            try:
+                read({str(fifo)!r})
+            except ValueError as e:
+                print("refused:", e)
+    """
+    try:
+        child = _run_child(code, timeout=60)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reading a FIFO blocked")
+    assert child.returncode == 0, child.stderr
+    assert child.stdout.count("refused:") == 2 and "not a regular file" in child.stdout, child.stdout
+    with pytest.raises(ValueError, match="not a regular file"):
+        gguf_min.read(tmp_path)  # a directory too
