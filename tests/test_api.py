@@ -283,7 +283,15 @@ def test_embeddings_of_a_batch_equal_embeddings_one_by_one(smollm2_path: Path, p
         single = [m.embed(t) for t in texts]
         assert len(batch) == len(texts)
         for b, s in zip(batch, single):
-            np.testing.assert_allclose(np.array(b), np.array(s), rtol=1e-4, atol=1e-4)
+            b_, s_ = np.array(b).reshape(-1, m.n_embd()), np.array(s).reshape(-1, m.n_embd())
+            assert b_.shape == s_.shape
+            # a batch of several texts puts more rows through each matmul, and on some CPU paths (the
+            # repacked Q4 kernels work on groups of rows) a row's sums then run in another order than
+            # alone: equal up to rounding (measured on AVX2: 0.9% of the largest component, cosine
+            # 0.99996), where another text's rows leaking in would change the direction
+            cos = (b_ * s_).sum(axis=1) / np.linalg.norm(b_, axis=1) / np.linalg.norm(s_, axis=1)
+            assert cos.min() > 0.9995, cos
+            np.testing.assert_allclose(b_, s_, rtol=0, atol=0.03 * np.abs(s_).max())
         if pooling == llama_rewire.LLAMA_POOLING_TYPE_MEAN:
             assert np.array(batch).shape == (4, m.n_embd())
             normed = m.embed(texts, normalize=True)

@@ -438,7 +438,8 @@ def check_roles(messages: Sequence[Any]) -> None:
     for i, msg in enumerate(messages):
         role = msg.get("role") if isinstance(msg, Mapping) else None
         if not isinstance(role, str) or role not in CHAT_ROLES:
-            raise ValueError(f"messages[{i}].role must be one of {', '.join(CHAT_ROLES)}: got {role!r}")
+            raise ValueError(f"unknown message role {role!r} in messages[{i}].role (one of "
+                             f"{', '.join(CHAT_ROLES)})")
 
 
 def tokenize_prompt_parts(llama: Llama, parts: Sequence[tuple[bytes, bool]], *, add_bos: bool) -> list[int]:
