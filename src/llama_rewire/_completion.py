@@ -388,8 +388,10 @@ def create_completion(
     sampler = llama._sampler(**sampling, seed=llama._draw_seed(seed), grammar=grammar,
                              grammar_lazy=grammar_lazy is not None, trigger_patterns=patterns,
                              trigger_tokens=trigger_tokens)
-    for token in getattr(grammar, "prefill", ()):  # text the prompt already holds (see _chat.PrefilledGrammar)
-        sampler.accept_grammar(token)  # the grammar only: the penalties see generated tokens
+    # text the prompt already holds (see _chat.PrefilledGrammar): the grammar only, the penalties see
+    # generated tokens
+    for token in getattr(grammar, "prefill", ()):
+        sampler.accept_grammar(token)
     meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
             "model": model if model is not None else llama.model_path}
     prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
