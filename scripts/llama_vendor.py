@@ -328,8 +328,9 @@ def extract_lcpp_tests() -> Path:
 
 def status() -> None:
     fetch()
+    committed = committed_subjects()
     for patch in series():
-        print(f"{'applied' if is_applied(patch) else 'NOT applied':12s} {patch.name}")
+        print(f"{'applied' if is_applied(patch, committed) else 'NOT applied':12s} {patch.name}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -373,8 +373,10 @@ def test_smollm2_perplexity_matches_llama_perplexity(smollm2_path: Path, text: s
     ppl, err = figures["ppl"]["on" if flash_attn else "off"]
     assert r.ppl == pytest.approx(ppl, rel=1e-5)
     assert r.ppl_stderr == pytest.approx(err, rel=1e-5)
-    # and within 0.5% of llama-perplexity's default run whatever the attention kernel
-    assert r.ppl == pytest.approx(figures["ppl"]["on"][0], rel=5e-3)
+    # and within 1% of llama-perplexity's default run whatever the attention kernel (llama.cpp's own
+    # two kernels part by 0.73% on the AVX2 path without AVX-512: 31.205 off, 31.434 on; under 0.5% on
+    # the AVX-512 and AMX paths)
+    assert r.ppl == pytest.approx(figures["ppl"]["on"][0], rel=1e-2)
 
 
 @pytest.mark.real_model

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import pytest
+from checks import BATCH_TIE, agree_up_to_a_tie
 
 import llama_rewire
 from llama_rewire import Llama, LlamaDraftModel, LlamaGrammar, LlamaPromptLookupDecoding, llama_types
@@ -129,9 +130,25 @@ def test_rejected_drafts_leave_no_trace(smollm2_path: Path) -> None:
     plain = Llama(str(smollm2_path), n_ctx=512, verbose=False)
     nonsense = Fixed(plain.tokenize(b" zebra quantum", add_bos=False) * 3)
     spec = Llama(str(smollm2_path), n_ctx=512, verbose=False, draft_model=nonsense)
-    assert _text(spec) == _text(plain)
+    # a verifying decode puts several rows through each matmul, and on some CPU paths (the repacked Q4
+    # kernels work on groups of rows) a row's sums then run in another order than alone: the greedy
+    # texts agree up to a near-tie (each side's pick the other's runner-up, by less than BATCH_TIE)
+    agree_up_to_a_tie(_steps(spec), _steps(plain), BATCH_TIE)
     follow = COPY + " a wrought-iron lattice tower. It is"
-    assert _text(spec, follow) == _text(Llama(str(smollm2_path), n_ctx=512, verbose=False), follow)
+    fresh = Llama(str(smollm2_path), n_ctx=512, verbose=False)
+    agree_up_to_a_tie(_steps(spec, follow), _steps(fresh, follow), BATCH_TIE)
+
+
+def _steps(llm: Llama, prompt: str = COPY) -> list[tuple[str, str, float]]:
+    """A greedy completion's steps: each token, its runner-up and the gap between their logprobs."""
+    out = llm(prompt, max_tokens=48, temperature=0.0, logprobs=2)
+    assert isinstance(out, dict)
+    lp = out["choices"][0]["logprobs"]
+    steps = []
+    for token, top in zip(lp["tokens"], lp["top_logprobs"]):
+        (first, a), (second, b) = sorted(top.items(), key=lambda kv: -kv[1])[:2]
+        steps.append((token, second if first == token else first, a - b))
+    return steps
 
 
 @pytest.mark.real_model
