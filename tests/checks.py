@@ -74,6 +74,16 @@ def steps_of_logprobs(content: list[dict[str, Any]]) -> list[Step]:
              c["top_logprobs"][0]["logprob"] - c["top_logprobs"][1]["logprob"]) for c in content]
 
 
+def steps_of_completion_logprobs(logprobs: dict[str, Any]) -> list[Step]:
+    """The steps of a greedy completion's logprobs (``create_completion(..., logprobs=2)``)."""
+    out: list[Step] = []
+    for token, top in zip(logprobs["tokens"], logprobs["top_logprobs"]):
+        (first, lp1), (second, lp2) = sorted(top.items(), key=lambda kv: -kv[1])[:2]
+        assert first == token, f"token {token!r} is not the best of its step ({first!r})"
+        out.append((token, second, lp1 - lp2))
+    return out
+
+
 def steps_of_rows(tokens: Sequence[int], rows: np.ndarray) -> list[Step]:
     """The steps of greedy tokens and the logit rows each was chosen from (the pick must be the best)."""
     out: list[Step] = []

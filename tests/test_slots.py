@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import numpy_ref
 import pytest
-from checks import same_greedy_up_to_a_tie
+from checks import BATCH_TIE, agree_up_to_a_tie, same_greedy_up_to_a_tie, steps_of_completion_logprobs
 from conftest import EXACT
 
 from llama_rewire import Llama, LlamaGrammar
@@ -103,13 +103,21 @@ TEXTS = ["The capital of France is", "def fibonacci(n):", "Once upon a time, in 
 
 def test_greedy_text_equals_one_at_a_time(pair: Any) -> None:
     one, four = pair
-    want = [one.create_completion(t, max_tokens=24, temperature=0.0)["choices"][0]["text"] for t in TEXTS]
-    got = four.slots.create_completions(TEXTS, max_tokens=24, temperature=0.0)
-    # batched rows go through the same per-row kernels (each row's activations are quantized on
-    # their own), so on one machine the texts agree exactly
-    assert [g["choices"][0]["text"] for g in got] == want
-    assert all(g["usage"]["completion_tokens"] == 24 or g["choices"][0]["finish_reason"] == "stop"
-               for g in got)
+    kw: dict[str, Any] = {"max_tokens": 24, "temperature": 0.0, "logprobs": 2}
+    want = [one.create_completion(t, **kw)["choices"][0] for t in TEXTS]
+    got = [g["choices"][0] for g in four.slots.create_completions(TEXTS, **kw)]
+    # the prompts are prefilled together and decoded in one batch: the kernels the batch takes (the
+    # F16 KV cache's attention, the repacked rows in groups, AMX tiles) round otherwise than for one
+    # sequence alone, so each text equals its one-at-a-time text up to a near tie, where it may part
+    shared = [agree_up_to_a_tie(steps_of_completion_logprobs(g["logprobs"]),
+                                steps_of_completion_logprobs(w["logprobs"]), BATCH_TIE)
+              for g, w in zip(got, want)]
+    for g, w, n in zip(got, want, shared):
+        assert g["logprobs"]["tokens"][:n] == w["logprobs"]["tokens"][:n]
+        if n == len(w["logprobs"]["tokens"]):
+            assert g["text"] == w["text"]
+    assert sum(shared) >= len(TEXTS) * 24 // 2, shared  # most of the text is shared
+    assert all(len(g["logprobs"]["tokens"]) == 24 or g["finish_reason"] == "stop" for g in got)
 
 
 def test_seeded_sampling_grammar_and_logprobs_per_slot(pair: Any) -> None:
