@@ -429,6 +429,27 @@ def test_schema_converter_and_sample_grammars() -> None:
     assert _core.grammar_check(None, head + rules)
 
 
+def test_json_schema_grammars_accept_what_llama_cpp_pythons_accept() -> None:
+    # llama-cpp-python's converter allows one optional space between JSON tokens (also before a comma and
+    # after the document) and no newlines; constrained greedy text is the same only with the same language
+    # (but for raw control characters in strings, which it allows and which make invalid JSON)
+    from llama_rewire import _core, llama_grammar
+
+    props = {"a": {"type": "string", "maxLength": 8}, "b": {"type": "array", "items": {"type": "integer"}},
+             "c": {"type": "object", "properties": {"d": {"type": "boolean"}}}}
+    schema = {"type": "object", "properties": props, "required": ["a", "b"]}
+    grammar = llama_grammar.json_schema_to_gbnf(json.dumps(schema))
+    rules = dict(line.split(" ::= ", 1) for line in grammar.strip().splitlines())
+    assert rules["space"] == '" "?' == llama_grammar.SPACE_RULE
+    assert '"\\n"' not in grammar  # llama.cpp's own space rule allows newlines and indentation
+    assert rules["root"].endswith(") space")
+    assert all(r.count('"," space') == r.count('space "," space') for r in rules.values())
+    # its escapes, "\/" included; no raw control characters (llama-cpp-python's would make invalid JSON)
+    assert rules["char"] == r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})'
+    assert _core.grammar_check(None, grammar)
+    assert llama_grammar.LlamaGrammar.from_json_schema(schema, verbose=False).grammar == grammar
+
+
 def test_utils_logger_and_internals(capfd: pytest.CaptureFixture[str]) -> None:
     import os
 

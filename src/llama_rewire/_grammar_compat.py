@@ -148,6 +148,33 @@ def _ordered(schema: Any, prop_order: Mapping[str, int]) -> Any:
     return out
 
 
+# llama-cpp-python's JSON grammars: at most one space between tokens (llama.cpp's allows newlines and
+# indentation), also before a comma, and a space after the document; in strings the escape "\/" too.
+# Raw control characters in a string stay refused (llama-cpp-python allows them: invalid JSON).
+_PEER_RULES = {
+    "space": SPACE_RULE,
+    "char": r'[^"\\\x7F\x00-\x1F] | [\\] (["\\/bfnrt] | "u" [0-9a-fA-F]{4})',
+}
+
+
+_SPACE_BEFORE_COMMA = re.compile(r'(?<!space )"," space')
+
+
+def convert_json_schema(schema_json: str) -> str:
+    """GBNF for a JSON schema (JSON text) by llama.cpp's converter, accepting the documents that
+    llama-cpp-python's converter accepts, so that constrained greedy output is the same as on it."""
+    lines = []
+    for line in str(_core.json_schema_to_grammar(schema_json)).splitlines():
+        m = _RULE_LINE.match(line)
+        out = line
+        if m and m.group(1) in _PEER_RULES:
+            out = f"{m.group(1)} ::= {_PEER_RULES[m.group(1)]}"
+        elif m and m.group(1) == "root":
+            out = f"root ::= ( {m.group(2)} ) space"
+        lines.append(_SPACE_BEFORE_COMMA.sub('space "," space', out))
+    return "\n".join(lines) + "\n"
+
+
 class SchemaConverter:
     """A JSON schema to a GBNF grammar, by llama.cpp's converter (``visit`` the schema as the root rule,
     then ``format_grammar``). ``prop_order`` ranks property names (lower first) over the schema's order.
@@ -176,7 +203,7 @@ class SchemaConverter:
         if not isinstance(schema, (dict, bool)):
             raise GrammarError("a JSON schema must be an object (or true/false)")
         check_json_schema(schema)  # depth and $ref limits, before anything recurses through it
-        text = str(_core.json_schema_to_grammar(json.dumps(_ordered(schema, self._prop_order))))
+        text = convert_json_schema(json.dumps(_ordered(schema, self._prop_order)))
         for line in text.splitlines():
             m = _RULE_LINE.match(line)
             if m:

@@ -133,6 +133,7 @@ class ToolPlan:
     tools: list[Mapping[str, Any]] = field(default_factory=list)
     forced: Mapping[str, Any] | None = None
     legacy: bool = False  # the request used `functions`: the reply also carries `function_call`
+    by_name: bool = False  # forced by naming the tool: the prompt is llama-cpp-python's, with no note
 
     @classmethod
     def from_request(cls, functions: Any, function_call: Any, tools: Any, tool_choice: Any) -> ToolPlan:
@@ -158,7 +159,7 @@ class ToolPlan:
             tool = next((t for t in tools if _tool_name(t) == name), None)
             if tool is None:
                 raise ValueError(f"Tool choice '{name}' not found in tools: tool_choice must name one")
-            return cls("forced", tools, tool, legacy=legacy)
+            return cls("forced", tools, tool, legacy=legacy, by_name=True)
         raise ValueError(
             f"tool_choice must be 'none', 'auto', 'required' or a named tool, got {tool_choice!r}"
         )
@@ -511,7 +512,9 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
         plan = ToolPlan.from_request(functions, function_call, tools, tool_choice)
         renders_tools = getattr(chat_formatter, "renders_tools", None)  # set on template formatters
         msgs: Sequence[Any] = messages
-        if plan.mode != "none" and not (plan.mode == "auto" and renders_tools):
+        # a tool named in tool_choice: the grammar alone forces its arguments, and the prompt is the
+        # formatter's with the tools passed on (as llama-cpp-python does), so its greedy text is the same
+        if plan.mode != "none" and not (plan.mode == "auto" and renders_tools) and not plan.by_name:
             msgs = with_tool_note(cast("Sequence[Mapping[str, Any]]", messages), plan.note(),
                                   system_role=renders_tools is None)
         result = chat_formatter(

@@ -3,7 +3,9 @@
 A grammar is parsed (and checked) when it is made; it is compiled against a model's vocabulary when a
 completion uses it. JSON schemas are converted by llama.cpp's own converter. Every grammar, however it
 is made, is first held to the limits of :mod:`._grammar_limits` (nesting, size, rules, repetitions),
-and every JSON schema to its depth and "$ref" limits before it is converted.
+and every JSON schema to its depth and "$ref" limits before it is converted. A JSON schema's grammar
+accepts the documents llama-cpp-python's accepts (one optional space between tokens, none of llama.cpp's
+newlines and indentation), so constrained greedy output is the same.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import json
 from typing import Any
 
 from . import _core
+from ._grammar_compat import convert_json_schema
 from ._grammar_limits import check_grammar, check_json_schema, load_json_schema
 from .errors import GrammarError
 
@@ -81,7 +84,7 @@ def json_schema_to_gbnf(schema: str, prop_order: list[str] | None = None) -> str
     parsed = load_json_schema(schema)
     if not isinstance(parsed, (dict, bool)):
         raise GrammarError("a JSON schema must be an object (or true/false)")
-    return str(_core.json_schema_to_grammar(schema))
+    return convert_json_schema(schema)
 
 
 __all__ = ["JSON_GBNF", "LLAMA_GRAMMAR_DEFAULT_ROOT", "LlamaGrammar", "json_schema_to_gbnf"]
