@@ -1,8 +1,9 @@
 """Small helpers shared by the tests: logits of a fresh evaluation, errors, greedy-choice cases, greedy
-answers compared up to a tie."""
+answers compared up to a tie, a free loopback port and a child process's RSS."""
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Sequence
 from typing import Any
 
@@ -98,3 +99,19 @@ def same_greedy_up_to_a_tie(got: list[dict[str, Any]], want: list[dict[str, Any]
                             tie: float = BATCH_TIE) -> int:
     """agree_up_to_a_tie for two greedy answers given as logprobs content."""
     return agree_up_to_a_tie(steps_of_logprobs(got), steps_of_logprobs(want), tie)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def rss_mib(pid: int) -> float:
+    """A process's resident memory in MiB, from /proc (Linux)."""
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")

@@ -71,3 +71,22 @@ def gemma_path() -> Path:
 def real_model_path(request: pytest.FixtureRequest) -> Path:
     """Parametrized indirectly with 'smollm2' or 'gemma3-270m'."""
     return _real(request.param)
+
+
+VOCAB_MODELS = Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp" / "models"
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Iterator[Callable[[str], Llama]]:
+    """vocab(name) -> a vocab-only Llama over llama.cpp's ggml-vocab-<name>.gguf (opened once per module)."""
+    opened: dict[str, Llama] = {}
+
+    def get(name: str) -> Llama:
+        if name not in opened:
+            path = VOCAB_MODELS / f"ggml-vocab-{name}.gguf"
+            opened[name] = Llama(str(path), vocab_only=True, verbose=False)
+        return opened[name]
+
+    yield get
+    for llm in opened.values():
+        llm.close()

@@ -14,30 +14,16 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
-from partition_cases import DATA, MODELS
+from partition_cases import DATA
 
 from llama_rewire import Llama, LlamaGrammar
 from llama_rewire._completion import StopMatcher, stop_holdback
 from llama_rewire.errors import ContextOverflowError
 
 RECORDED: dict[str, list[dict[str, object]]] = json.loads(DATA.read_text(encoding="utf-8"))
-
-
-@pytest.fixture(scope="module")
-def vocab() -> Iterator[Callable[[str], Llama]]:
-    opened: dict[str, Llama] = {}
-
-    def get(name: str) -> Llama:
-        if name not in opened:
-            opened[name] = Llama(str(MODELS / f"ggml-vocab-{name}.gguf"), vocab_only=True, verbose=False)
-        return opened[name]
-
-    yield get
-    for llm in opened.values():
-        llm.close()
 
 
 # -- the special-token partition ------------------------------------------------------------------------

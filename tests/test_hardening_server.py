@@ -22,6 +22,7 @@ from typing import Any, cast
 import httpx
 import numpy as np
 import pytest
+from checks import free_port, rss_mib
 from pydantic import ValidationError
 from serving import running
 
@@ -227,20 +228,6 @@ from llama_rewire.server import ModelSettings, Settings, create_app
 settings = Settings(models=[ModelSettings(model=sys.argv[1], n_ctx=64)])
 uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_level="error")
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 @pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the child's RSS from /proc")

@@ -21,7 +21,7 @@ import httpx
 import numpy as np
 import numpy_ref
 import pytest
-from checks import logits_of, rel_err
+from checks import free_port, logits_of, rel_err
 from conftest import EXACT
 from serving import running
 
@@ -34,12 +34,6 @@ TOKENS = [1, 17, 200, 45, 3, 99, 128, 64, 250, 12]
 # the servers run the same CPU kernels as the local run, on the same machine: only the order in which a
 # split graph's pieces meet could move the last bits
 TIGHT = 1e-5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,6 @@ same properties.
 from __future__ import annotations
 
 import os
-import socket
 import struct
 import subprocess
 import sys
@@ -31,25 +30,12 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent / "fuzz"))
 
 import rpc_peer as rp
+from checks import free_port, rss_mib
 from rpc_peer import Tensor
 
 from llama_rewire import rpc
 
 SERVER_TIMEOUT = 1.0  # the server under test drops a silent or idle client after this many seconds
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def rss_mib(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    raise AssertionError("no VmRSS")
 
 
 class Server:

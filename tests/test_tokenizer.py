@@ -3,7 +3,6 @@ the ``.inp``/``.out`` files that llama.cpp's tests/test-tokenizer-0 checks."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable
 
@@ -15,21 +14,6 @@ MODELS = Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp" / "models"
 VOCABS_WITH_TESTS = sorted(p.name.removeprefix("ggml-vocab-").removesuffix(".gguf.inp")
                            for p in MODELS.glob("ggml-vocab-*.gguf.inp"))
 SEPARATOR = "\n__ggml_vocab_test__\n"
-
-
-@pytest.fixture(scope="module")
-def vocab() -> Iterator[Callable[[str], Llama]]:
-    """vocab(name) -> a vocab-only Llama over ggml-vocab-<name>.gguf (opened once per module)."""
-    opened: dict[str, Llama] = {}
-
-    def get(name: str) -> Llama:
-        if name not in opened:
-            opened[name] = Llama(str(MODELS / f"ggml-vocab-{name}.gguf"), vocab_only=True, verbose=False)
-        return opened[name]
-
-    yield get
-    for llm in opened.values():
-        llm.close()
 
 
 def read_vocab_tests(name: str) -> dict[str, list[int]]:
