@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from llama_rewire import Llama, _core
-from llama_rewire.errors import ActivationSpecError, ExpressionError, WiringSpecError
+from llama_rewire.errors import ActivationSpecError, ExpressionError, NonFiniteLogitsError, WiringSpecError
 from llama_rewire.residual import ControlVector, Steer, gguf_min
 from llama_rewire.wiring import parse_wiring
 from llama_rewire.wiring.activations import parse_activation
@@ -100,6 +100,52 @@ def test_two_steering_vectors_summing_beyond_float32_are_refused(tiny_llm: Calla
     with pytest.raises(ValueError, match="float32"):
         llm.set_edits([Steer(1, big), Steer(1, big)])
     assert llm.edits == ()
+
+
+@pytest.mark.parametrize("flash_attn", [False, True])
+def test_steering_that_overflows_the_residual_stream_is_an_error_and_leaves_no_nan(
+    tiny_llm: Callable[..., Llama], flash_attn: bool
+) -> None:
+    # each value fits float32, but the stream it is added to overflows in the next layers: the logits
+    # are NaN, which sampling used to turn into an arbitrary token (or an empty answer)
+    llm = tiny_llm("llama", flash_attn=flash_attn, type_k=1, type_v=1)  # F16 KV, as served
+    prompt = [1, 5, 9, 14, 3, 22, 7]
+    want = llm.create_completion(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    big = np.full(llm.n_embd(), 3e38, dtype=np.float32)
+    llm.set_edits([Steer(0, big), Steer(1, big)])  # each layer's fits float32, their sum in the stream not
+    with pytest.raises(NonFiniteLogitsError, match="not finite"):
+        llm.create_completion(prompt, max_tokens=6, temperature=0.0)
+    with pytest.raises(ValueError, match="not finite"):  # a ValueError, for code that catches those
+        llm.create_completion(prompt[:3], max_tokens=2, temperature=0.7, seed=1)
+    llm.set_edits([])
+    # the NaN keys and values were zeroed, not just forgotten: a masked cell's NaN value times its weight
+    # of zero is NaN, so an unsteered prompt over the same cells would come out NaN (or empty) otherwise
+    again = llm.create_completion(prompt, max_tokens=6, temperature=0.0)["choices"][0]["text"]
+    assert again == want
+    assert np.all(np.isfinite(_last_logits(llm, prompt)))
+
+
+def test_slots_end_every_sequence_on_non_finite_logits_and_recover(tiny_llm: Callable[..., Llama]) -> None:
+    llm = tiny_llm("llama", n_parallel=2, flash_attn=False, type_k=1, type_v=1)
+    prompt = [1, 5, 9, 14, 3]
+    want = llm.slots.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"]
+    llm.set_wiring("*:exp(1e30*x)")  # an activation that overflows float32 on every layer
+    with pytest.raises(NonFiniteLogitsError):
+        llm.slots.create_completion(prompt, max_tokens=4, temperature=0.0)
+    llm.set_wiring(None)
+    assert llm.slots.create_completion(prompt, max_tokens=4, temperature=0.0)["choices"][0]["text"] == want
+    assert llm.slots.stats()["slots_processing"] == 0
+
+
+def test_a_logits_processor_returning_nan_is_an_error(tiny_llm: Callable[..., Llama]) -> None:
+    llm = tiny_llm("llama")
+
+    def nan(ids: Any, logits: np.ndarray) -> np.ndarray:
+        logits[3] = np.nan
+        return logits
+
+    with pytest.raises(NonFiniteLogitsError, match="logits_processor"):
+        llm.create_completion([1, 5, 9], max_tokens=2, temperature=0.0, logits_processor=nan)
 
 
 def test_a_scaled_control_vector_beyond_float32_is_refused() -> None:

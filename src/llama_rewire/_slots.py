@@ -40,6 +40,7 @@ import numpy.typing as npt
 
 from . import _core, _params
 from ._guard import CLOSED
+from .errors import NonFiniteLogitsError
 
 if TYPE_CHECKING:
     from ._completion import CompletionIterator
@@ -423,7 +424,8 @@ class Slots:
         self._counts["decodes"] += 1
         for s, start, take in fed:
             job = s.job
-            assert job is not None
+            if job is None:  # ended with the error of another sequence's sampling (non-finite logits)
+                continue
             s.tokens.extend(job.pending[:take])
             del job.pending[:take]
             if job.pending:
@@ -446,6 +448,16 @@ class Slots:
                     token = int(job.sampler.sample_logits(processed))
                 else:
                     token = int(job.sampler.sample(ctx, i))
+        except NonFiniteLogitsError as e:
+            # the computation overflowed (the wiring): the cache may hold NaN keys and values, which leak
+            # into every sequence whose attention spans those cells (a masked weight of zero times NaN),
+            # so every running sequence ends with the error and the whole cache is zeroed
+            with self._cv:
+                for other in self._slots:
+                    self._fail(other, e)
+                    other.tokens.clear()
+                ctx.memory_clear()
+            return
         except BaseException as e:
             with self._cv:
                 self._fail(s, e)

@@ -4,7 +4,15 @@ errors by type."""
 
 from __future__ import annotations
 
-from ._core import ChatFormatError, ClosedError, DecodeError, GrammarError, ModelLoadError, RPCServerLostError
+from ._core import (
+    ChatFormatError,
+    ClosedError,
+    DecodeError,
+    GrammarError,
+    ModelLoadError,
+    NonFiniteLogitsError,
+    RPCServerLostError,
+)
 
 
 class ContextOverflowError(ValueError):
@@ -38,6 +46,7 @@ __all__ = [
     "ExpressionError",
     "GrammarError",
     "ModelLoadError",
+    "NonFiniteLogitsError",
     "RPCServerLostError",
     "WiringSpecError",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -20,7 +21,7 @@ from ._llama_compat import MinTokensLogitsProcessor as MinTokensLogitsProcessor 
 from ._residual import ResidualMixin
 from ._rewiring import RewiringMixin
 from ._slots import Slots
-from .errors import ActivationSpecError, ContextOverflowError
+from .errors import ActivationSpecError, ContextOverflowError, NonFiniteLogitsError
 from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
@@ -623,7 +624,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
             mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar,
             temp_name="temp")
         # a fresh sampler, as in llama-cpp-python: the penalties see no earlier token
-        with _params.grammar_messages():
+        with _params.grammar_messages(), self._dropping_non_finite():
             return self._sample(sampler, logits_processor, idx)
 
     def _sample(self, sampler: _core.Sampler, logits_processor: LogitsProcessor | None,
@@ -662,25 +663,42 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         tokens (the sampler accepts each token it samples), never at the prompt, as in llama-cpp-python.
         """
         self.eval(tokens)
-        if self._can_draft():
-            from . import _speculative
+        with self._dropping_non_finite():
+            if self._can_draft():
+                from . import _speculative
 
-            assert self.draft_model is not None
-            yield from _speculative.steps(self, sampler, self.draft_model,
-                                          logits_processor=logits_processor, want_logits=want_logits)
-            return
-        ctx = self.ctx
-        with _params.grammar_messages():
-            while True:
-                raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None
-                if logits_processor is not None:
-                    assert raw is not None
-                    processed = self._processed(logits_processor, self._input_ids, raw.copy())
-                    token = int(sampler.sample_logits(processed))
-                else:
-                    token = int(sampler.sample(ctx, -1))
-                yield token, raw
-                self.eval([token])
+                assert self.draft_model is not None
+                yield from _speculative.steps(self, sampler, self.draft_model,
+                                              logits_processor=logits_processor, want_logits=want_logits)
+                return
+            ctx = self.ctx
+            with _params.grammar_messages():
+                while True:
+                    raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None
+                    if logits_processor is not None:
+                        assert raw is not None
+                        processed = self._processed(logits_processor, self._input_ids, raw.copy())
+                        token = int(sampler.sample_logits(processed))
+                    else:
+                        token = int(sampler.sample(ctx, -1))
+                    yield token, raw
+                    self.eval([token])
+
+    @contextlib.contextmanager
+    def _dropping_non_finite(self) -> Iterator[None]:
+        """Logits that are not finite (NaN, inf: the computation overflowed) raise NonFiniteLogitsError,
+        and the KV cache is then zeroed and forgotten: it may hold NaN keys and values, and attention
+        multiplies a masked cell's value by a weight of zero, which for NaN is NaN, so they would leak
+        into whatever sequence is evaluated next over the same cells."""
+        try:
+            yield
+        except NonFiniteLogitsError:
+            self.ctx.memory_clear()
+            self.n_tokens = 0
+            self._n_cached = 0
+            self._row_pending = False
+            self._ctx_has_logits = False
+            raise
 
     def generate(
         self,

@@ -37,6 +37,11 @@ class grammar_error : public std::runtime_error {
     using std::runtime_error::runtime_error;
 };
 
+// Raised when a decode's logits are NaN or infinite: the computation overflowed (a ValueError).
+class non_finite_error : public std::runtime_error {
+    using std::runtime_error::runtime_error;
+};
+
 // Raised when a chat template cannot render the messages or parse the output (a ValueError).
 class chat_error : public std::runtime_error {
     using std::runtime_error::runtime_error;

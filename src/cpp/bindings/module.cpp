@@ -15,6 +15,7 @@ PYBIND11_MODULE(_core, m) {
     py::register_exception<closed_error>(m, "ClosedError", PyExc_RuntimeError);
     py::register_exception<grammar_error>(m, "GrammarError", PyExc_ValueError);
     py::register_exception<chat_error>(m, "ChatFormatError", PyExc_ValueError);
+    py::register_exception<non_finite_error>(m, "NonFiniteLogitsError", PyExc_ValueError);
 
     bind_log(m);
     bind_rpc(m);

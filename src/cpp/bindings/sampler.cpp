@@ -191,6 +191,7 @@ public:
             if (logits == nullptr) {
                 t = LLAMA_TOKEN_NULL;
             } else {
+                check_logits(logits, true);
                 t = pick(logits);
             }
         }
@@ -210,6 +211,7 @@ public:
         llama_token t;
         {
             py::gil_scoped_release release;
+            check_logits(data, false);
             t = pick(data);
         }
         accept(t, true);
@@ -297,6 +299,23 @@ private:
         }
     }
 
+    // A model's logits are finite; NaN or infinity means the computation overflowed (most often the
+    // wiring or edits pushed the residual stream beyond float range), and sampling from them would give
+    // an arbitrary token. Logits a caller processed may hold -inf (a banned token), not NaN or +inf.
+    void check_logits(const float * logits, bool raw) const {
+        for (int32_t i = 0; i < n_vocab_; ++i) {
+            const float x = logits[i];
+            if (std::isnan(x) || (std::isinf(x) && (raw || x > 0))) {
+                throw non_finite_error(
+                    std::string(raw ? "the model's logits are not finite (" : "the processed logits are not finite (") +
+                    (std::isnan(x) ? "NaN" : x > 0 ? "+inf" : "-inf") + " for token " + std::to_string(i) +
+                    (raw ? "): the computation overflowed; the wiring or edits (steering, scales, activations) "
+                           "may push the residual stream beyond float range"
+                         : "): a logits_processor returned NaN or +inf"));
+            }
+        }
+    }
+
     // Runs without the GIL.
     llama_token pick(const float * logits) {
         if (argmax_only_ && grammar_ == nullptr) {
@@ -308,15 +327,21 @@ private:
         llama_sampler_apply(chain_, &arr);
         llama_token t = arr.data[arr.selected].id;
         if (grammar_) {
-            llama_token_data one = {t, 1.0f, 0.0f};
-            llama_token_data_array single = {&one, 1, -1, false};
-            llama_sampler_apply(grammar_, &single);
-            if (std::isinf(single.data[0].logit) && single.data[0].logit < 0) {
-                fill(logits);
-                arr = {cur_.data(), cur_.size(), -1, false};
-                llama_sampler_apply(grammar_, &arr);
-                llama_sampler_apply(chain_, &arr);
-                t = arr.data[arr.selected].id;
+            try {
+                llama_token_data one = {t, 1.0f, 0.0f};
+                llama_token_data_array single = {&one, 1, -1, false};
+                llama_sampler_apply(grammar_, &single);
+                if (std::isinf(single.data[0].logit) && single.data[0].logit < 0) {
+                    fill(logits);
+                    arr = {cur_.data(), cur_.size(), -1, false};
+                    llama_sampler_apply(grammar_, &arr);
+                    llama_sampler_apply(chain_, &arr);
+                    t = arr.data[arr.selected].id;
+                }
+            } catch (const grammar_error &) {
+                throw;
+            } catch (const std::exception & e) {  // e.g. a grammar too ambiguous to follow (its stack bound)
+                throw grammar_error(std::string("the grammar cannot be followed: ") + e.what());
             }
         }
         return t;
