@@ -37,6 +37,9 @@ MAX_GRAMMAR_CHAIN = 1000
 # for each and compares every new stack with all the others (16 rules of two alternatives each starting
 # with the next make 65,536 stacks: 47 s)
 MAX_GRAMMAR_PATHS = 4096
+# a character class longer than this is refused: llama.cpp matches a character against its ranges one by
+# one, for every candidate token at every step (80,000 ranges held sampling for minutes)
+MAX_GRAMMAR_CLASS = 512
 # a repetition's lower bound above this is refused (llama.cpp's own threshold; an upper bound above it
 # is taken by llama.cpp as no upper bound)
 MAX_GRAMMAR_REPETITION = 2000
@@ -46,6 +49,9 @@ MAX_GRAMMAR_ELEMENTS = 1 << 20
 MAX_JSON_SCHEMA_DEPTH = 64
 # a JSON schema with more "$ref"s than this is refused (the converter recurses along chains of them)
 MAX_JSON_SCHEMA_REFS = 1000
+# an object schema with more properties than this is refused: the converter's rules for optional
+# properties grow with the square of their number (3,000 held a server for minutes)
+MAX_JSON_SCHEMA_PROPERTIES = 256
 
 _WS = r"(?:[ \t\r\n]|\#[^\n]*)*"
 _TOKENS = re.compile(
@@ -117,6 +123,9 @@ def check_grammar(gbnf: str) -> None:
                 seq[-1][1] = seq[-1][1] or low == 0
             continue
         last = 1
+        if kind == "chars" and len(item) - 2 > MAX_GRAMMAR_CLASS:
+            raise GrammarError(f"grammar: a character class of {len(item) - 2} characters; the limit is "
+                               f"{MAX_GRAMMAR_CLASS} (MAX_GRAMMAR_CLASS)")
         if kind in ("literal", "chars"):
             last = max(1, len(item) - 2)
             if seq is not None:
@@ -247,7 +256,8 @@ def _check_starts(alts: list[list[list[list[Any]]]]) -> None:
 
 
 def check_json_schema(schema: Any) -> None:
-    """Raise ``GrammarError`` when a JSON schema (parsed) is nested too deep or has too many "$ref"s.
+    """Raise ``GrammarError`` when a JSON schema (parsed) is nested too deep, has too many "$ref"s or an
+    object of too many properties.
 
     Iterative, so that a schema nested deeper than Python's own recursion limit is refused too."""
     refs = 0
@@ -257,6 +267,10 @@ def check_json_schema(schema: Any) -> None:
         if isinstance(value, Mapping):
             children: Sequence[Any] = list(value.values())
             refs += "$ref" in value
+            props = value.get("properties")
+            if isinstance(props, Mapping) and len(props) > MAX_JSON_SCHEMA_PROPERTIES:
+                raise GrammarError(f"the JSON schema has an object of {len(props)} properties; the limit is "
+                                   f"{MAX_JSON_SCHEMA_PROPERTIES} (MAX_JSON_SCHEMA_PROPERTIES)")
         elif isinstance(value, (list, tuple)):
             children = value
         else:

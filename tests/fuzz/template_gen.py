@@ -38,6 +38,7 @@ HOSTILE: tuple[Hostile, ...] = (
     Hostile("nested_if", _nest("{% if true %}", "{% endif %}", "x", 20000), "stack"),
     Hostile("nested_for", _nest("{% for m in messages %}", "{% endfor %}", "x", 20000), "stack"),
     Hostile("nested_macro_defs", _nest("{% macro m() %}", "{% endmacro %}", "x", 20000), "stack"),
+    Hostile("elif_chain", "{% if false %}" + "{% elif false %}" * 30000 + "{% endif %}", "stack"),
     Hostile("nested_parens", "{{ " + _nest("(", ")", "1", 200000) + " }}", "stack"),
     Hostile("nested_lists", "{{ " + _nest("[", "]", "1", 200000) + " }}", "stack"),
     Hostile("nested_dicts", "{{ " + _nest("{'a': ", "}", "1", 100000) + " }}", "stack"),

@@ -355,17 +355,23 @@ private:
     std::vector<llama_token_data>  cur_;
 };
 
-// Whether gbnf parses as a grammar with a "root" rule (token references need the model's vocab).
+// Whether gbnf parses as a grammar with a "root" rule (token references need the model's vocab); a
+// grammar that parses but cannot be set up (llama.cpp's bounds on its parse stacks) raises GrammarError.
 static bool grammar_check(py::object mdl, const std::string & gbnf) {
     const llama_vocab * vocab = mdl.is_none() ? nullptr : mdl.cast<model &>().vocab();
     llama_sampler * s = nullptr;
+    std::string why;
     {
         py::gil_scoped_release release;
         try {
             s = llama_sampler_init_grammar(vocab, gbnf.c_str(), "root");
-        } catch (const std::exception &) {
+        } catch (const std::exception & e) {
+            why = e.what();
             s = nullptr;
         }
+    }
+    if (!why.empty()) {  // it parses, but cannot be followed (e.g. too ambiguous): say why
+        throw grammar_error(why);
     }
     if (s == nullptr) {
         return false;
