@@ -25,11 +25,13 @@ from llama_rewire import Llama, LlamaGrammar, _core
 from llama_rewire._grammar_limits import (
     MAX_GRAMMAR_CHAIN,
     MAX_GRAMMAR_CHARS,
+    MAX_GRAMMAR_CLASS,
     MAX_GRAMMAR_NESTING,
     MAX_GRAMMAR_PATHS,
     MAX_GRAMMAR_REPETITION,
     MAX_GRAMMAR_RULES,
     MAX_JSON_SCHEMA_DEPTH,
+    MAX_JSON_SCHEMA_PROPERTIES,
     MAX_JSON_SCHEMA_REFS,
     check_grammar,
 )
@@ -189,12 +191,59 @@ def test_exponential_starts_are_refused_not_a_hang() -> None:
     assert "refused:" in out.stdout and "MAX_GRAMMAR_PATHS" in out.stdout
 
 
+def test_ambiguous_grammars_are_refused_not_a_hang() -> None:
+    """Optional items repeated inside repetitions (30 bytes) held sampling for minutes: the parse stacks
+    grow combinatorially and every candidate token is matched against each. llama.cpp now bounds them."""
+    out = run_child("""
+        from llama_rewire import LlamaGrammar
+        from llama_rewire.errors import GrammarError
+        for text in ['root ::= (("a"?){0,40}){0,40} "b"', 'root ::= ((("a" | "aa")?){0,30}){0,30}']:
+            try:
+                LlamaGrammar.from_string(text)
+                print("accepted:", text)
+            except GrammarError as e:
+                print("refused:", e)
+    """, timeout=60)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.count("refused:") == 2 and "too ambiguous" in out.stdout, out.stdout
+
+
+def test_a_grammar_too_ambiguous_while_sampling_is_a_grammar_error(tiny_llm: Callable[..., Llama]) -> None:
+    # it starts narrow and becomes ambiguous only after the first characters
+    grammar = LlamaGrammar.from_string('root ::= "x" (("a"?){0,40}){0,40} "b"', verbose=False)
+    llm = tiny_llm("llama")
+    with pytest.raises(GrammarError, match="too ambiguous"):
+        llm.create_completion([1, 5, 9], max_tokens=4, temperature=0.0, grammar=grammar)
+    assert llm.create_completion([1, 5, 9], max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 1
+
+
+def test_class_limit() -> None:
+    """One class of 80,000 ranges held sampling for minutes (each character is matched range by range)."""
+    LlamaGrammar.from_string("root ::= [" + "a-b" * (MAX_GRAMMAR_CLASS // 3) + "]+")
+    with pytest.raises(GrammarError, match="MAX_GRAMMAR_CLASS"):
+        LlamaGrammar.from_string("root ::= [" + "a-b" * 80000 + "]+")
+
+
+def test_json_schema_properties_limit() -> None:
+    """3,000 optional properties (80 KB) held the converter, and a server, for minutes."""
+    def props(n: int) -> dict[str, Any]:
+        return {"type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(n)}}
+
+    start = time.monotonic()
+    LlamaGrammar.from_json_schema(props(MAX_JSON_SCHEMA_PROPERTIES), verbose=False)
+    assert time.monotonic() - start < 10
+    with pytest.raises(GrammarError, match="MAX_JSON_SCHEMA_PROPERTIES"):
+        LlamaGrammar.from_json_schema(props(3000), verbose=False)
+    with pytest.raises(GrammarError, match="MAX_JSON_SCHEMA_PROPERTIES"):
+        json_schema_to_gbnf(json.dumps({"type": "array", "items": props(MAX_JSON_SCHEMA_PROPERTIES + 1)}))
+
+
 def test_paths_limit() -> None:
     start = time.monotonic()
-    assert _core.grammar_check(None, LlamaGrammar.from_string(diamonds(10)).grammar)
+    assert _core.grammar_check(None, LlamaGrammar.from_string(diamonds(8)).grammar)
     assert time.monotonic() - start < 10
     with pytest.raises(GrammarError, match="MAX_GRAMMAR_PATHS"):
-        LlamaGrammar.from_string(diamonds(12))
+        LlamaGrammar.from_string(diamonds(10))
     flat = "root ::= " + " | ".join(f'"{i}x"' for i in range(MAX_GRAMMAR_PATHS)) + "\n"
     LlamaGrammar.from_string(flat)
     with pytest.raises(GrammarError, match="MAX_GRAMMAR_PATHS"):

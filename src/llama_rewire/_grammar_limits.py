@@ -34,9 +34,10 @@ MAX_GRAMMAR_RULES = 20_000
 # stack frame per rule, and its set-up time grows with the square of the chain's length
 MAX_GRAMMAR_CHAIN = 1000
 # the ways a rule can start, counted through the rules it starts with: llama.cpp makes one parse stack
-# for each and compares every new stack with all the others (16 rules of two alternatives each starting
-# with the next make 65,536 stacks: 47 s)
-MAX_GRAMMAR_PATHS = 4096
+# for each, compares every new stack with all the others and matches every candidate token against each
+# (16 rules of two alternatives each starting with the next make 65,536 stacks: 47 s); llama.cpp itself
+# (patch 0014) refuses more than this many stacks at any point of a parse
+MAX_GRAMMAR_PATHS = 1024
 # a character class longer than this is refused: llama.cpp matches a character against its ranges one by
 # one, for every candidate token at every step (80,000 ranges held sampling for minutes)
 MAX_GRAMMAR_CLASS = 512
