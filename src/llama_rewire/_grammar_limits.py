@@ -78,6 +78,11 @@ def _bound(digits: str) -> int:
 
 def check_grammar(gbnf: str) -> None:
     """Raise ``GrammarError`` when GBNF text exceeds one of the limits above."""
+    try:
+        gbnf.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate (from a JSON escape): no text llama.cpp can read
+        raise GrammarError(f"the grammar is not valid Unicode text: {e.reason} at character {e.start}") \
+            from None
     if len(gbnf) > MAX_GRAMMAR_CHARS:
         raise GrammarError(f"the grammar is {len(gbnf)} characters long; the limit is "
                            f"{MAX_GRAMMAR_CHARS} (MAX_GRAMMAR_CHARS)")

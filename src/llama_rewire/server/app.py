@@ -19,7 +19,7 @@ from .. import __version__
 from ..llama import Llama
 from ..llama_grammar import LlamaGrammar
 from .errors import APIError, install_handlers
-from .limits import check_bias_size, check_messages_size, check_prompt_size
+from .limits import check_bias_size, check_messages_size, check_prompt_size, check_tokenize_size
 from .metrics import render_metrics
 from .middleware import (
     ApiKeyMiddleware,
@@ -328,15 +328,13 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None,
 
     @router.get("/health")
     async def health(request: Request) -> dict[str, Any]:
-        """Up, and each model's slots: idle, processing, requests queued for one (the models only to a
-        client with the API key, if the server has one)."""
+        """Up, and each model's slots: idle, processing, requests queued for one (to a client without the
+        API key, if the server has one, only whether it is up)."""
+        if api_key is not None and not authorized(request.scope, api_key):
+            return {"status": "ok"}
         models = {alias: m.slot_counts() for alias, m in pool.models.items()}
-        out: dict[str, Any] = {"status": "ok",
-                               "slots_idle": sum(c["slots_idle"] for c in models.values()),
-                               "slots_processing": sum(c["slots_processing"] for c in models.values())}
-        if api_key is None or authorized(request.scope, api_key):
-            out["models"] = models
-        return out
+        return {"status": "ok", "slots_idle": sum(c["slots_idle"] for c in models.values()),
+                "slots_processing": sum(c["slots_processing"] for c in models.values()), "models": models}
 
     @router.get("/metrics")
     async def metrics() -> Response:
@@ -435,11 +433,13 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None,
     @router.post("/extras/tokenize")
     async def tokenize(body: TokenizeRequest) -> dict[str, list[int]]:
         served = pool.get(body.model)
+        check_tokenize_size(body.input)
         return {"tokens": await served.call(lambda llm: _tokens(llm, body.input), "input")}
 
     @router.post("/extras/tokenize/count")
     async def tokenize_count(body: TokenizeRequest) -> dict[str, int]:
         served = pool.get(body.model)
+        check_tokenize_size(body.input)
         return {"count": len(await served.call(lambda llm: _tokens(llm, body.input), "input"))}
 
     @router.post("/extras/detokenize")

@@ -53,6 +53,10 @@ class SteeringDir:
         if not name or "\0" in name:
             raise APIError(400, "steer.vector: give the file name of a control vector in the steering "
                                 "directory", param=PARAM)
+        try:
+            name.encode("utf-8")
+        except UnicodeEncodeError:  # a lone surrogate, from a JSON escape
+            raise APIError(400, "steer.vector: the name is not valid Unicode text", param=PARAM) from None
         if len(name) > MAX_NAME_CHARS:
             raise APIError(400, f"steer.vector: a name of {len(name)} characters is longer than any in the "
                                 f"steering directory (at most {MAX_NAME_CHARS})", param=PARAM)
