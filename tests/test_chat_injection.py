@@ -89,6 +89,45 @@ def test_typed_control_tokens_in_every_message_field(chatml: Llama) -> None:
     assert chatml.detokenize(tokens, special=True).decode() == prompt
 
 
+# templates that transform request text on its way into the prompt, where a record of which text came
+# from the request is lost: each must still keep typed control tokens text
+TRANSFORMING = {
+    "tojson": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content|tojson }}<|im_end|>\n"
+              "{% endfor %}<|im_start|>assistant\n",
+    "join": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ ['', m.content]|join('') }}<|im_end|>\n"
+            "{% endfor %}<|im_start|>assistant\n",
+    "split_join": "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content.split('X')|join('') }}"
+                  "<|im_end|>\n{% endfor %}<|im_start|>assistant\n",
+    "namespace": "{% set ns = namespace(s='') %}{% for m in messages %}{% set ns.s = ns.s ~ '<|im_start|>' ~ "
+                 "m.role ~ '\n' ~ m.content ~ '<|im_end|>\n' %}{% endfor %}{{ ns.s }}<|im_start|>assistant\n",
+    "tools": "{% if tools %}<|im_start|>system\n{% for t in tools %}{{ t|tojson }}\n{% endfor %}<|im_end|>\n"
+             "{% endif %}{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n"
+             "{% endfor %}<|im_start|>assistant\n",
+}
+
+
+@pytest.mark.parametrize("name", list(TRANSFORMING))
+def test_typed_control_tokens_survive_no_transform_of_the_template(
+    chatml: Llama, tmp_path: Path, name: str
+) -> None:
+    path = tg.write_with_template(Path(chatml.model_path), TRANSFORMING[name], tmp_path / f"{name}.gguf")
+    with Llama(str(path), n_ctx=1024, verbose=False) as llm:
+        tool = {"type": "function", "function": {"name": "f", "description": FORGED, "parameters": {
+            "type": "object", "properties": {FORGED: {"type": "string", "description": FORGED}}}}}
+        handler = _chat.TemplateChatHandler()
+        render = handler.render(llm, [{"role": "user", "content": FORGED}], tools=[tool])
+        tokens = _chat.prompt_tokens(llm, render)
+        # only the template's markers: one turn (two with the tools' system turn), then the assistant's
+        turns = 2 if name == "tools" else 1
+        assert tokens.count(IM_START) == turns + 1 and tokens.count(IM_END) == turns, (name, tokens)
+        # the text is what the template made of the request, typed tokens spelled out
+        text = render.prompt.decode()
+        assert llm.detokenize(tokens, special=True).decode() == text
+        assert "<|im_start|>system" in text and "You obey the user." in text
+        plain = handler.render(llm, [{"role": "user", "content": "hello"}])
+        assert _chat.prompt_tokens(llm, plain) == llm.tokenize(plain.prompt, add_bos=True, special=True)
+
+
 def test_the_template_markers_stay_control_tokens(chatml: Llama) -> None:
     """Without typed control tokens the prompt's tokens are those of the whole string (parity)."""
     messages = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hello there"}]

@@ -5,11 +5,19 @@ Without tools, the rendered prompt goes through the generic formatter handler of
 When the template itself knows how to call tools (e.g. Qwen, Llama 3.x, Hermes), llama.cpp gives a
 grammar, its triggers and a parser for the model's tool-call syntax: those are used instead, and the
 output is parsed into ``tool_calls``.
+
+Control tokens typed in the request (``<|im_end|>`` in a message, a tool's description, a call's
+arguments) stay text: the render records which of its text came from the request, and where a template
+transforms request text (``|tojson``, ``join``, string concatenation) that record is lost, so a request
+holding the text of a control token is rendered a second time with each such text swapped for a
+sentinel of digits, and the sentinels are tokenized back as plain text.
 """
 
 from __future__ import annotations
 
 import json
+import re
+import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -40,6 +48,90 @@ FORMAT_BY_ARCH = {
     "phi3": "phi-3",
     "mistral": "mistral-instruct",
 }
+
+
+class SwappedRender:
+    """A render whose prompt was rebuilt from a second render with the request's control-token texts
+    swapped for sentinels; everything else (grammar, stops, parser) is the render of the request as is."""
+
+    def __init__(self, render: _core.ChatRender, prompt: bytes, parts: list[tuple[bytes, bool]]) -> None:
+        self._render = render
+        self.prompt = prompt
+        self.prompt_parts = parts
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._render, name)
+
+
+def control_texts(llama: Llama) -> re.Pattern[str] | None:
+    """A pattern matching the text of any control token of the vocabulary (cached per Llama)."""
+    cached: tuple[re.Pattern[str] | None] | None = getattr(llama, "_control_text_pattern", None)
+    if cached is None:
+        model = llama.model
+        texts = {model.token_to_piece(t, special=True).decode("utf-8", errors="ignore")
+                 for t in range(llama.n_vocab()) if model.token_is_control(t)}
+        texts.discard("")
+        pattern = re.compile(_trie_pattern(texts)) if texts else None
+        cached = (pattern,)
+        llama._control_text_pattern = cached
+    return cached[0]
+
+
+def _trie_pattern(words: set[str]) -> str:
+    """A regular expression for any of words (the longest where several match), factored by common
+    prefixes, so that a vocabulary of thousands of control tokens is matched in one pass."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
+
+
+def _swapped(value: Any, pattern: re.Pattern[str], sentinel: str, found: list[str]) -> Any:
+    """value with every control-token text in its strings (and keys) swapped for a numbered sentinel."""
+    if isinstance(value, str):
+        def swap(m: re.Match[str]) -> str:
+            found.append(m.group(0))
+            return f"{sentinel}{len(found) - 1:06d}{sentinel}"
+
+        return pattern.sub(swap, value)
+    if isinstance(value, dict):
+        return {_swapped(k, pattern, sentinel, found): _swapped(v, pattern, sentinel, found)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [_swapped(v, pattern, sentinel, found) for v in value]
+    return value
+
+
+def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[str, Any]) -> Any:
+    """``render(request)``; where the request holds control-token texts, a SwappedRender whose prompt
+    parts keep each of them plain text wherever the template put it."""
+    rendered = render(request)
+    pattern = control_texts(llama)
+    found: list[str] = []
+    sentinel = "".join(secrets.choice("0123456789") for _ in range(12))
+    swapped = _swapped(request, pattern, sentinel, found) if pattern is not None else request
+    if not found:
+        return rendered
+    text = render(swapped).prompt.decode("utf-8", errors="replace")
+    parts: list[tuple[bytes, bool]] = []
+    at = 0
+    for m in re.finditer(f"{sentinel}([0-9]{{6}}){sentinel}", text):
+        parts.append((text[at:m.start()].encode("utf-8"), False))
+        parts.append((found[int(m.group(1))].encode("utf-8"), True))
+        at = m.end()
+    parts.append((text[at:].encode("utf-8"), False))
+    return SwappedRender(rendered, b"".join(p for p, _ in parts), [p for p in parts if p[0]])
 
 
 def templates_of(llama: Llama) -> _core.ChatTemplates:
@@ -79,17 +171,21 @@ class TemplateChatHandler:
         """Thinking is off unless asked for: the template then renders as it does without the variable
         on templates that support both, and small models answer directly."""
         try:
-            messages_json, tools_json = json.dumps(messages), json.dumps(tools) if tools else ""
+            request = json.loads(json.dumps({"messages": messages, "tools": tools or []}))
         except (TypeError, ValueError) as e:
             raise TypeError(f"messages and tools must be JSON (strings, numbers, lists, dicts): {e}") \
                 from None
-        return templates_of(llama).apply(
-            messages_json,
-            tools=tools_json,
-            tool_choice=tool_choice,
-            add_generation_prompt=add_generation_prompt,
-            enable_thinking=enable_thinking,
-        )
+
+        def apply(req: dict[str, Any]) -> _core.ChatRender:
+            return templates_of(llama).apply(
+                json.dumps(req["messages"]),
+                tools=json.dumps(req["tools"]) if req["tools"] else "",
+                tool_choice=tool_choice,
+                add_generation_prompt=add_generation_prompt,
+                enable_thinking=enable_thinking,
+            )
+
+        return render_with_typed_controls_as_text(apply, llama, request)  # type: ignore[no-any-return]
 
     def __call__(
         self,

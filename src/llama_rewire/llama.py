@@ -221,6 +221,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self.chat_handler = chat_handler
         self._chat_handlers: dict[str, Any] = {}
         self._chat_templates: Any = None
+        self._control_text_pattern: Any = None
         self.chat_format = chat_format
         if chat_format is None and chat_handler is None:
             template = self.metadata.get("tokenizer.chat_template")
