@@ -229,6 +229,7 @@ STEER_KINDS: tuple[tuple[str, dict[str, Any], str, str | None, bool, bool], ...]
 def _hostile_table(ctx: Context) -> list[tuple[str, HostileBuilder]]:
     """(kind, builder) for each hostile request this server can be sent."""
     deep_grammar = "root ::= " + "(" * 50_000 + '"a"' + ")" * 50_000
+    huge_class = "root ::= [" + "a-b" * 80_000 + "]+"
 
     def plain(kind: str, body: dict[str, Any], path: str = COMPLETIONS, expect: str = "4xx",
               **kw: Any) -> HostileBuilder:
@@ -248,6 +249,17 @@ def _hostile_table(ctx: Context) -> list[tuple[str, HostileBuilder]]:
         ("stops_many_long", lambda c, p: Case(
             "stops_many_long", COMPLETIONS, "ok", stream=True, group="hostile", body=_with_model(
                 {"prompt": p, "max_tokens": c.max_tokens, "stream": True, "stop": list(_long_stops())}, c))),
+        ("grammar_ambiguous", plain("grammar_ambiguous", {"prompt": "Hello", "max_tokens": 2,
+                                                          "grammar": 'root ::= (("a"?){0,40}){0,40} "b"'})),
+        ("grammar_class_huge", plain("grammar_class_huge", {"prompt": "Hello", "max_tokens": 2,
+                                                            "grammar": huge_class})),
+        ("schema_properties_many", plain("schema_properties_many", {
+            "messages": [{"role": "user", "content": "Hi"}], "max_tokens": 2,
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+                "type": "object", "properties": {f"p{i}": {"type": "string"} for i in range(3000)}}}}},
+            path=CHATS)),
+        ("tokenize_huge", plain("tokenize_huge", {"input": " " * (2 << 20)}, path="/extras/tokenize",
+                                param="input")),
         ("control_tokens_in_content", _forged_chat),
         ("model_name_huge", plain("model_name_huge", {"prompt": "Hello", "max_tokens": 2,
                                                       "model": "m" * 100_000}, expect=_any_model_name(ctx))),
