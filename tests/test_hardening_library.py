@@ -137,15 +137,52 @@ def test_slots_end_every_sequence_on_non_finite_logits_and_recover(tiny_llm: Cal
     assert llm.slots.stats()["slots_processing"] == 0
 
 
-def test_a_logits_processor_returning_nan_is_an_error(tiny_llm: Callable[..., Llama]) -> None:
+def test_a_logits_processor_returning_nan_or_banning_everything_is_an_error(
+    tiny_llm: Callable[..., Llama]
+) -> None:
     llm = tiny_llm("llama")
 
     def nan(ids: Any, logits: np.ndarray) -> np.ndarray:
         logits[3] = np.nan
         return logits
 
+    def ban_all(ids: Any, logits: np.ndarray) -> np.ndarray:
+        logits[:] = -np.inf
+        return logits
+
     with pytest.raises(NonFiniteLogitsError, match="logits_processor"):
         llm.create_completion([1, 5, 9], max_tokens=2, temperature=0.0, logits_processor=nan)
+    for temperature in (0.0, 1.0):  # was an empty answer, or arbitrary tokens
+        with pytest.raises(NonFiniteLogitsError, match="banned every token"):
+            llm.create_completion([1, 5, 9], max_tokens=2, temperature=temperature, logits_processor=ban_all)
+
+
+def test_a_processors_nan_on_a_slot_ends_only_its_own_request(tiny_llm: Callable[..., Llama]) -> None:
+    llm = tiny_llm("llama", n_parallel=2)
+    prompt = [1, 5, 9, 14, 3]
+    want = llm.slots.create_completion(prompt, max_tokens=24, temperature=0.0)["choices"][0]["text"]
+
+    def nan(ids: Any, logits: np.ndarray) -> np.ndarray:
+        logits[0] = np.nan
+        return logits
+
+    stream = llm.slots.create_completion(prompt, max_tokens=24, temperature=0.0, stream=True)
+    first = next(iter(stream))  # running on its slot
+    with pytest.raises(NonFiniteLogitsError):
+        llm.slots.create_completion([1, 22, 7], max_tokens=4, temperature=0.0, logits_processor=nan)
+    text = first["choices"][0]["text"] + "".join(c["choices"][0]["text"] for c in stream)
+    assert text == want
+
+
+def test_embeddings_that_overflow_are_an_error(tiny: Callable[[str], Any]) -> None:
+    path, _ = tiny("llama")
+    with Llama(str(path), embedding=True, verbose=False) as llm:
+        want = llm.embed("hello")
+        llm.set_wiring("*:exp(1e30*x)")
+        with pytest.raises(NonFiniteLogitsError, match="embedding is not finite"):
+            llm.embed("hello")
+        llm.set_wiring(None)
+        assert llm.embed("hello") == want
 
 
 def test_a_scaled_control_vector_beyond_float32_is_refused() -> None:

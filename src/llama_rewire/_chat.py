@@ -102,7 +102,7 @@ def _swapped(value: Any, pattern: re.Pattern[str], sentinel: str, found: list[st
     if isinstance(value, str):
         def swap(m: re.Match[str]) -> str:
             found.append(m.group(0))
-            return f"{sentinel}{len(found) - 1:06d}{sentinel}"
+            return f"{sentinel}{len(found) - 1:09d}{sentinel}"
 
         return pattern.sub(swap, value)
     if isinstance(value, dict):
@@ -126,7 +126,7 @@ def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[
     text = render(swapped).prompt.decode("utf-8", errors="replace")
     parts: list[tuple[bytes, bool]] = []
     at = 0
-    for m in re.finditer(f"{sentinel}([0-9]{{6}}){sentinel}", text):
+    for m in re.finditer(f"{sentinel}([0-9]{{9}}){sentinel}", text):
         parts.append((text[at:m.start()].encode("utf-8"), False))
         parts.append((found[int(m.group(1))].encode("utf-8"), True))
         at = m.end()

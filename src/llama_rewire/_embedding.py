@@ -6,6 +6,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .errors import NonFiniteLogitsError
+
 if TYPE_CHECKING:
     from .llama import Llama
 
@@ -15,6 +17,14 @@ POOLING_NONE = 0
 def _normalized(v: np.ndarray[Any, Any]) -> list[float]:
     norm = float(np.linalg.norm(v))
     return [float(x) for x in (v / norm if norm > 0 else v)]
+
+
+def _finite(v: Any) -> Any:
+    """v, an embedding, refused when it holds NaN or inf (the computation overflowed)."""
+    if not np.all(np.isfinite(np.asarray(v, dtype=np.float32))):
+        raise NonFiniteLogitsError("the embedding is not finite (NaN or inf): the computation overflowed; "
+                                   "the wiring or edits may push the residual stream beyond float range")
+    return v
 
 
 def embed(llama: Llama, input: str | list[str], *, normalize: bool, truncate: bool) -> tuple[Any, int]:
@@ -53,19 +63,21 @@ def embed(llama: Llama, input: str | list[str], *, normalize: bool, truncate: bo
         start = 0
         for s, toks in enumerate(batch):
             if pooled:
-                v = ctx.embeddings_seq(s)
+                v = _finite(ctx.embeddings_seq(s))
                 out.append(_normalized(v) if normalize else [float(x) for x in v])
             else:
-                rows = [ctx.embeddings_ith(start + i) for i in range(len(toks))]
+                rows = [_finite(ctx.embeddings_ith(start + i)) for i in range(len(toks))]
                 out.append([_normalized(r) if normalize else [float(x) for x in r] for r in rows])
             start += len(toks)
         batch.clear()
 
-    for tokens in encoded:
-        if batch and (sum(map(len, batch)) + len(tokens) > n_batch or len(batch) >= n_seq_max):
-            flush()
-        batch.append(tokens)
-    flush()
-    ctx.memory_clear()
+    try:
+        for tokens in encoded:
+            if batch and (sum(map(len, batch)) + len(tokens) > n_batch or len(batch) >= n_seq_max):
+                flush()
+            batch.append(tokens)
+        flush()
+    finally:
+        ctx.memory_clear()  # zeroed: what an overflowing computation left there is NaN
     n_tokens = sum(map(len, encoded))
     return (out[0] if isinstance(input, str) else out), n_tokens

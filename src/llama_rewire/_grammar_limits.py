@@ -39,8 +39,9 @@ MAX_GRAMMAR_CHAIN = 1000
 # (patch 0014) refuses more than this many stacks at any point of a parse
 MAX_GRAMMAR_PATHS = 1024
 # a character class longer than this is refused: llama.cpp matches a character against its ranges one by
-# one, for every candidate token at every step (80,000 ranges held sampling for minutes)
-MAX_GRAMMAR_CLASS = 512
+# one, for every candidate token, on every parse stack, at every step (80,000 ranges held sampling for
+# minutes; 500 alternatives each starting with a class of 511 characters took 12 s a token)
+MAX_GRAMMAR_CLASS = 128
 # a repetition's lower bound above this is refused (llama.cpp's own threshold; an upper bound above it
 # is taken by llama.cpp as no upper bound)
 MAX_GRAMMAR_REPETITION = 2000

@@ -436,6 +436,7 @@ class Slots:
         if job.cancelled:
             return  # freed at the next step
         ctx = self._llama.ctx
+        raw = None
         try:
             with _params.grammar_messages():
                 wanted = job.want_logits or job.keep_logits or job.logits_processor is not None
@@ -449,10 +450,13 @@ class Slots:
                 else:
                     token = int(job.sampler.sample(ctx, i))
         except NonFiniteLogitsError as e:
-            # the computation overflowed (the wiring): the cache may hold NaN keys and values, which leak
-            # into every sequence whose attention spans those cells (a masked weight of zero times NaN),
-            # so every running sequence ends with the error and the whole cache is zeroed
             with self._cv:
+                if raw is not None and bool(np.all(np.isfinite(raw))):  # a logits_processor's NaN: its own
+                    self._fail(s, e)
+                    return
+                # the computation overflowed (the wiring): the cache may hold NaN keys and values, which
+                # leak into every sequence whose attention spans those cells (a masked weight of zero
+                # times NaN), so every running sequence ends with the error and the whole cache is zeroed
                 for other in self._slots:
                     self._fail(other, e)
                     other.tokens.clear()

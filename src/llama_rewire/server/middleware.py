@@ -52,7 +52,8 @@ def authorized(scope: Scope, api_key: str) -> bool:
         return False
     # the header arrives decoded as latin-1: encoded back, it is the bytes the client sent, which a key
     # of any characters matches when sent as UTF-8 (as HTTP clients send it)
-    return secrets.compare_digest(key.strip().encode("latin-1", errors="replace"), api_key.encode("utf-8"))
+    return secrets.compare_digest(key.strip().encode("latin-1", errors="replace"),
+                                  api_key.strip().encode("utf-8"))
 
 
 def cors_options(origins: str | None, api_key: str | None) -> dict[str, Any]:
