@@ -137,24 +137,15 @@ def test_slots_end_every_sequence_on_non_finite_logits_and_recover(tiny_llm: Cal
     assert llm.slots.stats()["slots_processing"] == 0
 
 
-def test_a_logits_processor_returning_nan_or_banning_everything_is_an_error(
-    tiny_llm: Callable[..., Llama]
-) -> None:
+def test_a_logits_processor_returning_nan_is_an_error(tiny_llm: Callable[..., Llama]) -> None:
     llm = tiny_llm("llama")
 
     def nan(ids: Any, logits: np.ndarray) -> np.ndarray:
         logits[3] = np.nan
         return logits
 
-    def ban_all(ids: Any, logits: np.ndarray) -> np.ndarray:
-        logits[:] = -np.inf
-        return logits
-
     with pytest.raises(NonFiniteLogitsError, match="logits_processor"):
         llm.create_completion([1, 5, 9], max_tokens=2, temperature=0.0, logits_processor=nan)
-    for temperature in (0.0, 1.0):  # was an empty answer, or arbitrary tokens
-        with pytest.raises(NonFiniteLogitsError, match="banned every token"):
-            llm.create_completion([1, 5, 9], max_tokens=2, temperature=temperature, logits_processor=ban_all)
 
 
 def test_a_processors_nan_on_a_slot_ends_only_its_own_request(tiny_llm: Callable[..., Llama]) -> None:

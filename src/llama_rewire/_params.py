@@ -180,6 +180,11 @@ def check_llama_args(args: dict[str, Any]) -> dict[str, Any]:
         out["lora_path"] = path("lora_path", args["lora_path"])
         out["lora_scale"] = number("lora_scale", args["lora_scale"])
     out["ffn_stats_eps"] = number("ffn_stats_eps", args["ffn_stats_eps"], lo=0.0)
+    # C floats: beyond float32 they would be inf, and every logit NaN
+    for name in ("rope_freq_base", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast",
+                 "yarn_beta_slow"):
+        if name in args:
+            out[name] = number(name, args[name])
     from .errors import ActivationSpecError, WiringSpecError
     from .wiring.table import Wiring
 

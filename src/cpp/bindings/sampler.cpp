@@ -303,10 +303,8 @@ private:
     // wiring or edits pushed the residual stream beyond float range), and sampling from them would give
     // an arbitrary token. Logits a caller processed may hold -inf (a banned token), not NaN or +inf.
     void check_logits(const float * logits, bool raw) const {
-        bool any_finite = false;
         for (int32_t i = 0; i < n_vocab_; ++i) {
             const float x = logits[i];
-            any_finite = any_finite || std::isfinite(x);
             if (std::isnan(x) || (std::isinf(x) && (raw || x > 0))) {
                 throw non_finite_error(
                     std::string(raw ? "the model's logits are not finite (" : "the processed logits are not finite (") +
@@ -315,9 +313,6 @@ private:
                            "may push the residual stream beyond float range"
                          : "): a logits_processor returned NaN or +inf"));
             }
-        }
-        if (!any_finite) {  // every token banned (-inf): there is nothing to sample
-            throw non_finite_error("every logit is -inf: a logits_processor banned every token");
         }
     }
 
