@@ -211,7 +211,8 @@ class ToolPlan:
         """The tool calls in a complete output (None: the output is content)."""
         if self.forced is not None:
             return [{"id": _new_call_id(), "type": "function",
-                     "function": {"name": _tool_name(self.forced), "arguments": text.strip()}}]
+                     # as generated (the grammar allows a space after the arguments), as llama-cpp-python
+                     "function": {"name": _tool_name(self.forced), "arguments": text}}]
         if self.mode in ("auto", "required"):
             return parse_tool_calls(text, self.names)
         return None
