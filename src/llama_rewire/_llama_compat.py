@@ -20,6 +20,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _params
+from ._load import given_context_params
 from .llama_tokenizer import BaseLlamaTokenizer, LlamaTokenizer
 
 if TYPE_CHECKING:
@@ -89,22 +90,12 @@ def context_params(llama: Llama, a: Mapping[str, Any]) -> LlamaParams:
         "n_seq_max": llama._ctx.n_seq_max() if has_ctx else 1,  # type: ignore[union-attr]
         "n_threads": n_threads,
         "n_threads_batch": a["n_threads_batch"] or n_threads,
-        "rope_scaling_type": -1 if a["rope_scaling_type"] is None else a["rope_scaling_type"],
-        "pooling_type": a["pooling_type"],
-        "attention_type": a["attention_type"],
+        **given_context_params(a),
         "flash_attn_type": _FLASH_ATTN_ENABLED if a["flash_attn"] else _FLASH_ATTN_DISABLED,
-        "rope_freq_base": a["rope_freq_base"],
-        "rope_freq_scale": a["rope_freq_scale"],
-        "yarn_ext_factor": a["yarn_ext_factor"],
-        "yarn_attn_factor": a["yarn_attn_factor"],
-        "yarn_beta_fast": a["yarn_beta_fast"],
-        "yarn_beta_slow": a["yarn_beta_slow"],
-        "yarn_orig_ctx": a["yarn_orig_ctx"],
         "type_k": a["type_k"],
         "type_v": a["type_v"],
         "embeddings": a["embedding"],
         "offload_kqv": a["offload_kqv"],
-        "no_perf": a["no_perf"],
         "op_offload": a["op_offload"],
         "swa_full": a["swa_full"],
         # not a llama.h field (logits are kept per output there): the Llama's own setting

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from . import _core, _gguf_check, rpc
@@ -58,6 +59,19 @@ def open_model(path: str, a: dict[str, Any]) -> _core.Model:
     return model
 
 
+# llama_context_params fields that take the Llama argument of the same name as it is
+_AS_GIVEN = ("rope_freq_base", "rope_freq_scale", "yarn_ext_factor", "yarn_attn_factor", "yarn_beta_fast",
+             "yarn_beta_slow", "yarn_orig_ctx", "pooling_type", "attention_type", "no_perf")
+
+
+def given_context_params(a: Mapping[str, Any]) -> dict[str, Any]:
+    """The context parameters the checked arguments ``a`` set directly: one mapping, for the load and for
+    ``Llama.context_params``."""
+    out = {name: a[name] for name in _AS_GIVEN}
+    out["rope_scaling_type"] = -1 if a["rope_scaling_type"] is None else a["rope_scaling_type"]
+    return out
+
+
 def open_context(model: _core.Model, a: dict[str, Any]) -> _core.Context:
     """The inference context of ``model`` for the checked constructor arguments ``a`` (with its LoRA)."""
     n_ctx = a["n_ctx"] if a["n_ctx"] > 0 else model.n_ctx_train()
@@ -65,19 +79,7 @@ def open_context(model: _core.Model, a: dict[str, Any]) -> _core.Context:
     n_batch = min(a["n_batch"], n_ctx)
     n_ctx *= n_parallel  # a window per sequence (llama.cpp splits n_ctx among them)
     threads = a["n_threads"] if a["n_threads"] else max(1, (os.cpu_count() or 2) // 2)  # < 0: all cores
-    extra: dict[str, Any] = {
-        "rope_freq_base": a["rope_freq_base"],
-        "rope_freq_scale": a["rope_freq_scale"],
-        "yarn_ext_factor": a["yarn_ext_factor"],
-        "yarn_attn_factor": a["yarn_attn_factor"],
-        "yarn_beta_fast": a["yarn_beta_fast"],
-        "yarn_beta_slow": a["yarn_beta_slow"],
-        "yarn_orig_ctx": a["yarn_orig_ctx"],
-        "rope_scaling_type": -1 if a["rope_scaling_type"] is None else a["rope_scaling_type"],
-        "pooling_type": a["pooling_type"],
-        "attention_type": a["attention_type"],
-        "no_perf": a["no_perf"],
-    }
+    extra = given_context_params(a)
     if a["op_offload"] is not None:
         extra["op_offload"] = a["op_offload"]
     if a["swa_full"] is not None:
