@@ -316,6 +316,34 @@ def write_steering_vectors(directory: str | os.PathLike[str], model_path: str | 
 # -- the mix ----------------------------------------------------------------------------------------------
 
 
+def warmup_cases(ctx: Context, *, malformed: bool, hostile: bool) -> list[Case]:
+    """One request of each kind the soak may send, the longest prompt among them (a full window): sent one
+    at a time before the soak, so that what the server allocates once and keeps (buffers sized by the
+    largest batch, the allocator's arenas, a steering vector's tensors) is in place before the RSS is
+    first measured, and growth measures what accumulates."""
+    prompt = "Note 0.0 on the sea:"
+    chat = [{"role": "user", "content": "In a few words, tell me about the sea."}]
+    full = [ctx.token] * max(1, ctx.n_ctx - 8)
+    ordinary = [
+        Case("completion", COMPLETIONS, "ok", body=_with_model({"prompt": prompt, "max_tokens": 4}, ctx)),
+        Case("completion", COMPLETIONS, "ok", body=_with_model({"prompt": full, "max_tokens": 2}, ctx)),
+        Case("chat", CHATS, "ok", body=_with_model({"messages": chat, "max_tokens": 4}, ctx)),
+        Case("completion_stream", COMPLETIONS, "ok", stream=True,
+             body=_with_model({"prompt": prompt, "max_tokens": 4, "stream": True}, ctx)),
+        Case("chat_stream", CHATS, "ok", stream=True, body=_with_model(
+            {"messages": chat, "max_tokens": 4, "stream": True, "stream_options": {"include_usage": True}},
+            ctx)),
+        Case("chat_disconnect", CHATS, "disconnect", stream=True, body=_with_model(
+            {"messages": chat, "max_tokens": max(32, ctx.max_tokens), "stream": True}, ctx)),
+    ]
+    cases = list(ordinary)
+    if malformed:
+        cases += _malformed_cases(ctx, prompt)
+    if hostile:
+        cases += [build(ctx, prompt) for _, build in _hostile_table(ctx)]
+    return cases
+
+
 def make_case(rng: random.Random, client: int, index: int, ctx: Context, *, disconnect_rate: float,
               malformed_rate: float, hostile_rate: float = 0.0) -> Case:
     """Request ``index`` of ``client``: drawn from ``rng``, which the client seeds once."""

@@ -23,7 +23,9 @@ steering kinds are left out.
 
 Goals (the exit status is 1 when one fails, 2 when the server does not start):
   no 5xx; every response as expected; no connection errors or timeouts; all requests ran in time;
-  the server's RSS after the last requests within --rss_goal % of its RSS after the first 100;
+  the server's RSS after the last requests within --rss_goal % of its RSS after the first 100 (a warm-up of
+  one request of each kind, one at a time, comes first: what the server allocates once, for its largest
+  batch or its first steering vector, is then in place, and the growth measures what accumulates);
   every slot idle at the end (once /health reports slots); /metrics has the required series (once it
   exists); the same greedy answer after the soak as before; the server alive, its log free of tracebacks.
 """
@@ -59,6 +61,7 @@ from soak_cases import (  # the request mix, next to this script
     hostile_kinds,
     make_case,
     malformed_kinds,
+    warmup_cases,
     write_steering_vectors,
 )
 
@@ -92,6 +95,7 @@ class SoakConfig:
     model: str | None = None  # the alias requests name (None: the server's first model)
     n_parallel: int | None = None  # the server's slots, as reported (None: its default)
     steering: bool = False  # the server's steering directory holds the soak's vectors (soak_cases)
+    warmup: bool = True  # one request of each kind, one at a time, before the soak (soak_cases.warmup_cases)
 
 
 @dataclass
@@ -128,6 +132,9 @@ class SoakReport:
     rss_max_kib: int | None = None
     rss_growth_pct: float | None = None
     rss_series: list[tuple[int, int]] = field(default_factory=list)  # (requests done, KiB)
+    warmup_ran: int = 0  # requests sent one at a time before the soak (checked as the others)
+    rss_before_warmup_kib: int | None = None
+    rss_after_warmup_kib: int | None = None
     server_cpu_s: float | None = None  # the server's CPU time during the soak
     health_max_processing: int | None = None
     health_max_queue: int | None = None
@@ -367,7 +374,7 @@ class _Tally:
         self.lock = threading.Lock()
         self.pid = pid
         self.rss_first_at = rss_first_at
-        self.done = 0
+        self.done = self.warmup = 0
         self.statuses: Counter[str] = Counter()
         self.kinds: Counter[str] = Counter()
         self.latencies: list[float] = []
@@ -379,9 +386,12 @@ class _Tally:
         self.rss_first: int | None = None
         self.rss_series: list[tuple[int, int]] = []
 
-    def add(self, case: Case, outcome: Outcome, client: int, index: int) -> None:
+    def add(self, case: Case, outcome: Outcome, client: int, index: int, *, warmup: bool = False) -> None:
+        """Count an outcome; a warm-up request is checked and counted as the others are, but it is not
+        one of the soak's planned requests (``done``)."""
         with self.lock:
-            self.done += 1
+            self.done += not warmup
+            self.warmup += warmup
             self.kinds[case.kind] += 1
             status = str(outcome.status) if outcome.status is not None else outcome.failure or "none"
             self.statuses[status] += 1
@@ -409,7 +419,7 @@ class _Tally:
                                           "request": case.describe(), "status": outcome.status,
                                           "problem": outcome.problem})
             done = self.done
-        if self.pid is not None and done == self.rss_first_at:
+        if self.pid is not None and not warmup and done == self.rss_first_at:
             rss = rss_kib(self.pid)
             with self.lock:
                 self.rss_first = rss
@@ -482,6 +492,14 @@ def run_soak(base_url: str, config: SoakConfig, pid: int | None = None,
         report.greedy_before = greedy(http, config.model)
         first_at = max(1, min(config.rss_first_at, report.planned // 2))
         tally = _Tally(pid, first_at)
+        if config.warmup:
+            report.rss_before_warmup_kib = rss_kib(pid) if pid is not None else None
+            warmup_rng = random.Random(f"{config.seed}:warmup")
+            for index, case in enumerate(warmup_cases(ctx, malformed=config.malformed_rate > 0,
+                                                      hostile=config.hostile_rate > 0)):
+                tally.add(case, run_case(http, case, config.n_ctx, warmup_rng), -1, index, warmup=True)
+            report.warmup_ran = tally.warmup
+            report.rss_after_warmup_kib = rss_kib(pid) if pid is not None else None
         stop = threading.Event()
         cpu_before = cpu_seconds(pid) if pid is not None else None
         deadline = time.monotonic() + config.max_seconds
@@ -636,7 +654,9 @@ def summary(report: SoakReport) -> str:
     rate = report.ran / report.seconds if report.seconds else 0.0
     lines = [
         f"soak: {c['clients']} clients x {c['requests']} requests = {report.planned} planned, "
-        f"{report.ran} ran in {report.seconds:.1f} s ({rate:.1f} requests/s)",
+        f"{report.ran} ran in {report.seconds:.1f} s ({rate:.1f} requests/s)"
+        + (f", after {report.warmup_ran} warm-up requests (one of each kind, one at a time)"
+           if report.warmup_ran else ""),
         "status codes: " + ", ".join(f"{k}: {v}" for k, v in report.statuses.items()),
         "kinds: " + ", ".join(f"{k} {v}" for k, v in report.kinds.items()),
         f"latency: p50 {report.latency_p50} s, p99 {report.latency_p99} s, max {report.latency_max} s; "
@@ -655,7 +675,9 @@ def summary(report: SoakReport) -> str:
         first_at = max(1, min(c["rss_first_at"], report.planned // 2))
         lines.append(f"server RSS: {_mib(report.rss_first_kib)} after the first {first_at} requests, "
                      f"{_mib(report.rss_last_kib)} after the last (growth {report.rss_growth_pct}%), "
-                     f"max {_mib(report.rss_max_kib)}")
+                     f"max {_mib(report.rss_max_kib)}"
+                     + (f"; before the warm-up {_mib(report.rss_before_warmup_kib)}, after it "
+                        f"{_mib(report.rss_after_warmup_kib)}" if report.rss_before_warmup_kib else ""))
     if report.slots_reported:
         state = ("all idle after " + f"{report.slots_idle_after_s} s" if report.slots_idle_at_end
                  else f"NOT idle after {c['idle_timeout']} s: {json.dumps(report.health_at_end)}")
@@ -733,6 +755,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(*_flag("max_body_bytes"), type=int, default=None,
                    help="the server's request body limit, if it has one: a bigger body must get a 4xx")
     p.add_argument(*_flag("rss_goal"), type=float, default=d.rss_goal, help="largest RSS growth, percent")
+    p.add_argument(*_flag("no_warmup"), action="store_true",
+                   help="start the soak without first sending one request of each kind")
     p.add_argument("--model", default="smollm2", help="a known model name or a GGUF file")
     p.add_argument(*_flag("n_parallel"), type=int, default=None, help="the server's slots (default: its own)")
     p.add_argument(*_flag("n_ctx"), type=int, default=d.n_ctx,
@@ -756,7 +780,7 @@ def main(argv: list[str] | None = None) -> int:
                         malformed_rate=args.malformed_rate, hostile_rate=args.hostile_rate,
                         timeout=args.timeout, max_seconds=args.max_seconds, idle_timeout=args.idle_timeout,
                         max_body_bytes=args.max_body_bytes, rss_goal=args.rss_goal,
-                        n_parallel=args.n_parallel)
+                        n_parallel=args.n_parallel, warmup=not args.no_warmup)
     from llama_rewire.models import resolve
 
     if args.url is not None:

@@ -8,6 +8,7 @@ Every server here serves a tiny generated model (or a fake one) on a loopback po
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -31,6 +32,7 @@ from llama_rewire.residual import ControlVector
 from llama_rewire.server import ModelSettings, Settings, create_app, parse_settings
 from llama_rewire.server.errors import APIError
 from llama_rewire.server.limits import MAX_TOKENIZE_BYTES
+from llama_rewire.server.middleware import HANDS_MEMORY_BACK
 from llama_rewire.server.pool import ModelPool, ServedModel, select_alias
 from llama_rewire.server.schemas import SAMPLING_DEFAULTS
 from llama_rewire.server.settings import DEFAULT_MAX_BODY_BYTES
@@ -253,12 +255,33 @@ uvicorn.run(create_app(settings), host="127.0.0.1", port=int(sys.argv[2]), log_l
 """
 
 
-@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the child's RSS from /proc")
-def test_rejected_big_bodies_leave_no_memory_behind(tiny_path: Path) -> None:
+@contextlib.contextmanager
+def child_server(model: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[str]]]:
+    """A server on ``model`` in a child process (its RSS is its own): a client to it, and the process."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(tiny_path), str(port)],
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(model), str(port)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, proc.communicate()[1]
+            try:
+                if httpx.get(f"{url}/health").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, "the server did not come up"
+            time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=120, headers={"Content-Type": "application/json"}) as c:
+            yield c, proc
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=30)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the child's RSS from /proc")
+def test_rejected_big_bodies_leave_no_memory_behind(tiny_path: Path) -> None:
     n = 300_000
     bodies = {  # each ~4 MB, each answered 400
         "/v1/completions": [
@@ -272,34 +295,74 @@ def test_rejected_big_bodies_leave_no_memory_behind(tiny_path: Path) -> None:
         "/v1/chat/completions": [{"messages": [{"role": "user", "content": "ab " * (n * 4)}]}],
     }
     payloads = [(path, json.dumps(body).encode()) for path, group in bodies.items() for body in group]
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
-        with httpx.Client(base_url=url, timeout=120, headers={"Content-Type": "application/json"}) as c:
-            def send_all() -> None:
-                for path, payload in payloads:
-                    r = c.post(path, content=payload)
-                    assert r.status_code == 400, r.text[:300]
+    with child_server(tiny_path) as (c, proc):
+        def send_all() -> None:
+            for path, payload in payloads:
+                r = c.post(path, content=payload)
+                assert r.status_code == 400, r.text[:300]
 
-            send_all()  # the allocator's high-water mark
-            before = rss_mib(proc.pid)
-            for _ in range(4):
-                send_all()
-            after = rss_mib(proc.pid)
-            assert c.post("/v1/completions", json=GREEDY).status_code == 200
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=30)
+        send_all()  # the allocator's high-water mark
+        before = rss_mib(proc.pid)
+        for _ in range(4):
+            send_all()
+        after = rss_mib(proc.pid)
+        assert c.post("/v1/completions", json=GREEDY).status_code == 200
     # each rejected body used to leave ~50 MiB behind: 20 of them, about 1 GiB
     assert after - before < 80, (before, after)
+
+
+FRAGMENTS = """
+import sys
+from llama_rewire.server.middleware import release_freed_memory
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+blocks = [bytes(1000) for _ in range(200_000)]  # 200 MB of malloc'd chunks (over pymalloc's 512 bytes)
+kept = blocks[::64]  # one in 64 stays: the free runs between them are not at the heap's top
+del blocks
+before = rss()
+released = release_freed_memory()
+print(before, rss(), released)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
+@pytest.mark.skipif(not HANDS_MEMORY_BACK, reason="needs glibc's malloc_trim: other C libraries keep their "
+                    "own policy for freed pages")
+def test_freed_memory_goes_back_to_the_system() -> None:
+    out = subprocess.run([sys.executable, "-c", FRAGMENTS], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr
+    before, after, released = out.stdout.split()
+    assert released == "True"
+    assert float(before) - float(after) > 100, out.stdout  # of the ~190 MB freed between the survivors
+
+
+def test_a_big_body_hands_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+    from starlette.testclient import TestClient
+
+    from llama_rewire.server import middleware
+
+    calls: list[int] = []
+    monkeypatch.setattr(middleware, "release_freed_memory", lambda: calls.append(1) or True)
+    monkeypatch.setattr(middleware, "HANDS_MEMORY_BACK", True)
+
+    async def echo(request: Request) -> JSONResponse:
+        return JSONResponse({"n": len(await request.body())})
+
+    routes = [Route("/", echo, methods=["POST"])]
+    app = middleware.BodyLimitMiddleware(Starlette(routes=routes), limit=4 << 20)
+    with TestClient(app) as client:
+        assert client.post("/", content=b"x" * 1000).json() == {"n": 1000}
+        assert calls == []  # a small body: nothing to hand back
+        assert client.post("/", content=b"x" * (2 << 20)).json() == {"n": 2 << 20}
+        assert calls == [1]
+        assert client.post("/", content=b"x" * (5 << 20)).status_code == 413  # refused unread
+        assert calls == [1]
 
 
 # -- configuration: key, Host, CORS, paths -------------------------------------------------------------------

@@ -7,8 +7,11 @@ answers with an OpenAI-shaped error and does not call the application.
 
 from __future__ import annotations
 
+import asyncio
+import ctypes
 import ipaddress
 import secrets
+import threading
 from typing import Any
 
 from starlette.datastructures import Headers
@@ -111,9 +114,42 @@ def too_large(limit: int) -> APIError:
                          "--max_body_bytes)", code="request_too_large")
 
 
+# after a request whose body was at least this big, the memory it freed is handed back to the system
+TRIM_AFTER_BYTES = 1 << 20
+
+
+def _malloc_trim() -> Any:
+    try:  # glibc only: other C libraries keep their own policy
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+HANDS_MEMORY_BACK = _TRIM is not None  # this C library can hand freed pages back on request
+_trimming = threading.Lock()
+
+
+def release_freed_memory() -> bool:
+    """Hand the pages that the C allocator holds free back to the system (glibc's ``malloc_trim``).
+
+    A request of megabytes (a long prompt, a big ``logit_bias``) is parsed into many objects in a worker
+    thread; freed, they stay in that thread's allocator arena as the process's high-water mark, and a few
+    such requests at once raise the server's RSS for good. Returns whether memory was released; at most one
+    call runs at a time (a call while one runs returns False at once). It takes milliseconds, in a worker
+    thread."""
+    if _TRIM is None or not _trimming.acquire(blocking=False):
+        return False
+    try:
+        return bool(_TRIM(0))
+    finally:
+        _trimming.release()
+
+
 class BodyLimitMiddleware:
     """A 413 for a request body over ``limit`` bytes: at once when its Content-Length says so, else as soon
-    as the bytes read pass the limit. The body is read here, whole, before the endpoint runs."""
+    as the bytes read pass the limit. The body is read here, whole, before the endpoint runs; after a body
+    of ``TRIM_AFTER_BYTES`` or more, the memory freed is handed back (:func:`release_freed_memory`)."""
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app
@@ -145,8 +181,14 @@ class BodyLimitMiddleware:
                 break
         body = b"".join(chunks)
         chunks.clear()
-        await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], None,
-                                      receive), send)
+        size = len(body)
+        try:
+            await self.app(scope, _replay([{"type": "http.request", "body": body, "more_body": False}], None,
+                                          receive), send)
+        finally:
+            del body
+            if size >= TRIM_AFTER_BYTES and HANDS_MEMORY_BACK:
+                await asyncio.to_thread(release_freed_memory)
 
 
 def _replay(messages: list[Message], last: Message | None, receive: Receive) -> Receive:
