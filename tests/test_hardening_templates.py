@@ -84,6 +84,8 @@ def test_hostile_template_in_gguf_raises(kind: str, hostile_ggufs: dict[str, Pat
         assert r["seconds"] < 3 * limit_s + 10, (h.name, r)
         if h.trips:
             assert r.get("error") == "ChatFormatError" and LIMIT_WORDS in r["message"], (h.name, r)
+        elif h.renders:
+            assert r.get("ok"), (h.name, r)
         else:
             assert r.get("ok") or r.get("error") == "ChatFormatError", (h.name, r)
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .chat_completion import ToolPlan, check_roles, tokenize_prompt_parts
+from .chat_completion import ToolPlan, check_roles, control_texts, swap_control_texts, tokenize_prompt_parts
 from .chat_formats import ChatFormatterResponse
 from .llama_grammar import LlamaGrammar
 
@@ -63,56 +63,6 @@ class SwappedRender:
         return getattr(self._render, name)
 
 
-def control_texts(llama: Llama) -> re.Pattern[str] | None:
-    """A pattern matching the text of any control token of the vocabulary (cached per Llama)."""
-    cached: tuple[re.Pattern[str] | None] | None = getattr(llama, "_control_text_pattern", None)
-    if cached is None:
-        model = llama.model
-        texts = {model.token_to_piece(t, special=True).decode("utf-8", errors="ignore")
-                 for t in range(llama.n_vocab()) if model.token_is_control(t)}
-        texts.discard("")
-        pattern = re.compile(_trie_pattern(texts)) if texts else None
-        cached = (pattern,)
-        llama._control_text_pattern = cached
-    return cached[0]
-
-
-def _trie_pattern(words: set[str]) -> str:
-    """A regular expression for any of words (the longest where several match), factored by common
-    prefixes, so that a vocabulary of thousands of control tokens is matched in one pass."""
-    trie: dict[str, Any] = {}
-    for word in words:
-        node = trie
-        for ch in word:
-            node = node.setdefault(ch, {})
-        node[""] = {}
-
-    def build(node: dict[str, Any]) -> str:
-        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
-        if not alts:
-            return ""
-        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
-        return f"(?:{body})?" if "" in node else body
-
-    return build(trie)
-
-
-def _swapped(value: Any, pattern: re.Pattern[str], sentinel: str, found: list[str]) -> Any:
-    """value with every control-token text in its strings (and keys) swapped for a numbered sentinel."""
-    if isinstance(value, str):
-        def swap(m: re.Match[str]) -> str:
-            found.append(m.group(0))
-            return f"{sentinel}{len(found) - 1:09d}{sentinel}"
-
-        return pattern.sub(swap, value)
-    if isinstance(value, dict):
-        return {_swapped(k, pattern, sentinel, found): _swapped(v, pattern, sentinel, found)
-                for k, v in value.items()}
-    if isinstance(value, list):
-        return [_swapped(v, pattern, sentinel, found) for v in value]
-    return value
-
-
 def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[str, Any]) -> Any:
     """``render(request)``; where the request holds control-token texts, a SwappedRender whose prompt
     parts keep each of them plain text wherever the template put it."""
@@ -120,18 +70,23 @@ def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[
     pattern = control_texts(llama)
     found: list[str] = []
     sentinel = "".join(secrets.choice("0123456789") for _ in range(12))
-    swapped = _swapped(request, pattern, sentinel, found) if pattern is not None else request
+    swapped = swap_control_texts(request, pattern, sentinel, found) if pattern is not None else request
     if not found:
         return rendered
-    text = render(swapped).prompt.decode("utf-8", errors="replace")
+    # the second render's parts keep what came from the request (the text around the sentinels, which
+    # the template may still have transformed into a control token's text), each sentinel its own text
+    numbered = re.compile(f"{sentinel}([0-9]{{9}}){sentinel}")
     parts: list[tuple[bytes, bool]] = []
-    at = 0
-    for m in re.finditer(f"{sentinel}([0-9]{{9}}){sentinel}", text):
-        parts.append((text[at:m.start()].encode("utf-8"), False))
-        parts.append((found[int(m.group(1))].encode("utf-8"), True))
-        at = m.end()
-    parts.append((text[at:].encode("utf-8"), False))
-    return SwappedRender(rendered, b"".join(p for p, _ in parts), [p for p in parts if p[0]])
+    for part, from_user in render(swapped).prompt_parts:
+        text = part.decode("utf-8", errors="replace")
+        at = 0
+        for m in numbered.finditer(text):
+            parts.append((text[at:m.start()].encode("utf-8"), from_user))
+            parts.append((found[int(m.group(1))].encode("utf-8"), True))
+            at = m.end()
+        parts.append((text[at:].encode("utf-8"), from_user))
+    parts = [p for p in parts if p[0]]
+    return SwappedRender(rendered, b"".join(p for p, _ in parts), parts)
 
 
 def templates_of(llama: Llama) -> _core.ChatTemplates:

@@ -18,11 +18,13 @@ Tools and ``response_format`` are handled here, for every formatter:
 
 from __future__ import annotations
 
+import bisect
 import json
 import re
+import secrets
 import sys
 import uuid
-from collections.abc import Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol, Union, cast
 
@@ -444,25 +446,143 @@ def check_roles(messages: Sequence[Any]) -> None:
                              f"{', '.join(CHAT_ROLES)})")
 
 
+def control_texts(llama: Llama) -> re.Pattern[str] | None:
+    """A pattern matching the text of any control token of the vocabulary (cached per Llama)."""
+    cached: tuple[re.Pattern[str] | None] | None = getattr(llama, "_control_text_pattern", None)
+    if cached is None:
+        model = getattr(llama, "model", None)
+        if not hasattr(model, "token_is_control"):  # an object standing in for a Llama: no vocabulary
+            return None
+        texts = {model.token_to_piece(t, special=True).decode("utf-8", errors="ignore")
+                 for t in range(llama.n_vocab()) if model.token_is_control(t)}
+        texts.discard("")
+        pattern = re.compile(_trie_pattern(texts)) if texts else None
+        cached = (pattern,)
+        llama._control_text_pattern = cached
+    return cached[0]
+
+
+def _trie_pattern(words: set[str]) -> str:
+    """A regular expression for any of words (the longest where several match), factored by common
+    prefixes, so that a vocabulary of thousands of control tokens is matched in one pass."""
+    trie: dict[str, Any] = {}
+    for word in words:
+        node = trie
+        for ch in word:
+            node = node.setdefault(ch, {})
+        node[""] = {}
+
+    def build(node: dict[str, Any]) -> str:
+        alts = [re.escape(ch) + build(child) for ch, child in sorted(node.items()) if ch]
+        if not alts:
+            return ""
+        body = alts[0] if len(alts) == 1 else "(?:" + "|".join(alts) + ")"
+        return f"(?:{body})?" if "" in node else body
+
+    return build(trie)
+
+
+def swap_control_texts(value: Any, pattern: re.Pattern[str], sentinel: str, found: list[str]) -> Any:
+    """value with every control-token text in its strings (and keys) swapped for a numbered sentinel."""
+    if isinstance(value, str):
+        def swap(m: re.Match[str]) -> str:
+            found.append(m.group(0))
+            return f"{sentinel}{len(found) - 1:09d}{sentinel}"
+
+        return pattern.sub(swap, value)
+    if isinstance(value, dict):
+        return {swap_control_texts(k, pattern, sentinel, found): swap_control_texts(v, pattern, sentinel,
+                                                                                    found)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        return [swap_control_texts(v, pattern, sentinel, found) for v in value]
+    return value
+
+
+def typed_controls_as_parts(llama: Llama, format_prompt: Callable[..., str], request: dict[str, Any]
+                            ) -> list[tuple[bytes, bool]] | None:
+    """For a formatter written in Python (a named chat format): None where the request holds no
+    control-token text; else the prompt of ``format_prompt(**request)`` as ``(text, from_user)`` parts,
+    each control-token text of the request a part of its own (from the user: tokenized as text), found
+    by formatting the request again with each of them swapped for a numbered sentinel."""
+    pattern = control_texts(llama)
+    if pattern is None:
+        return None
+    # a content of text parts is formatted as their text joined: a control token's text cut between two
+    # parts is found in it
+    request = {**request, "messages": [_joined_text(m) for m in request.get("messages") or []]}
+    found: list[str] = []
+    sentinel = "".join(secrets.choice("0123456789") for _ in range(12))
+    swapped = swap_control_texts(request, pattern, sentinel, found)
+    if not found:
+        return None
+    text = format_prompt(**swapped)
+    parts: list[tuple[bytes, bool]] = []
+    at = 0
+    for m in re.finditer(f"{sentinel}([0-9]{{9}}){sentinel}", text):
+        parts.append((text[at:m.start()].encode("utf-8"), False))
+        parts.append((found[int(m.group(1))].encode("utf-8"), True))
+        at = m.end()
+    parts.append((text[at:].encode("utf-8"), False))
+    return [p for p in parts if p[0]]
+
+
+def _joined_text(message: Any) -> Any:
+    """message with a content made only of text parts as one string, as the formatters read it."""
+    content = message.get("content") if isinstance(message, Mapping) else None
+    if not isinstance(content, list) or not all(
+            isinstance(p, str) or (isinstance(p, Mapping) and p.get("type") == "text") for p in content):
+        return message
+    return {**message, "content": content_text(content)}
+
+
 def tokenize_prompt_parts(llama: Llama, parts: Sequence[tuple[bytes, bool]], *, add_bos: bool) -> list[int]:
     """The tokens of a prompt given as ``(text, from_user)`` parts: control tokens only where the
-    template wrote them. Text from the request that would tokenize to a control token (a user typing
-    ``<|im_end|>``) is tokenized as plain text; the rest of the prompt is tokenized in one piece with
-    special tokens parsed, exactly as a whole-string tokenization would."""
+    template wrote them. Text from the request that would tokenize to a control token is tokenized as
+    plain text: a user typing ``<|im_end|>``, or a control token's text that the template assembled
+    from request text, begun or ended by it (the pieces of a split, texts joined, one piece of it in
+    each of two messages). The rest of the prompt is tokenized in one piece with special tokens parsed,
+    exactly as a whole-string tokenization would; a template that wraps request text in a control
+    token's ends (``'<|' + role + '|>'``) keeps that token."""
+    plain = [from_user and (llama.tokenize(text, add_bos=False, special=True)
+                            != llama.tokenize(text, add_bos=False, special=False))
+             for text, from_user in parts]
+    for i in _assembled_from_user(llama, parts):
+        plain[i] = True
     runs: list[tuple[bytes, bool]] = []  # (text, parse special tokens)
-    for text, from_user in parts:
-        plain = from_user and (llama.tokenize(text, add_bos=False, special=True)
-                               != llama.tokenize(text, add_bos=False, special=False))
-        if not plain and runs and runs[-1][1]:
+    for (text, _), as_text in zip(parts, plain):
+        if not as_text and runs and runs[-1][1]:
             runs[-1] = (runs[-1][0] + text, True)
         else:
-            runs.append((text, not plain))
+            runs.append((text, not as_text))
     if not runs:
         return llama.tokenize(b"", add_bos=add_bos, special=True)
     tokens: list[int] = []
     for i, (text, special) in enumerate(runs):
         tokens += llama.tokenize(text, add_bos=add_bos and i == 0, special=special)
     return tokens
+
+
+def _assembled_from_user(llama: Llama, parts: Sequence[tuple[bytes, bool]]) -> set[int]:
+    """The request parts that begin or end a control token's text running across parts: those parts,
+    and the request parts inside it, are to be tokenized as text."""
+    if len(parts) < 2 or not any(from_user for _, from_user in parts):
+        return set()
+    pattern = control_texts(llama)
+    if pattern is None:
+        return set()
+    texts = [text.decode("utf-8", errors="surrogateescape") for text, _ in parts]
+    starts = [0]
+    for text in texts:
+        starts.append(starts[-1] + len(text))
+    found: set[int] = set()
+    for m in pattern.finditer("".join(texts)):
+        first, last = bisect.bisect_right(starts, m.start()) - 1, bisect.bisect_right(starts, m.end() - 1) - 1
+        if first == last:  # within one part: the check of that part alone covers it
+            continue
+        if parts[first][1] or parts[last][1]:
+            found.update(i for i in range(first, last + 1) if parts[i][1])
+    return found
 
 
 # -- the handler ---------------------------------------------------------------------------------
@@ -518,11 +638,12 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
         if plan.mode != "none" and not (plan.mode == "auto" and renders_tools) and not plan.by_name:
             msgs = with_tool_note(cast("Sequence[Mapping[str, Any]]", messages), plan.note(),
                                   system_role=renders_tools is None)
-        result = chat_formatter(
-            messages=list(msgs), functions=functions, function_call=function_call,
-            tools=plan.tools if plan.mode != "none" else None, tool_choice=tool_choice,
-        )
+        request = {"messages": list(msgs), "functions": functions, "function_call": function_call,
+                   "tools": plan.tools if plan.mode != "none" else None, "tool_choice": tool_choice}
+        result = chat_formatter(**request)
         parts = getattr(result, "prompt_parts", None)  # set by formatters that know what came from the user
+        if parts is None:  # a control token's text typed in the request stays text here too
+            parts = typed_controls_as_parts(llama, lambda **r: chat_formatter(**r).prompt, request)
         add_bos = not result.added_special
         prompt = (tokenize_prompt_parts(llama, parts, add_bos=add_bos) if parts is not None
                   else llama.tokenize(result.prompt.encode("utf-8"), add_bos=add_bos, special=True))

@@ -21,6 +21,7 @@ class Hostile:
     template: str
     kind: str  # "stack" (deep native recursion), "time" (runs without end) or "memory"
     trips: bool = True  # False: renders, or fails for another reason, within the limits
+    renders: bool = False  # True: must render (work that was once too slow for the limits, now quick)
 
 
 def _nest(open_: str, close: str, inner: str, n: int) -> str:
@@ -61,6 +62,12 @@ HOSTILE: tuple[Hostile, ...] = (
             "{% endfor %}{{ ns.x|length }}", "stack"),
     # loops: time
     Hostile("range_1e9", "{% for i in range(1000000000) %}{% endfor %}", "time"),
+    # a long needle that almost matches everywhere: a substring search that is text x needle took 30 s
+    # a step; in linear time it renders
+    Hostile("substring_search",
+            '{% set a = "a" * 200000 %}{% set b = "a" * 100000 ~ "b" %}{% for i in range(40) %}'
+            '{% if b in a %}x{% endif %}{% set n = a.split(b)|length %}{% set r = a.replace(b, "") %}'
+            '{% endfor %}', "time", trips=False, renders=True),
     Hostile("range_1e7_loop", "{% for i in range(10000000) %}x{% endfor %}", "time"),
     Hostile("nested_loops",
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "time"),
