@@ -216,6 +216,15 @@ def test_a_body_over_the_limit_is_a_413(small_body_url: str) -> None:
     assert parse_settings(["--max-body-bytes", "4096"]).max_body_bytes == 4096
 
 
+def test_a_bad_sampling_value_names_its_field(small_body_url: str) -> None:
+    for path, body in (("/v1/completions", {"prompt": "hi"}),
+                       ("/v1/chat/completions", {"messages": [{"role": "user", "content": "hi"}]})):
+        for field, value in (("temperature", 1e39), ("top_p", -1e39), ("logit_bias", {"5": 1e39})):
+            request = {**body, field: value, "max_tokens": 1}
+            error = error_of(httpx.post(f"{small_body_url}{path}", json=request), 400)
+            assert error["param"] == field, (path, field, error)
+
+
 def test_inputs_that_cannot_fit_are_refused_before_any_work(small_body_url: str, tiny_path: Path) -> None:
     llm = Llama(str(tiny_path), n_ctx=64, verbose=False)
     n_vocab, n_ctx = llm.n_vocab(), llm.n_ctx()

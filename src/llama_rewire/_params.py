@@ -50,24 +50,32 @@ def optional_integer(name: str, value: Any, lo: int | None = None, hi: int | Non
     return None if value is None else integer(name, value, lo, hi)
 
 
+def argument_error(kind: type[Exception], name: str, message: str) -> Exception:
+    """``kind(message)`` that names the argument it is about (``.param``: its name without an index), so
+    that a server can say which request field was wrong."""
+    error = kind(message)
+    error.param = name.partition("[")[0]  # type: ignore[attr-defined]
+    return error
+
+
 def number(name: str, value: Any, *, lo: float | None = None, hi: float | None = None,
            infinite: bool = False) -> float:
     """A real number (int, float, bool, numpy scalar), finite unless ``infinite``, within float32 when
     finite (it goes to a C ``float``), in [lo, hi]."""
     if isinstance(value, (str, bytes, complex, np.complexfloating)) or value is None:
-        raise TypeError(f"{name} must be a number, got {_repr(value)}")
+        raise argument_error(TypeError, name, f"{name} must be a number, got {_repr(value)}")
     try:
         x = float(value)
     except OverflowError:
-        raise ValueError(f"{name} is too large, got {_repr(value)}") from None
+        raise argument_error(ValueError, name, f"{name} is too large, got {_repr(value)}") from None
     except (TypeError, ValueError):
-        raise TypeError(f"{name} must be a number, got {_repr(value)}") from None
+        raise argument_error(TypeError, name, f"{name} must be a number, got {_repr(value)}") from None
     if math.isnan(x) or (math.isinf(x) and not infinite):
-        raise ValueError(f"{name} must be a finite number, got {_repr(value)}")
+        raise argument_error(ValueError, name, f"{name} must be a finite number, got {_repr(value)}")
     if math.isfinite(x) and abs(x) > FLOAT32_MAX:
-        raise ValueError(f"{name} does not fit in a 32-bit float, got {_repr(value)}")
+        raise argument_error(ValueError, name, f"{name} does not fit in a 32-bit float, got {_repr(value)}")
     if (lo is not None and x < lo) or (hi is not None and x > hi):
-        raise ValueError(f"{name} must be in [{lo}, {hi}], got {_repr(value)}")
+        raise argument_error(ValueError, name, f"{name} must be in [{lo}, {hi}], got {_repr(value)}")
     return x
 
 

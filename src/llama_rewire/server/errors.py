@@ -65,8 +65,8 @@ def from_exception(exc: BaseException, param: str | None = None) -> APIError:
         return APIError(400, message, param="grammar", code="invalid_grammar")
     if isinstance(exc, ChatFormatError):
         return APIError(400, message, param="messages", code="invalid_chat_format")
-    if isinstance(exc, (ValueError, TypeError)):
-        return APIError(400, message, param=param)
+    if isinstance(exc, (ValueError, TypeError)):  # the argument it names, else the request's main field
+        return APIError(400, message, param=getattr(exc, "param", None) or param)
     if isinstance(exc, ClosedError):
         return APIError(503, "the model is closed (the server is shutting down)", type=SERVER_ERROR,
                         code="model_closed")
