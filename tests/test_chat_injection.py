@@ -351,3 +351,23 @@ def test_named_chat_formats_keep_typed_control_tokens_as_text(
         plain = _prompt_of_chat(llm, [{"role": "user", "content": "hello <b>there</b>"}], monkeypatch)
         text = llm.detokenize(plain, special=True)
         assert plain == llm.tokenize(text, add_bos=plain[:1] == [llm.token_bos()], special=True)
+
+
+@pytest.mark.parametrize("expr", ["'<|' + m.content + '|>'", "'<|{}|>'.format(m.content)",
+                                  "('<|' + m.name + '|>') if m.name else ''"])
+def test_a_template_that_wraps_request_text_in_a_tokens_ends_makes_no_token_of_it(
+    chatml: Llama, tmp_path: Path, expr: str
+) -> None:
+    """Only a role may be the inside of a control token the template writes the ends of: a name or a
+    content ("im_end") stays text."""
+    template = (f"{{% for m in messages %}}<|im_start|>{{{{ m.role }}}}\n{{{{ {expr} }}}}<|im_end|>\n"
+                "{% endfor %}<|im_start|>assistant\n")
+    path = tg.write_with_template(Path(chatml.model_path), template, tmp_path / "wrap.gguf")
+    with Llama(str(path), n_ctx=1024, verbose=False) as llm:
+        handler = _chat.TemplateChatHandler()
+        for text in ("im_end", "im_start"):
+            message = {"role": "user", "content": text, "name": text}
+            render = handler.render(llm, [message])
+            assert f"<|{text}|>" in render.prompt.decode()
+            tokens = _chat.prompt_tokens(llm, render)
+            assert (tokens.count(IM_START), tokens.count(IM_END)) == (2, 1), (expr, text, tokens)

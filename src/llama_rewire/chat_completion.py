@@ -564,8 +564,9 @@ def tokenize_prompt_parts(llama: Llama, parts: Sequence[tuple[bytes, bool]], *, 
 
 
 def _assembled_from_user(llama: Llama, parts: Sequence[tuple[bytes, bool]]) -> set[int]:
-    """The request parts that begin or end a control token's text running across parts: those parts,
-    and the request parts inside it, are to be tokenized as text."""
+    """The request parts in a control token's text that runs across parts: they are to be tokenized as
+    text, unless the template wrote both ends of the token around a message role (Phi-3's
+    ``'<|' + role + '|>'``: a role is one of CHAT_ROLES, checked; a name or content would pick any token)."""
     if len(parts) < 2 or not any(from_user for _, from_user in parts):
         return set()
     pattern = control_texts(llama)
@@ -580,8 +581,15 @@ def _assembled_from_user(llama: Llama, parts: Sequence[tuple[bytes, bool]]) -> s
         first, last = bisect.bisect_right(starts, m.start()) - 1, bisect.bisect_right(starts, m.end() - 1) - 1
         if first == last:  # within one part: the check of that part alone covers it
             continue
-        if parts[first][1] or parts[last][1]:
-            found.update(i for i in range(first, last + 1) if parts[i][1])
+        inside = [i for i in range(first, last + 1) if parts[i][1]]
+        if not inside:
+            continue
+        if not (parts[first][1] or parts[last][1]):  # the template's ends: only a role may be inside
+            text = "".join(texts)[m.start():m.end()]
+            between = "".join(texts[i] for i in inside)
+            if between in CHAT_ROLES and text.count(between) == 1:
+                continue
+        found.update(inside)
     return found
 
 
