@@ -16,8 +16,6 @@ sentinel of digits, and the sentinels are tokenized back as plain text.
 from __future__ import annotations
 
 import json
-import re
-import secrets
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from .chat_completion import ToolPlan, check_roles, control_texts, swap_control_texts, tokenize_prompt_parts
+from .chat_completion import ToolPlan, check_roles, sentinels_back, tokenize_prompt_parts, with_sentinels
 from .chat_formats import ChatFormatterResponse
 from .llama_grammar import LlamaGrammar
 
@@ -67,25 +65,13 @@ def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[
     """``render(request)``; where the request holds control-token texts, a SwappedRender whose prompt
     parts keep each of them plain text wherever the template put it."""
     rendered = render(request)
-    pattern = control_texts(llama)
-    found: list[str] = []
-    sentinel = "".join(secrets.choice("0123456789") for _ in range(12))
-    swapped = swap_control_texts(request, pattern, sentinel, found) if pattern is not None else request
-    if not found:
+    swap = with_sentinels(llama, request)
+    if swap is None:
         return rendered
+    swapped, sentinel, found = swap
     # the second render's parts keep what came from the request (the text around the sentinels, which
     # the template may still have transformed into a control token's text), each sentinel its own text
-    numbered = re.compile(f"{sentinel}([0-9]{{9}}){sentinel}")
-    parts: list[tuple[bytes, bool]] = []
-    for part, from_user in render(swapped).prompt_parts:
-        text = part.decode("utf-8", errors="replace")
-        at = 0
-        for m in numbered.finditer(text):
-            parts.append((text[at:m.start()].encode("utf-8"), from_user))
-            parts.append((found[int(m.group(1))].encode("utf-8"), True))
-            at = m.end()
-        parts.append((text[at:].encode("utf-8"), from_user))
-    parts = [p for p in parts if p[0]]
+    parts = sentinels_back(render(swapped).prompt_parts, sentinel, found)
     return SwappedRender(rendered, b"".join(p for p, _ in parts), parts)
 
 

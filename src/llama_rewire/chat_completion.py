@@ -482,7 +482,7 @@ def _trie_pattern(words: set[str]) -> str:
     return build(trie)
 
 
-def swap_control_texts(value: Any, pattern: re.Pattern[str], sentinel: str, found: list[str]) -> Any:
+def _swap_control_texts(value: Any, pattern: re.Pattern[str], sentinel: str, found: list[str]) -> Any:
     """value with every control-token text in its strings (and keys) swapped for a numbered sentinel."""
     if isinstance(value, str):
         def swap(m: re.Match[str]) -> str:
@@ -491,12 +491,41 @@ def swap_control_texts(value: Any, pattern: re.Pattern[str], sentinel: str, foun
 
         return pattern.sub(swap, value)
     if isinstance(value, dict):
-        return {swap_control_texts(k, pattern, sentinel, found): swap_control_texts(v, pattern, sentinel,
+        return {_swap_control_texts(k, pattern, sentinel, found): _swap_control_texts(v, pattern, sentinel,
                                                                                     found)
                 for k, v in value.items()}
     if isinstance(value, list):
-        return [swap_control_texts(v, pattern, sentinel, found) for v in value]
+        return [_swap_control_texts(v, pattern, sentinel, found) for v in value]
     return value
+
+
+def with_sentinels(llama: Llama, request: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]] | None:
+    """None where ``request`` holds no control-token text; else the request with each such text swapped
+    for a numbered sentinel of random digits, the sentinel, and the texts in their numbers' order."""
+    pattern = control_texts(llama)
+    if pattern is None:
+        return None
+    found: list[str] = []
+    sentinel = "".join(secrets.choice("0123456789") for _ in range(12))
+    swapped = _swap_control_texts(request, pattern, sentinel, found)
+    return (swapped, sentinel, found) if found else None
+
+
+def sentinels_back(parts: Sequence[tuple[bytes, bool]], sentinel: str, found: list[str]
+                   ) -> list[tuple[bytes, bool]]:
+    """The ``(text, from_user)`` parts of a render of :func:`with_sentinels`' request with each sentinel
+    turned back into its control-token text, a part of its own from the user (tokenized as text)."""
+    numbered = re.compile(f"{sentinel}([0-9]{{9}}){sentinel}")
+    out: list[tuple[bytes, bool]] = []
+    for part, from_user in parts:
+        text = part.decode("utf-8", errors="replace")
+        at = 0
+        for m in numbered.finditer(text):
+            out.append((text[at:m.start()].encode("utf-8"), from_user))
+            out.append((found[int(m.group(1))].encode("utf-8"), True))
+            at = m.end()
+        out.append((text[at:].encode("utf-8"), from_user))
+    return [p for p in out if p[0]]
 
 
 def typed_controls_as_parts(llama: Llama, format_prompt: Callable[..., str], request: dict[str, Any]
@@ -505,26 +534,14 @@ def typed_controls_as_parts(llama: Llama, format_prompt: Callable[..., str], req
     control-token text; else the prompt of ``format_prompt(**request)`` as ``(text, from_user)`` parts,
     each control-token text of the request a part of its own (from the user: tokenized as text), found
     by formatting the request again with each of them swapped for a numbered sentinel."""
-    pattern = control_texts(llama)
-    if pattern is None:
-        return None
     # a content of text parts is formatted as their text joined: a control token's text cut between two
     # parts is found in it
     request = {**request, "messages": [_joined_text(m) for m in request.get("messages") or []]}
-    found: list[str] = []
-    sentinel = "".join(secrets.choice("0123456789") for _ in range(12))
-    swapped = swap_control_texts(request, pattern, sentinel, found)
-    if not found:
+    swap = with_sentinels(llama, request)
+    if swap is None:
         return None
-    text = format_prompt(**swapped)
-    parts: list[tuple[bytes, bool]] = []
-    at = 0
-    for m in re.finditer(f"{sentinel}([0-9]{{9}}){sentinel}", text):
-        parts.append((text[at:m.start()].encode("utf-8"), False))
-        parts.append((found[int(m.group(1))].encode("utf-8"), True))
-        at = m.end()
-    parts.append((text[at:].encode("utf-8"), False))
-    return [p for p in parts if p[0]]
+    swapped, sentinel, found = swap
+    return sentinels_back([(format_prompt(**swapped).encode("utf-8"), False)], sentinel, found)
 
 
 def _joined_text(message: Any) -> Any:
@@ -576,8 +593,9 @@ def _assembled_from_user(llama: Llama, parts: Sequence[tuple[bytes, bool]]) -> s
     starts = [0]
     for text in texts:
         starts.append(starts[-1] + len(text))
+    whole = "".join(texts)
     found: set[int] = set()
-    for m in pattern.finditer("".join(texts)):
+    for m in pattern.finditer(whole):
         first, last = bisect.bisect_right(starts, m.start()) - 1, bisect.bisect_right(starts, m.end() - 1) - 1
         if first == last:  # within one part: the check of that part alone covers it
             continue
@@ -585,9 +603,8 @@ def _assembled_from_user(llama: Llama, parts: Sequence[tuple[bytes, bool]]) -> s
         if not inside:
             continue
         if not (parts[first][1] or parts[last][1]):  # the template's ends: only a role may be inside
-            text = "".join(texts)[m.start():m.end()]
             between = "".join(texts[i] for i in inside)
-            if between in CHAT_ROLES and text.count(between) == 1:
+            if between in CHAT_ROLES and m.group(0).count(between) == 1:
                 continue
         found.update(inside)
     return found
