@@ -370,3 +370,22 @@ def test_server_refuses_a_deep_grammar_and_keeps_serving(tiny: Callable[[str], t
             "grammar": 'root ::= "ok"'}, timeout=60)
         assert good.status_code == 200, good.text
         assert good.json()["choices"][0]["text"] == "ok"
+
+
+def test_one_token_of_an_ambiguous_grammar_runs_under_a_work_budget(smollm2_path: Path) -> None:
+    """Every advance stayed within the stack bounds, yet up to 1,024 stacks, each advanced through up to
+    65,536 others for every character of every candidate token, made one token take seconds to tens of
+    seconds (87 s for 8 tokens, a server's other slots stalled meanwhile). One token's work is bounded."""
+    llm = Llama(str(smollm2_path), n_ctx=256, verbose=False)
+    try:
+        grammar = LlamaGrammar.from_string('root ::= "x" (([a-z]?){0,12}){0,40} "z"', verbose=False)
+        start = time.monotonic()
+        with pytest.raises(GrammarError, match="following it for one token takes more than"):
+            llm.create_completion("Pick a word:", max_tokens=16, temperature=0.0, grammar=grammar)
+        assert time.monotonic() - start < 60
+        # the same shape, narrower, is followed as before
+        narrow = LlamaGrammar.from_string('root ::= "x" (([a-z]?){0,2}){0,3} "z"', verbose=False)
+        out = llm.create_completion("Pick a word:", max_tokens=8, temperature=0.0, grammar=narrow)
+        assert out["choices"][0]["text"].startswith("x")
+    finally:
+        llm.close()
