@@ -209,6 +209,8 @@ def test_graph_nodes_lists_the_graph_and_where_it_runs(models: Any) -> None:
     llm.reset()
     llm.eval(tokens)
     assert np.array_equal(after, np.array(llm.scores[len(tokens) - 1]))
-    for bad, err in ((-1, ValueError), (1.5, TypeError), ("1", TypeError), (None, TypeError)):
+    too_many = llm.context_params.n_ubatch + 1  # was built as n_ubatch tokens, silently
+    for bad, err in ((-1, ValueError), (1.5, TypeError), ("1", TypeError), (None, TypeError),
+                     (too_many, ValueError), (10**7, ValueError)):
         with pytest.raises(err, match="n_tokens"):
             llm.graph_nodes(bad)

@@ -389,3 +389,23 @@ def test_one_token_of_an_ambiguous_grammar_runs_under_a_work_budget(smollm2_path
         assert out["choices"][0]["text"].startswith("x")
     finally:
         llm.close()
+
+
+def test_a_grammar_llama_cpp_refuses_says_why_and_its_source_stays_out_of_the_log(
+        capfd: pytest.CaptureFixture[str]) -> None:
+    """llama.cpp's parser printed its reason and the whole grammar (up to 256 KiB, from any request) to
+    stderr, and the GrammarError said only "does not parse"."""
+    filler = '"' + "q" * 20_000 + '"'
+    cases = [
+        (f'root ::= {filler} (([a-z]?){{0,12}}){{0,200}} "z"', "does not parse: number of rules .* exceeds"),
+        (f"root ::= {filler} nothere", "does not parse: Undefined rule identifier 'nothere'"),
+        (f"root ::= {filler} [a-", "does not parse: unexpected end of input"),
+        (f"start ::= {filler}", "has no 'root' rule"),
+    ]
+    for text, why in cases:
+        capfd.readouterr()
+        with pytest.raises(GrammarError, match=why) as refused:
+            LlamaGrammar.from_string(text, verbose=False)
+        assert len(str(refused.value)) < 400
+        err = capfd.readouterr().err
+        assert "q" * 1000 not in err, err[:300]

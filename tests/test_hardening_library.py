@@ -314,3 +314,50 @@ def test_a_fifo_is_refused_before_it_is_opened(tmp_path: Path) -> None:
     assert child.stdout.count("refused:") == 2 and "not a regular file" in child.stdout, child.stdout
     with pytest.raises(ValueError, match="not a regular file"):
         gguf_min.read(tmp_path)  # a directory too
+
+
+def test_detokenize_refuses_what_is_not_a_token_id(tiny_llm: Callable[..., Llama]) -> None:
+    """[1.5], ["3"] and [True] came back as b"" (read as tokens 1, 3 and 1) and [2**63] raised pybind11's
+    raw TypeError."""
+    llm = tiny_llm("llama")
+    cases = (([2**63], ValueError), ([-1], ValueError), ([1.5], TypeError), (["3"], TypeError),
+             ([None], TypeError), ([True], TypeError), ("ab", TypeError), (np.zeros((2, 2), int), TypeError))
+    for bad, err in cases:
+        with pytest.raises(err, match="detokenize"):
+            llm.detokenize(bad)
+        with pytest.raises(err, match="prev_tokens"):
+            llm.detokenize([5], prev_tokens=bad)
+    assert llm.detokenize(np.array([5, 9])) == llm.detokenize([5, 9]) == llm.detokenize(iter([5, 9]))
+
+
+def test_a_state_that_does_not_fit_is_refused_before_anything_changes(tiny_llm: Callable[..., Llama]) -> None:
+    """A LlamaState built by hand or unpickled: a short input_ids was broadcast into place (accepted, wrong
+    tokens), n_tokens 2.5 read as 2, and impossible sizes failed in numpy after the native state was
+    already replaced."""
+    import dataclasses
+
+    llm = tiny_llm("llama")
+    llm.eval([1, 5, 9])
+    good = llm.save_state()
+    llm.reset()
+    llm.eval([1, 7])
+    def seen() -> tuple[int, list[int], list[float]]:
+        return llm.n_tokens, list(llm.input_ids[: llm.n_tokens]), list(llm.scores[llm.n_tokens - 1])
+
+    before = seen()
+    cases = {
+        "n_tokens": [10**6, -1, 2.5],
+        "input_ids": [np.zeros(1, np.intc), np.zeros((3, 3), np.intc), np.array([1, 5, 10**9]),
+                      np.array([1.0, 5.0, 9.0])],
+        "scores": [np.zeros((1, 3), np.single)],
+        "llama_state": [None, b"xx"],
+    }
+    for field, values in cases.items():
+        for value in values:
+            with pytest.raises((TypeError, ValueError), match=field if field != "llama_state" else "state"):
+                llm.load_state(dataclasses.replace(good, **{field: value}))
+            assert seen() == before, (field, value)
+    with pytest.raises(TypeError, match="LlamaState"):
+        llm.load_state({"n_tokens": 1})  # type: ignore[arg-type]
+    llm.load_state(good)
+    assert list(llm.input_ids[: llm.n_tokens]) == [1, 5, 9]

@@ -347,6 +347,44 @@ def test_freed_memory_goes_back_to_the_system() -> None:
     assert float(before) - float(after) > 100, out.stdout  # of the ~190 MB freed between the survivors
 
 
+LARGE_BLOCKS = """
+import sys
+from llama_rewire.server.middleware import keep_large_blocks_mapped
+def rss():
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+if sys.argv[1] == "fixed":
+    assert keep_large_blocks_mapped()
+big = bytearray(20 << 20)  # a 20 MB body, in a mapping of its own
+del big  # glibc raises its mmap threshold to 20 MB as it frees it
+start = rss()
+blocks = []
+for i in range(100):
+    blocks.append(b"x" * (1 << 20))  # the blocks of a big request, written
+    blocks.append(bytes(600))  # a survivor between them
+kept = blocks[1::2]
+del blocks
+print(rss() - start)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the RSS from /proc")
+@pytest.mark.skipif(not HANDS_MEMORY_BACK, reason="needs glibc's allocator: others keep their own policy")
+def test_large_blocks_keep_mappings_of_their_own() -> None:
+    def retained(mode: str) -> float:
+        out = subprocess.run([sys.executable, "-c", LARGE_BLOCKS, mode], check=False, capture_output=True,
+                             text=True, timeout=120, env={**os.environ, "GLIBC_TUNABLES": ""})
+        assert out.returncode == 0, out.stderr
+        return float(out.stdout)
+
+    assert retained("dynamic") > 10  # of the 100 MB freed, with the threshold moving
+    assert retained("fixed") < 5
+    env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "1000000"}
+    code = "from llama_rewire.server.middleware import keep_large_blocks_mapped as k; print(k())"
+    out = subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True, env=env)
+    assert out.stdout.strip() == "False"  # the user's own setting stays
+
+
 def test_a_big_body_hands_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.applications import Starlette
     from starlette.requests import Request

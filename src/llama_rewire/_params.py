@@ -280,20 +280,20 @@ def stop_verdict(value: Any) -> bool:
         raise TypeError(f"stopping_criteria must return a bool, got {_repr(value)}") from None
 
 
-def token_ids(name: str, value: Any, n_vocab: int) -> list[int]:
-    """A sequence of token ids in [0, n_vocab)."""
+def token_ids(name: str, value: Any, n_vocab: int, kinds: str = "a str or a list of token ids") -> list[int]:
+    """A sequence of token ids in [0, n_vocab); ``kinds`` says what ``name`` may be, for the TypeError."""
     if isinstance(value, (str, bytes, bytearray, Mapping)) or not hasattr(value, "__iter__"):
-        raise TypeError(f"{name} must be a str or a list of token ids, got {_repr(value)}")
+        raise TypeError(f"{name} must be {kinds}, got {_repr(value)}")
     if isinstance(value, np.ndarray) and value.ndim != 1:
         raise TypeError(f"{name} must be a 1-D list of token ids, got an array of shape {value.shape}")
     out = []
     for t in value:
         if isinstance(t, (bool, np.bool_)):
-            raise TypeError(f"{name} must be a str or a list of token ids, got {_repr(value)}")
+            raise TypeError(f"{name} must be {kinds}, got {_repr(value)}")
         try:
             out.append(integer(name, t))
         except TypeError:
-            raise TypeError(f"{name} must be a str or a list of token ids, got {_repr(value)}") from None
+            raise TypeError(f"{name} must be {kinds}, got {_repr(value)}") from None
     bad = next((t for t in out if not 0 <= t < n_vocab), None)
     if bad is not None:
         raise ValueError(f"{name}: token id {bad} is out of range [0, {n_vocab})")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from . import _core
-from ._params import INT32, integer
+from ._params import integer
 from .errors import WiringSpecError
 from .wiring.activations import Spec
 from .wiring.layout import LayerInfo, describe_layout
@@ -130,8 +130,9 @@ class RewiringMixin:
         ``type``, ``ne``, ``nb`` (strides in bytes), ``contiguous``, ``contiguous_rows``, ``src`` (the same
         for each source) and ``backend`` (where it would run, e.g. ``"CPU"``, ``"CUDA0"``). With a GPU, a
         rewired model whose ops the GPU takes keeps the split count of the original. The next decode
-        builds its own graph."""
-        n = integer("n_tokens", n_tokens, 0, INT32[1])
+        builds its own graph. More tokens than ``n_ubatch`` is a ``ValueError``: a decode of more runs
+        them ``n_ubatch`` at a time."""
+        n = integer("n_tokens", n_tokens, 0, self.context_params.n_ubatch)
         nodes, n_splits = _core.rewire_graph_nodes(self.ctx, n)
         return {"n_splits": int(n_splits), "nodes": list(nodes)}
 

@@ -22,7 +22,7 @@ from ._residual import ResidualMixin
 from ._rewiring import RewiringMixin
 from ._slots import Slots
 from .errors import ActivationSpecError, ContextOverflowError, NonFiniteLogitsError
-from .llama_cache import BaseLlamaCache, LlamaState, prefix_len
+from .llama_cache import BaseLlamaCache, LlamaState, checked_state, prefix_len
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
 from .llama_tokenizer import BaseLlamaTokenizer
@@ -387,9 +387,11 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         A leading BOS drops the space its first word carries (SentencePiece vocabularies); after
         ``prev_tokens`` the text is the continuation, so nothing is dropped.
         """
+        tokens = _params.token_ids("detokenize", tokens, self._n_vocab, "a list of token ids")
+        if prev_tokens is not None:
+            prev_tokens = _params.token_ids("prev_tokens", prev_tokens, self._n_vocab, "a list of token ids")
         if self._tokenizer is not None:
-            return self._tokenizer.detokenize(
-                list(tokens), None if prev_tokens is None else list(prev_tokens), special)
+            return self._tokenizer.detokenize(tokens, prev_tokens, special)
         return self._vocab_detokenize(tokens, prev_tokens, special)
 
     @reading
@@ -531,13 +533,14 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
 
     @serialised()
     def load_state(self, state: LlamaState) -> None:
-        self.ctx.state_set(state.llama_state)
-        n = int(state.n_tokens)
-        self.input_ids[:n] = state.input_ids[:n]
+        n, ids, scores, data = checked_state(state, min(self._n_ctx, len(self.input_ids)), self._n_vocab,
+                                             self._logits_all)
+        self.ctx.state_set(data)
+        self.input_ids[:n] = ids
         if self._logits_all:
-            self._scores_buf[:n] = state.scores[:n]
-        elif n and len(state.scores):
-            self._scores_buf[min(n, len(self._scores_buf)) - 1] = state.scores[-1]
+            self._scores_buf[:n] = scores[:n]
+        elif n and len(scores):
+            self._scores_buf[min(n, len(self._scores_buf)) - 1] = scores[-1]
         self.n_tokens = n
         self._n_cached = n
         self._row_pending = False

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import numpy.typing as npt
 
+from ._params import integer
+
 
 @dataclass
 class LlamaState:
@@ -33,6 +35,34 @@ class LlamaState:
 
     def nbytes(self) -> int:
         return int(self.input_ids.nbytes + self.scores.nbytes + len(self.llama_state))
+
+
+def checked_state(state: LlamaState, capacity: int, n_vocab: int, logits_all: bool
+                  ) -> tuple[int, npt.NDArray[np.intc], npt.NDArray[np.single], bytes]:
+    """``state``'s token count, token ids, logits and native bytes, once they fit a context of ``capacity``
+    tokens over ``n_vocab`` (logits for every token where ``logits_all``, else the last row if any).
+
+    A state is also built by hand or unpickled; numpy would broadcast a short ``input_ids`` into place and
+    fail half-way through a load on sizes it cannot broadcast, after the native state was replaced."""
+    if not isinstance(state, LlamaState):
+        raise TypeError(f"load_state takes a LlamaState, got {type(state).__name__}")
+    n = integer("LlamaState.n_tokens", state.n_tokens, 0, capacity)
+    data = state.llama_state
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"LlamaState.llama_state must be bytes, got {type(data).__name__}")
+    ids = np.asarray(state.input_ids)
+    if ids.ndim != 1 or len(ids) < n or (n and ids.dtype.kind not in "iu"):
+        raise ValueError(f"LlamaState.input_ids must hold n_tokens={n} token ids, got shape {ids.shape} "
+                         f"of {ids.dtype}")
+    if n and (int(ids[:n].min()) < 0 or int(ids[:n].max()) >= n_vocab):
+        raise ValueError(f"LlamaState.input_ids holds token ids out of range [0, {n_vocab})")
+    scores = np.asarray(state.scores)
+    rows = n if logits_all else 0  # without logits_all, the last row where the state has one
+    wrong = scores.ndim != 2 or scores.shape[1] != n_vocab or len(scores) < rows
+    if (rows or (n and scores.size)) and wrong:
+        raise ValueError(f"LlamaState.scores must hold {rows} rows of {n_vocab} logits, got shape "
+                         f"{scores.shape}")
+    return n, ids[:n].astype(np.intc), scores.astype(np.single, copy=False), bytes(data)
 
 
 def prefix_len(a: Sequence[int], b: Sequence[int]) -> int:

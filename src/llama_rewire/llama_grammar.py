@@ -50,8 +50,8 @@ class LlamaGrammar:
         # the limits first (in the constructor): llama.cpp's parser never sees a grammar beyond them
         made = cls(_grammar=grammar)
         # token references (<[123]>) need a vocabulary: those grammars are checked when used
-        if "<[" not in grammar and not _core.grammar_check(None, grammar):
-            raise GrammarError("the grammar does not parse or has no 'root' rule")
+        if "<[" not in grammar:
+            _core.grammar_check(None, grammar)  # GrammarError saying why it does not parse
         return made
 
     @classmethod

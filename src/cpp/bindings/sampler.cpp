@@ -29,6 +29,26 @@ struct sampler_params {
     uint32_t seed             = 0xFFFFFFFFu;
 };
 
+// Why llama.cpp refused to set up a grammar: the first error it logged on this thread since
+// log_errors_clear() (the parser's own message), else that it does not parse.
+static std::string grammar_refusal() {
+    std::string first = log_first_error();
+    while (!first.empty() && (first.back() == '\n' || first.back() == ' ')) {
+        first.pop_back();
+    }
+    const std::string parser = "error parsing grammar: ";
+    if (first.compare(0, parser.size(), parser) == 0) {
+        return "the grammar does not parse: " + first.substr(parser.size());
+    }
+    if (first.rfind("grammar does not contain a '", 0) == 0) {
+        return "the grammar has no 'root' rule";
+    }
+    if (first.empty() || first == "failed to parse grammar") {
+        return "the grammar does not parse or has no 'root' rule";
+    }
+    return "the grammar is refused: " + first;
+}
+
 // The index of the first largest value (std::max_element's answer, for data without NaN), in one pass
 // the compiler vectorizes: the maximum of each block of 64 in 16 independent lanes, then a scan of the
 // one block that holds the largest. About 5x faster than max_element on a 262k vocabulary, where that
@@ -149,9 +169,10 @@ public:
                     throw py::value_error("grammar trigger token " + std::to_string(t) + " is out of range");
                 }
             }
-            std::string why = "failed to parse the grammar (see the log for the position)";
+            std::string why;
             {
                 py::gil_scoped_release release;
+                log_errors_clear();
                 try {
                     grammar_ = grammar_lazy
                         ? llama_sampler_init_grammar_lazy_patterns(vocab, grammar.c_str(), "root", patterns.data(),
@@ -166,7 +187,7 @@ public:
             if (grammar_ == nullptr) {
                 llama_sampler_free(chain_);
                 chain_ = nullptr;
-                throw grammar_error(why);
+                throw grammar_error(why.empty() ? grammar_refusal() : why);
             }
         }
     }
@@ -355,14 +376,16 @@ private:
     std::vector<llama_token_data>  cur_;
 };
 
-// Whether gbnf parses as a grammar with a "root" rule (token references need the model's vocab); a
-// grammar that parses but cannot be set up (llama.cpp's bounds on its parse stacks) raises GrammarError.
+// True where gbnf parses as a grammar with a "root" rule (token references need the model's vocab); a
+// grammar that does not, or that parses but cannot be set up (llama.cpp's bounds on its parse stacks),
+// raises GrammarError saying why.
 static bool grammar_check(py::object mdl, const std::string & gbnf) {
     const llama_vocab * vocab = mdl.is_none() ? nullptr : mdl.cast<model &>().vocab();
     llama_sampler * s = nullptr;
     std::string why;
     {
         py::gil_scoped_release release;
+        log_errors_clear();
         try {
             s = llama_sampler_init_grammar(vocab, gbnf.c_str(), "root");
         } catch (const std::exception & e) {
@@ -374,7 +397,7 @@ static bool grammar_check(py::object mdl, const std::string & gbnf) {
         throw grammar_error(why);
     }
     if (s == nullptr) {
-        return false;
+        throw grammar_error(grammar_refusal());
     }
     llama_sampler_free(s);
     return true;

@@ -12,7 +12,9 @@ def serve(settings: Settings) -> int:
     import uvicorn
 
     from .app import create_app
+    from .middleware import keep_large_blocks_mapped
 
+    keep_large_blocks_mapped()
     try:
         app = create_app(settings)
     except (ValueError, RuntimeError, OSError) as e:
