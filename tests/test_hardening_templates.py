@@ -150,6 +150,40 @@ def test_a_normal_template_in_gguf_still_chats(tiny: Callable[[str], tuple[Path,
     assert out["usage"]["completion_tokens"] >= 1
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="reads the peak RSS in KiB (Linux's ru_maxrss)")
+def test_a_template_that_builds_a_long_list_is_refused_at_a_bounded_peak() -> None:
+    """(range(4000000)|list)|join(...) allocated about 1.1 GB before the item limit (then 5 million) was
+    reached; a list item takes about 250 bytes while it lives."""
+    code = textwrap.dedent("""
+        import json, resource
+        from llama_rewire import _core
+        tpl = "{{ (range(4000000)|list)|join(',')|length }}{{ messages[0]['content'] }}"
+        try:
+            _core.ChatTemplates(None, tpl).apply(json.dumps([{"role": "user", "content": "hi"}]))
+            print("rendered")
+        except ValueError as e:
+            print("refused:", e)
+        print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True,
+                         timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    said, peak_mib = out.stdout.splitlines()
+    assert said.startswith("refused:") and "resource limit" in said, said
+    assert int(peak_mib) < 500, said
+
+
+def test_rsplit_splits_as_python_does() -> None:
+    """rsplit searches the reversed text forward (linear time); the pieces are those of str.rsplit."""
+    cases = [("a,b,,c", ",", -1), ("a,b,c", ",", 1), ("aaa", "aa", -1), ("aaaa", "aa", -1), ("abc", "x", -1),
+             (",", ",", -1), ("x" * 40 + "SEP" + "y" * 20, "SEP", -1), ("ab" * 30, "b" + "ab" * 8, 2),
+             ("q" * 70, "q" * 17, -1), ("", ",", -1)]
+    for text, sep, maxsplit in cases:
+        tpl = "{{ messages[0]['content'].rsplit(" + json.dumps(sep) + ", " + str(maxsplit) + ")|join('|') }}"
+        got = _core.ChatTemplates(None, tpl).apply(json.dumps([{"role": "user", "content": text}])).prompt
+        assert got.decode() == "|".join(text.rsplit(sep, maxsplit)), (text, sep, maxsplit)
+
+
 def test_limits_can_be_read_and_checked() -> None:
     limits = _core.chat_template_limits()
     assert set(limits) == {"depth", "steps", "items", "bytes", "seconds"}

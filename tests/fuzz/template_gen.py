@@ -68,6 +68,11 @@ HOSTILE: tuple[Hostile, ...] = (
             '{% set a = "a" * 200000 %}{% set b = "a" * 100000 ~ "b" %}{% for i in range(40) %}'
             '{% if b in a %}x{% endif %}{% set n = a.split(b)|length %}{% set r = a.replace(b, "") %}'
             '{% endfor %}', "time", trips=False, renders=True),
+    # the same from the right: rsplit searched with rfind, text x needle per search
+    Hostile("rsplit_search",
+            '{% set a = "a" * 200000 %}{% set b = "a" * 100000 ~ "b" %}{% set c = a ~ b ~ a %}'
+            '{% for i in range(10) %}{% set n = a.rsplit(b)|length %}{% set m = c.rsplit(b, 1)|length %}'
+            '{% endfor %}', "time", trips=False, renders=True),
     Hostile("range_1e7_loop", "{% for i in range(10000000) %}x{% endfor %}", "time"),
     Hostile("nested_loops",
             "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}", "time"),
