@@ -385,6 +385,39 @@ def test_large_blocks_keep_mappings_of_their_own() -> None:
     assert out.stdout.strip() == "False"  # the user's own setting stays
 
 
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="reads the server's environment")
+@pytest.mark.skipif(not HANDS_MEMORY_BACK, reason="needs glibc's allocator: others keep their own policy")
+def test_the_server_process_runs_on_the_c_allocator(tiny_path: Path) -> None:
+    """pymalloc's arenas fragmented under bursts of small objects (26 to 50 arenas in a soak, objects
+    level); the server re-executes itself, same pid, with PYTHONMALLOC=malloc unless that is set."""
+    def environ_of_a_server(**env: str) -> dict[str, str]:
+        port = free_port()
+        base = {k: v for k, v in os.environ.items() if k != "PYTHONMALLOC"}
+        proc = subprocess.Popen([sys.executable, "-m", "llama_rewire.server", "--model", str(tiny_path),
+                                 "--n_ctx", "64", "--port", str(port)], env={**base, **env},
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                assert proc.poll() is None, "the server exited"
+                try:
+                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                assert time.monotonic() < deadline, "the server did not come up"
+                time.sleep(0.1)
+            raw = Path(f"/proc/{proc.pid}/environ").read_bytes()  # the same pid: exec, not a child
+            items = raw.decode(errors="replace").split("\0")
+            return dict(item.split("=", 1) for item in items if "=" in item)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+    assert environ_of_a_server().get("PYTHONMALLOC") == "malloc"
+    assert environ_of_a_server(PYTHONMALLOC="pymalloc").get("PYTHONMALLOC") == "pymalloc"
+
+
 def test_a_big_body_hands_freed_memory_back(monkeypatch: pytest.MonkeyPatch) -> None:
     from starlette.applications import Starlette
     from starlette.requests import Request

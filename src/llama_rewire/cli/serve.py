@@ -11,4 +11,6 @@ def main(argv: list[str] | None = None) -> int:
     except ImportError as e:
         print(f"llama-rewire serve: {e}: the server needs fastapi, uvicorn and pydantic", file=sys.stderr)
         return 1
-    return server_main(argv, prog="llama-rewire serve")
+    # started as `llama-rewire serve ...` (not called from other code): the process is the server's own
+    own = argv is not None and sys.argv[1:] == ["serve", *argv]
+    return server_main(argv, prog="llama-rewire serve", own_process=own)
