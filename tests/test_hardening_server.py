@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 from checks import free_port, rss_mib
 from pydantic import ValidationError
-from serving import running
+from serving import running, wait_until_up
 
 from llama_rewire import Llama
 from llama_rewire.residual import ControlVector
@@ -272,16 +272,12 @@ def child_server(model: Path) -> Iterator[tuple[httpx.Client, subprocess.Popen[s
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"{url}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
+        try:
+            wait_until_up(proc, url)
+        except AssertionError:
+            if proc.poll() is not None:  # it exited: say why
+                raise AssertionError(proc.communicate()[1]) from None
+            raise
         with httpx.Client(base_url=url, timeout=120, headers={"Content-Type": "application/json"}) as c:
             yield c, proc
     finally:
@@ -397,16 +393,7 @@ def test_the_server_process_runs_on_the_c_allocator(tiny_path: Path) -> None:
                                  "--n_ctx", "64", "--port", str(port)], env={**base, **env},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 60
-            while True:
-                assert proc.poll() is None, "the server exited"
-                try:
-                    if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert time.monotonic() < deadline, "the server did not come up"
-                time.sleep(0.1)
+            wait_until_up(proc, f"http://127.0.0.1:{port}")
             raw = Path(f"/proc/{proc.pid}/environ").read_bytes()  # the same pid: exec, not a child
             items = raw.decode(errors="replace").split("\0")
             return dict(item.split("=", 1) for item in items if "=" in item)

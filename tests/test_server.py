@@ -22,7 +22,7 @@ from typing import Any, cast
 import httpx
 import numpy as np
 import pytest
-from serving import running
+from serving import running, wait_until_up
 
 from llama_rewire import Llama
 from llama_rewire.errors import (
@@ -520,16 +520,7 @@ def test_llama_rewire_serve(smollm2_path: Path) -> None:
            "smol", "--act", "0-5:gelu", "--n_ctx", "128", "--host", "127.0.0.1", "--port", str(port)]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.communicate()[1]
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not come up"
-            time.sleep(0.1)
+        wait_until_up(proc, f"http://127.0.0.1:{port}")
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models").json()["data"]
         assert [(m["id"], m["activations"]) for m in models] == [("smol", "0-5:gelu")]
     finally:
