@@ -128,8 +128,9 @@ def test_greedy_choice_is_the_first_largest_logit_on_a_real_vocabulary(both: Lla
     from checks import greedy_cases
 
     from llama_rewire import _core
+    from llama_rewire.engine import SamplingParams
 
-    sampler = _core.Sampler(both.model, temperature=0.0)
+    sampler = _core.Sampler(both.model, SamplingParams(temperature=0.0))
     for logits in greedy_cases(both.n_vocab(), seed=7):
         assert sampler.sample_logits(logits) == int(np.argmax(logits))
 
@@ -403,6 +404,7 @@ def test_bad_constructor_parameters_raise_instead_of_aborting(smollm2_path: Path
 
 def test_bad_states_and_sampler_inputs_raise(llm: Llama) -> None:
     from llama_rewire import LlamaState, _core
+    from llama_rewire.engine import SamplingParams
 
     llm.reset()
     llm.eval(llm.tokenize(b"Hello there"))
@@ -414,11 +416,13 @@ def test_bad_states_and_sampler_inputs_raise(llm: Llama) -> None:
     llm.load_state(state)
     assert text_of(llm(PROMPT, max_tokens=2, temperature=0.0))
     with pytest.raises(GrammarError):
-        _core.Sampler(llm.model, grammar='root ::= "a"', grammar_lazy=True, trigger_patterns=["(["])
+        _core.Sampler(llm.model, SamplingParams(grammar='root ::= "a"', grammar_lazy=True,
+                                                trigger_patterns=("([",)))
     with pytest.raises(ValueError):
-        _core.Sampler(llm.model, grammar='root ::= "a"', grammar_lazy=True, trigger_tokens=[10**9])
+        _core.Sampler(llm.model, SamplingParams(grammar='root ::= "a"', grammar_lazy=True,
+                                                trigger_tokens=(10**9,)))
     with pytest.raises(ValueError):
-        _core.Sampler(llm.model).sample_logits(np.zeros(3, np.float32))
+        _core.Sampler(llm.model, SamplingParams()).sample_logits(np.zeros(3, np.float32))
     with pytest.raises(GrammarError):  # a token reference the grammar never accepts
         llm(PROMPT, max_tokens=2, grammar=LlamaGrammar.from_string("root ::= <[999999999]>"))
     for bad_schema in ('{"type": "nonsense"}', '{"$ref": "#/definitions/missing"}', "[1, 2]"):

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from llama_rewire import Llama, _core
+from llama_rewire.engine import SamplingParams
 from llama_rewire.llama_chat_format import Jinja2ChatFormatter
 
 VOCABS = Path(__file__).resolve().parents[1] / "vendor" / "llama.cpp" / "models"
@@ -220,8 +221,8 @@ def test_a_tool_calling_template_gives_a_lazy_grammar_and_parses_calls() -> None
     assert json.loads(render.parse("It is sunny."))["content"] == "It is sunny."
     # the grammar compiles against the vocabulary, lazily: before its trigger any token may be sampled
     words = [v for kind, v, _ in render.grammar_triggers if kind == "word"]
-    sampler = _core.Sampler(model, temperature=0.0, grammar=render.grammar, grammar_lazy=True,
-                            trigger_patterns=words)
+    sampler = _core.Sampler(model, SamplingParams(temperature=0.0, grammar=render.grammar, grammar_lazy=True,
+                                                  trigger_patterns=tuple(words)))
     logits = np.zeros(model.n_vocab(), dtype=np.float32)
     free = model.tokenize(b"Sunny", add_special=False)[0]
     logits[free] = 10.0

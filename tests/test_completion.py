@@ -38,10 +38,11 @@ def test_greedy_is_the_argmax_chain(tiny_llm: Any) -> None:
 
 def test_greedy_choice_is_the_first_largest_logit(tiny_llm: Any) -> None:
     from llama_rewire import _core
+    from llama_rewire.engine import SamplingParams
 
     for kind in ("llama", "gpt2"):  # vocabularies of 260 and 258: not whole blocks of 64
         llm = tiny_llm(kind)
-        sampler = _core.Sampler(llm.model, temperature=0.0)
+        sampler = _core.Sampler(llm.model, SamplingParams(temperature=0.0))
         for logits in greedy_cases(llm.n_vocab(), seed=len(kind)):
             assert sampler.sample_logits(logits) == int(np.argmax(logits))
 

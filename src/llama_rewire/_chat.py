@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from . import _core
 from .chat_completion import ToolPlan, check_roles, sentinels_back, tokenize_prompt_parts, with_sentinels
 from .chat_formats import ChatFormatterResponse
+from .engine.sampling import SamplingParams
 from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
@@ -313,24 +314,8 @@ def _as_chunks(result: dict[str, Any]) -> Iterator[dict[str, Any]]:
     }
 
 
-_SAMPLING_KEYS = {
-    "temperature",
-    "top_p",
-    "top_k",
-    "min_p",
-    "typical_p",
-    "seed",
-    "frequency_penalty",
-    "presence_penalty",
-    "repeat_penalty",
-    "mirostat_mode",
-    "mirostat_tau",
-    "mirostat_eta",
-    "logits_processor",
-    "logit_bias",
-    "tfs_z",
-    "stopping_criteria",
-}
+# what a chat request passes on to create_completion as it is: the sampling parameters, seed and callbacks
+_SAMPLING_KEYS = SamplingParams.names() | {"seed", "logits_processor", "stopping_criteria", "tfs_z"}
 
 
 def _regex_escape(s: str) -> str:

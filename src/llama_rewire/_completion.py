@@ -13,12 +13,14 @@ import math
 import time
 import uuid
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _params
+from . import _core, _params
+from .engine.sampling import SamplingParams
 from .errors import ContextOverflowError
 from .llama_grammar import LlamaGrammar
 
@@ -123,15 +125,20 @@ class CompletionIterator:
 
 
 class CompletionRun:
-    """One completion over a step generator of (token, raw logits or None) pairs."""
+    """One completion over a step generator of (token, raw logits or None) pairs.
 
-    def __init__(self, llama: Llama, steps: Iterator[tuple[int, npt.NDArray[np.single] | None]], *,
-                 prompt_tokens: list[int], limit: int, stops: list[str], meta: dict[str, Any],
-                 echo_text: str, logprobs: int | None, prompt_text_len: int = 0,
+    ``vocab`` is the model (end-of-generation, pieces of text), ``token_text`` names a token in the top
+    logprobs, ``criteria_args`` gives what ``stopping_criteria`` is called with (the token ids so far and
+    the last logits)."""
+
+    def __init__(self, vocab: _core.Model, steps: Iterator[tuple[int, npt.NDArray[np.single] | None]], *,
+                 token_text: Callable[[int], str], prompt_tokens: list[int], limit: int, stops: list[str],
+                 meta: dict[str, Any], echo_text: str, logprobs: int | None, prompt_text_len: int = 0,
                  stopping_criteria: Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool] | None,
-                 prompt_logprobs: dict[str, Any] | None = None, on_finish: Callable[[], None] | None = None,
-                 criteria_args: CriteriaArgs | None = None) -> None:
-        self.llama = llama
+                 criteria_args: CriteriaArgs, prompt_logprobs: dict[str, Any] | None = None,
+                 on_finish: Callable[[], None] | None = None) -> None:
+        self.vocab = vocab
+        self.token_text = token_text
         self.steps = steps
         self.prompt_tokens = prompt_tokens
         self.limit = limit
@@ -145,8 +152,7 @@ class CompletionRun:
         self.stopping_criteria = stopping_criteria
         self.prompt_logprobs = prompt_logprobs
         self.on_finish = on_finish
-        # what stopping_criteria is called with: the token ids so far and the last logits
-        self.criteria_args = criteria_args or (lambda: (llama._input_ids, llama.last_logits))
+        self.criteria_args = criteria_args
         self.completion_tokens: list[int] = []
         self.pieces: list[str] = []               # text of each completion token (for logprobs)
         self.token_logprobs: list[float] = []
@@ -165,7 +171,7 @@ class CompletionRun:
         if k > 0:
             idx = np.argpartition(-lp, min(k, len(lp) - 1))[:k]
             for i in idx[np.argsort(-lp[idx])]:
-                top[self.llama.detokenize([int(i)]).decode("utf-8", errors="replace")] = float(lp[i])
+                top[self.token_text(int(i))] = float(lp[i])
         top[piece] = float(lp[token])
         self.token_logprobs.append(float(lp[token]))
         self.top_logprobs.append(top)
@@ -191,7 +197,7 @@ class CompletionRun:
         """
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""
-        model = self.llama.model
+        model = self.vocab
         try:
             while len(self.completion_tokens) < self.limit:
                 token, logits = next(self.steps)
@@ -328,49 +334,57 @@ def _prepend(first: Step, rest: Iterator[Step]) -> Iterator[Step]:
             close()
 
 
-def from_args(llama: Llama, a: dict[str, Any], slots: Slots | None = None
-              ) -> dict[str, Any] | CompletionIterator:
-    """``Llama.create_completion`` for its bound arguments ``a`` (by parameter name)."""
-    sampling = {
-        "temp": a["temperature"], "top_k": a["top_k"], "top_p": a["top_p"], "min_p": a["min_p"],
-        "typical_p": a["typical_p"], "repeat_penalty": a["repeat_penalty"],
-        "frequency_penalty": a["frequency_penalty"], "presence_penalty": a["presence_penalty"],
-        "mirostat_mode": a["mirostat_mode"], "mirostat_tau": a["mirostat_tau"],
-        "mirostat_eta": a["mirostat_eta"], "logit_bias": a["logit_bias"],
-    }
-    return create_completion(
-        llama, a["prompt"], suffix=a["suffix"], max_tokens=a["max_tokens"], logprobs=a["logprobs"],
-        echo=a["echo"], stop=a["stop"], stream=a["stream"], seed=a["seed"], model=a["model"],
-        stopping_criteria=a["stopping_criteria"], logits_processor=a["logits_processor"],
-        grammar=a["grammar"], grammar_lazy=a["_grammar_lazy"], sampling=sampling, slots=slots,
-    )
+@dataclass(frozen=True)
+class Request:
+    """One ``create_completion`` call's arguments, checked when made: what to complete and how
+    (``sampling``). ``stop`` becomes a tuple of stop strings."""
+
+    prompt: PromptType
+    sampling: SamplingParams
+    suffix: str | None = None
+    max_tokens: int | None = 16
+    logprobs: int | None = None
+    echo: bool = False
+    stop: str | Sequence[str] | None = None
+    stream: bool = False
+    seed: int | None = None
+    model: str | None = None
+    stopping_criteria: StoppingCriteria | None = None
+    logits_processor: LogitsProcessor | None = None
+    grammar: LlamaGrammar | None = None
+    grammar_lazy: tuple[Sequence[str], Sequence[int]] | None = None  # trigger patterns and tokens
+
+    def __post_init__(self) -> None:
+        def convert(name: str, value: Any) -> None:
+            object.__setattr__(self, name, value)
+
+        if self.max_tokens is not None and not isinstance(self.max_tokens, (int, np.integer)):
+            raise ValueError(f"max_tokens must be an integer or None, got {self.max_tokens!r}")
+        convert("max_tokens", _params.optional_integer("max_tokens", self.max_tokens))
+        logprobs = self.logprobs
+        if logprobs is not None and (not isinstance(logprobs, (int, np.integer)) or logprobs < 0):
+            raise ValueError(f"logprobs must be a non-negative integer or None, got {logprobs!r}")
+        convert("logprobs", _params.optional_integer("logprobs", logprobs))
+        if _params.flag("suffix", self.suffix):
+            raise ValueError("suffix (fill-in-the-middle) is not supported")
+        if self.grammar is not None and not isinstance(self.grammar, LlamaGrammar):
+            raise TypeError("grammar must be a LlamaGrammar (see LlamaGrammar.from_string)")
+        convert("echo", _params.flag("echo", self.echo))
+        convert("stream", _params.flag("stream", self.stream))
+        convert("stop", tuple(_params.stop_strings(self.stop)))
+        convert("seed", _params.optional_integer("seed", self.seed))
+        _params.callback("stopping_criteria", self.stopping_criteria)
+        _params.callback("logits_processor", self.logits_processor)
 
 
-def create_completion(
-    llama: Llama, prompt: PromptType, *, suffix: str | None, max_tokens: int | None, logprobs: int | None,
-    echo: bool, stop: str | list[str] | None, stream: bool, seed: int | None, model: str | None,
-    stopping_criteria: StoppingCriteria | None, logits_processor: LogitsProcessor | None,
-    grammar: LlamaGrammar | None, grammar_lazy: tuple[Sequence[str], Sequence[int]] | None,
-    sampling: dict[str, Any], slots: Slots | None = None,
-) -> dict[str, Any] | CompletionIterator:
-    """The body of ``Llama.create_completion``: checks, sampler, then a run (streamed or not).
-
-    With ``slots`` the completion runs on one of the Llama's parallel slots (see :mod:`._slots`)
-    instead of its own sequence."""
-    if max_tokens is not None and not isinstance(max_tokens, (int, np.integer)):
-        raise ValueError(f"max_tokens must be an integer or None, got {max_tokens!r}")
-    max_tokens = _params.optional_integer("max_tokens", max_tokens)
-    if logprobs is not None and (not isinstance(logprobs, (int, np.integer)) or logprobs < 0):
-        raise ValueError(f"logprobs must be a non-negative integer or None, got {logprobs!r}")
-    logprobs = _params.optional_integer("logprobs", logprobs)
-    if _params.flag("suffix", suffix):
-        raise ValueError("suffix (fill-in-the-middle) is not supported")
-    if grammar is not None and not isinstance(grammar, LlamaGrammar):
-        raise TypeError("grammar must be a LlamaGrammar (see LlamaGrammar.from_string)")
-    echo, stream = _params.flag("echo", echo), _params.flag("stream", stream)
-    stops = _params.stop_strings(stop)
-    _params.callback("stopping_criteria", stopping_criteria)
-    _params.callback("logits_processor", logits_processor)
+def create_completion(llama: Llama, request: Request, slots: Slots | None = None
+                      ) -> dict[str, Any] | CompletionIterator:
+    """The body of ``Llama.create_completion``: the prompt's tokens, a sampler, then a run (streamed or
+    not). With ``slots`` the completion runs on one of the Llama's parallel slots (see :mod:`._slots`)
+    instead of its own sequence, and the caller does not hold the Llama."""
+    r = request
+    prompt, echo, logprobs, grammar = r.prompt, r.echo, r.logprobs, r.grammar
+    stopping_criteria, logits_processor, stops = r.stopping_criteria, r.logits_processor, list(r.stop or ())
     if echo and logprobs is not None and slots is not None:
         raise ValueError("echo with logprobs needs every prompt token's logits: the parallel slots keep "
                          "only the last one's (use the Llama's own create_completion)")
@@ -383,28 +397,29 @@ def create_completion(
     if len(prompt_tokens) >= n_ctx:
         raise ContextOverflowError(len(prompt_tokens), n_ctx)
     budget = n_ctx - len(prompt_tokens)
-    limit = budget if max_tokens is None or max_tokens <= 0 else min(max_tokens, budget)
-    patterns, trigger_tokens = grammar_lazy if grammar_lazy is not None else ((), ())
-    sampler = llama._sampler(**sampling, seed=llama._draw_seed(seed), grammar=grammar,
-                             grammar_lazy=grammar_lazy is not None, trigger_patterns=patterns,
-                             trigger_tokens=trigger_tokens)
+    limit = budget if r.max_tokens is None or r.max_tokens <= 0 else min(r.max_tokens, budget)
+    sampler = llama._sampler(r.sampling, seed=r.seed, grammar=grammar, grammar_lazy=r.grammar_lazy)
     # text the prompt already holds (see _chat.PrefilledGrammar): the grammar only, the penalties see
     # generated tokens
     for token in getattr(grammar, "prefill", ()):
         sampler.accept_grammar(token)
     meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
-            "model": model if model is not None else llama.model_path}
+            "model": r.model if r.model is not None else llama.model_path}
     prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
         "utf-8", errors="replace")
     echo_text = prompt_text if echo else ""
+
+    def token_text(token: int) -> str:
+        return llama.detokenize([token]).decode("utf-8", errors="replace")
+
     if slots is not None:
         job = slots._submit(prompt_tokens, sampler, limit=limit, want_logits=logprobs is not None,
                             logits_processor=logits_processor, keep_logits=stopping_criteria is not None)
-        run = CompletionRun(llama, job.steps(), prompt_tokens=prompt_tokens, limit=limit, stops=stops,
-                            meta=meta, echo_text=echo_text, logprobs=logprobs,
+        run = CompletionRun(llama.model, job.steps(), token_text=token_text, prompt_tokens=prompt_tokens,
+                            limit=limit, stops=stops, meta=meta, echo_text=echo_text, logprobs=logprobs,
                             prompt_text_len=len(prompt_text), stopping_criteria=stopping_criteria,
                             criteria_args=job.criteria_args)
-        if stream:
+        if r.stream:
             return CompletionIterator(run.chunks(), run)
         return run.complete()
     to_eval = llama._prefix_reuse(prompt_tokens)
@@ -422,11 +437,13 @@ def create_completion(
         if llama.cache is not None and llama.n_tokens:
             llama.cache[llama._input_ids.tolist()] = llama.save_state()
 
-    run = CompletionRun(llama, steps, prompt_tokens=prompt_tokens, limit=limit, stops=stops, meta=meta,
-                        echo_text=echo_text, logprobs=logprobs, prompt_text_len=len(prompt_text),
-                        stopping_criteria=stopping_criteria,
+    seq = llama.sequence
+    run = CompletionRun(llama.model, steps, token_text=token_text, prompt_tokens=prompt_tokens, limit=limit,
+                        stops=stops, meta=meta, echo_text=echo_text, logprobs=logprobs,
+                        prompt_text_len=len(prompt_text), stopping_criteria=stopping_criteria,
+                        criteria_args=lambda: (seq.tokens, seq.last_logits()),
                         prompt_logprobs=prompt_lp, on_finish=finish)
-    if stream:  # the stream holds the Llama until it ends (see _guard.py)
+    if r.stream:  # the stream holds the Llama until it ends (see _guard.py)
         chunks = llama._guard.open_stream(run.chunks(), "create_completion(stream=True)")
         return CompletionIterator(chunks, run)
     return run.complete()

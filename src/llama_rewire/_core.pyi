@@ -5,6 +5,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from .engine.sampling import SamplingParams
+
 ACT_NAMES: tuple[str, ...]
 ACT_EXPR: int
 EXPR_OPS: dict[str, int]
@@ -210,13 +212,7 @@ class Context:
     def ffn_stats_enable(self, on: bool) -> None: ...
 
 class Sampler:
-    def __init__(self, model: Model, temperature: float = 0.8, top_k: int = 40, top_p: float = 0.95,
-                 min_p: float = 0.05, typical_p: float = 1.0, min_keep: int = 1, repeat_penalty: float = 1.0,
-                 frequency_penalty: float = 0.0, presence_penalty: float = 0.0, penalty_last_n: int = 64,
-                 mirostat_mode: int = 0, mirostat_tau: float = 5.0, mirostat_eta: float = 0.1,
-                 seed: int = 0xFFFFFFFF, logit_bias: list[tuple[int, float]] = ..., grammar: str = "",
-                 grammar_lazy: bool = False, trigger_patterns: list[str] = ...,
-                 trigger_tokens: list[int] = ...) -> None: ...
+    def __init__(self, model: Model, params: SamplingParams) -> None: ...
     def sample(self, ctx: Context, idx: int = -1) -> int: ...
     def sample_logits(self, logits: npt.NDArray[np.float32]) -> int: ...
     def accept(self, token: int, grammar: bool = True) -> None: ...

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any, Callable
 
 import numpy as np
 
+from . import _core
 from .errors import NonFiniteLogitsError
-
-if TYPE_CHECKING:
-    from .llama import Llama
 
 POOLING_NONE = 0
 
@@ -27,19 +25,22 @@ def _finite(v: Any) -> Any:
     return v
 
 
-def embed(llama: Llama, input: str | list[str], *, normalize: bool, truncate: bool) -> tuple[Any, int]:
-    """(embeddings, prompt token count): one vector per text, or one per token without pooling."""
+def embed(ctx: _core.Context, tokenize: Callable[[bytes], list[int]], input: str | list[str], *,
+          normalize: bool, truncate: bool) -> tuple[Any, int]:
+    """(embeddings, prompt token count): one vector per text, or one per token without pooling.
+
+    ``tokenize`` turns a text (UTF-8) into its tokens, with the model's prefix; every sequence of ``ctx``
+    is used, and its cache is zeroed at the end."""
     texts = [input] if isinstance(input, str) else input
     if not isinstance(texts, list) or not texts or not all(isinstance(t, str) for t in texts):
         raise TypeError("input must be a string or a non-empty list of strings")
-    ctx = llama.ctx
     n_batch = int(ctx.n_batch())
     n_seq_max = int(ctx.n_seq_max())
     pooled = int(ctx.pooling_type()) != POOLING_NONE
 
     encoded: list[list[int]] = []
     for text in texts:
-        tokens = llama.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+        tokens = tokenize(text.encode("utf-8"))
         if not tokens:
             raise ValueError("cannot embed an empty text: it has no tokens")
         if len(tokens) > n_batch:

@@ -418,11 +418,12 @@ class GuardedStream(Generic[T]):
             guard.exit()
 
 
-def serialised(*, while_streaming: bool = False) -> Callable[[F], F]:
-    """A method decorator: the call runs under ``self._guard`` (see :class:`CallGuard`)."""
+def serialised(*, while_streaming: bool = False, name: str | None = None) -> Callable[[F], F]:
+    """A method decorator: the call runs under ``self._guard`` (see :class:`CallGuard`); ``name`` is what
+    messages call it (default: the method's name)."""
 
     def wrap(method: F) -> F:
-        what = method.__name__
+        what = name or method.__name__
 
         @functools.wraps(method)
         def call(self: Any, *args: Any, **kwargs: Any) -> Any:

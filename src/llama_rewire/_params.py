@@ -205,28 +205,6 @@ def check_llama_args(args: dict[str, Any]) -> dict[str, Any]:
 
 # -- completions -------------------------------------------------------------------------------------
 
-# sampling parameter -> (the name callers know it by, lowest value, highest value)
-SAMPLING_FLOATS = {
-    "temp": "temperature", "top_p": "top_p", "min_p": "min_p", "typical_p": "typical_p",
-    "repeat_penalty": "repeat_penalty", "frequency_penalty": "frequency_penalty",
-    "presence_penalty": "presence_penalty", "mirostat_tau": "mirostat_tau", "mirostat_eta": "mirostat_eta",
-}
-
-
-def check_sampling(params: dict[str, Any], temp_name: str = "temperature") -> dict[str, Any]:
-    """The sampling parameters of ``Llama._sampler`` checked and converted to what the sampler takes."""
-    out = dict(params)
-    for key, name in SAMPLING_FLOATS.items():
-        out[key] = number(temp_name if key == "temp" else name, params[key])
-    # below 0 it keeps the single "most typical" token, as 0 does; but a negative value also keeps a token
-    # of probability 0 (banned by a grammar or a -inf logit bias), which llama.cpp's typical sampler then
-    # picks: the grammar refuses it, or a banned token is generated
-    out["typical_p"] = max(0.0, out["typical_p"])
-    out["top_k"] = integer("top_k", params["top_k"], *INT32)
-    out["mirostat_mode"] = integer("mirostat_mode", params["mirostat_mode"], 0, 2)
-    return out
-
-
 def logit_bias(value: Any, n_vocab: int) -> list[tuple[int, float]]:
     """{token id (int or digit string): bias} as pairs; -inf bans a token, +inf forces it."""
     if value is None:

@@ -15,6 +15,7 @@ from .residual.edits import POINTS, Ablate, Edit, EditChecker, Patch, Steer, Tok
 from .residual.lens import LogitLens
 
 if TYPE_CHECKING:
+    from .engine import Sequence as EngineSequence
     from .llama_cache import BaseLlamaCache
     from .wiring.layout import LayerInfo
     from .wiring.table import Wiring
@@ -32,14 +33,14 @@ class _LastLayerRows(RuntimeError):
 class ResidualMixin:
     """Everything a Llama exposes about its residual stream. The host class provides ``ctx``,
     ``n_layer()``, ``n_ctx()``, ``n_vocab()``, ``tokenize``, ``detokenize``, ``reset()``, ``n_tokens``,
-    ``cache``, ``_n_batch``, ``_n_ubatch``, ``_n_cached``, ``_wiring`` and ``_layout``."""
+    ``cache``, ``_n_batch``, ``_n_ubatch``, ``_seq``, ``_wiring`` and ``_layout``."""
 
     ctx: Any
     n_tokens: int
     cache: BaseLlamaCache | None
     _n_batch: int
     _n_ubatch: int
-    _n_cached: int
+    _seq: EngineSequence
     _wiring: Wiring
     _layout: tuple[LayerInfo, ...]
     _edits: tuple[Edit, ...] = ()
@@ -98,14 +99,12 @@ class ResidualMixin:
     ) -> None:
         """Evaluate toks from position 0, one ubatch per decode (a tap holds the last ubatch only), every
         token an output (or the last of each decode); on_chunk(start, n, logits or None) runs after each."""
-        self.reset()
         ctx = self.ctx
-        ctx.memory_clear()
-        self._n_cached = 0
+        self._seq.restart()
         step = max(1, min(self._n_batch, self._n_ubatch))
         for start in range(0, len(toks), step):
             chunk = toks[start : start + step]
-            self._n_cached = start + len(chunk)  # also if the decode fails half-way
+            self._seq.cached(start + len(chunk))  # also if the decode fails half-way
             rows = ctx.decode(chunk, start, every_output, logits)
             on_chunk(start, len(chunk), rows)
         self._edits_kv_key = self._edits_native_key

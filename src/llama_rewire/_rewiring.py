@@ -14,16 +14,16 @@ from .wiring.stats import KINDS, FfnStats
 from .wiring.table import Wiring
 
 if TYPE_CHECKING:
+    from .engine import Sequence
     from .llama_cache import BaseLlamaCache
 
 
 class RewiringMixin:
     """Everything a Llama exposes about its wiring. The host class provides ``ctx``, ``n_layer()``,
-    ``n_tokens``, ``_row_pending`` and ``cache``."""
+    ``_seq`` and ``cache``."""
 
     ctx: Any
-    n_tokens: int
-    _row_pending: bool
+    _seq: Sequence
     cache: BaseLlamaCache | None
     _wiring: Wiring
     _layout: tuple[LayerInfo, ...]
@@ -63,8 +63,7 @@ class RewiringMixin:
         except ValueError as e:  # the native checks, behind the Python ones: still a spec error
             raise WiringSpecError(str(e)) from None
         self._wiring = wiring
-        self.n_tokens = 0
-        self._row_pending = False
+        self._seq.invalidate()
         if self.cache is not None:
             self.cache.clear()
 

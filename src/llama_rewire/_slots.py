@@ -27,7 +27,6 @@ caches. Residual-stream edits and taps apply to one sequence at a time and are r
 from __future__ import annotations
 
 import collections
-import inspect
 import queue
 import threading
 import time
@@ -38,8 +37,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from . import _core, _params
+from . import _core, _params, engine
 from ._guard import CLOSED
+from .engine import sample_row
 from .errors import NonFiniteLogitsError
 
 if TYPE_CHECKING:
@@ -105,12 +105,15 @@ class _Job:
 
 @dataclass
 class _Slot:
-    """One sequence of the context: the tokens its cache holds, and the job it runs."""
+    """One sequence of the context, and the job it runs."""
 
-    seq: int
-    tokens: list[int]
+    sequence: engine.Sequence
     job: _Job | None = None
     last_used: float = 0.0
+
+    @property
+    def seq(self) -> int:
+        return self.sequence.seq_id
 
     @property
     def state(self) -> str:
@@ -130,14 +133,14 @@ class Slots:
         self.n_parallel = int(ctx.n_seq_max())
         self.n_ctx = llama.n_ctx()
         self._n_batch = int(ctx.n_batch())
-        self._slots = [_Slot(seq=i, tokens=[]) for i in range(self.n_parallel)]
+        self._slots = [_Slot(engine.Sequence(ctx, i, n_ctx=self.n_ctx, n_batch=self._n_batch,
+                                             n_vocab=llama.n_vocab(), memory=llama._memory))
+                       for i in range(self.n_parallel)]
         self._waiting: collections.deque[_Job] = collections.deque()
         self._cv = threading.Condition()
         self._stopping = False
         self._thread: threading.Thread | None = None
         self._turn = -1  # the guard's turn count when the slots last held it
-        # a cached prefix can be kept only where the cache can be cut at any position
-        self._reuse = not (llama._is_recurrent or llama._is_hybrid or llama._swa_window)
         self._counts = {"requests": 0, "prompt_tokens": 0, "prompt_tokens_cached": 0,
                         "tokens_predicted": 0, "decodes": 0, "cancelled": 0, "errors": 0}
 
@@ -145,15 +148,7 @@ class Slots:
 
     def create_completion(self, prompt: PromptType, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
         """As ``Llama.create_completion`` (same arguments, same results), on a slot."""
-        from . import _completion
-        from .llama import Llama
-
-        try:
-            bound = inspect.signature(Llama.create_completion).bind(self._llama, prompt, **kwargs)
-        except TypeError as e:
-            raise TypeError(f"create_completion: {e}") from None
-        bound.apply_defaults()
-        return _completion.from_args(self._llama, bound.arguments, slots=self)
+        return self._llama.create_completion(prompt, _on_slots=self, **kwargs)
 
     def create_chat_completion(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """As ``Llama.create_chat_completion`` (same arguments, same results), on a slot."""
@@ -190,7 +185,7 @@ class Slots:
             out = []
             for s in self._slots:
                 job = s.job
-                out.append({"id": s.seq, "state": s.state, "n_cached": len(s.tokens),
+                out.append({"id": s.seq, "state": s.state, "n_cached": s.sequence.n_tokens,
                             "n_prompt": job.n_prompt if job else 0,
                             "n_generated": job.n_generated if job else 0})
             return out
@@ -289,7 +284,7 @@ class Slots:
             # another call ran since the slots last did (it may have changed the wiring, the edits,
             # or the cache): what the slots' caches hold is not known
             self._forget_caches()
-        llama._forget_sequence()
+        llama.sequence.forget()  # the slots use sequence 0 too
         while True:
             if guard.closing or self._stopping:
                 with self._cv:
@@ -307,26 +302,17 @@ class Slots:
             self._step(active)
 
     def _forget_caches(self) -> None:
-        ctx = self._llama.ctx
         for s in self._slots:
-            s.tokens = []
-        for seq in range(self.n_parallel):
-            ctx.memory_seq_rm(0, -1, seq)
+            s.sequence.clear()
 
     def _reap(self) -> None:
         """Free the slots of jobs that ended (their streams closed); under the lock."""
-        ctx = self._llama.ctx
         for s in self._slots:
             job = s.job
             if job is not None and job.cancelled:
                 self._counts["cancelled"] += 1
                 # a closed stream's generated tokens are of no use: keep its prompt for reuse
-                keep = min(len(s.tokens), job.n_prompt)
-                if keep < len(s.tokens):
-                    if not ctx.memory_seq_rm(keep, -1, s.seq):
-                        ctx.memory_seq_rm(0, -1, s.seq)
-                        keep = 0
-                    del s.tokens[keep:]
+                s.sequence.cut(job.n_prompt)
                 self._release(s)
 
     def _release(self, s: _Slot) -> None:
@@ -358,19 +344,16 @@ class Slots:
 
     def _pick(self, free: list[_Slot], prompt: list[int]) -> _Slot:
         """The free slot whose cache shares the longest prefix with prompt; else the least recently used."""
-        best = max(free, key=lambda s: (_prefix(s.tokens, prompt), -s.last_used))
-        if _prefix(best.tokens, prompt) == 0:
+        best = max(free, key=lambda s: (s.sequence.shared_prefix(prompt), -s.last_used))
+        if best.sequence.shared_prefix(prompt) == 0:
             best = min(free, key=lambda s: s.last_used)
         return best
 
     def _start(self, slot: _Slot, job: _Job) -> None:
-        ctx = self._llama.ctx
-        keep = min(_prefix(slot.tokens, job.prompt), job.n_prompt - 1) if self._reuse else 0
-        if keep < len(slot.tokens):
-            if not ctx.memory_seq_rm(keep, -1, slot.seq):
-                ctx.memory_seq_rm(0, -1, slot.seq)
-                keep = 0
-            del slot.tokens[keep:]
+        seq = slot.sequence
+        # a cached prefix can be kept only where the cache can be cut at any position
+        seq.cut(min(seq.shared_prefix(job.prompt), job.n_prompt - 1) if seq.memory.can_roll_back else 0)
+        keep = seq.n_tokens
         job.pending = job.prompt[keep:]
         job.evaluated = len(job.pending)
         self._counts["prompt_tokens"] += len(job.pending)
@@ -397,7 +380,7 @@ class Slots:
             if take == 0:
                 continue
             start = len(tokens)
-            base = len(s.tokens)
+            base = s.sequence.n_tokens
             chunk = job.pending[:take]
             tokens.extend(chunk)
             pos.extend(range(base, base + take))
@@ -416,7 +399,7 @@ class Slots:
             with self._cv:
                 for s, _, _ in fed:
                     # the cache may hold part of the batch: drop this sequence's tokens from its start
-                    ctx.memory_seq_rm(len(s.tokens), -1, s.seq)
+                    s.sequence.drop_tail()
                     self._fail(s, e)
             if not isinstance(e, Exception):
                 raise
@@ -426,7 +409,7 @@ class Slots:
             job = s.job
             if job is None:  # ended with the error of another sequence's sampling (non-finite logits)
                 continue
-            s.tokens.extend(job.pending[:take])
+            s.sequence.fed(job.pending[:take])
             del job.pending[:take]
             if job.pending:
                 continue  # the prompt's next chunk goes in a later step
@@ -435,20 +418,14 @@ class Slots:
     def _sample(self, s: _Slot, job: _Job, i: int) -> None:
         if job.cancelled:
             return  # freed at the next step
-        ctx = self._llama.ctx
+        ctx = s.sequence.ctx
         raw = None
         try:
             with _params.grammar_messages():
                 wanted = job.want_logits or job.keep_logits or job.logits_processor is not None
                 raw = ctx.logits_ith(i) if wanted else None
-                if job.logits_processor is not None:
-                    assert raw is not None
-                    processed = _params.processed_logits(
-                        job.logits_processor(np.asarray(job.ids, dtype=np.intc), raw.copy()),
-                        self._llama._n_vocab)
-                    token = int(job.sampler.sample_logits(processed))
-                else:
-                    token = int(job.sampler.sample(ctx, i))
+                token = sample_row(job.sampler, ctx, i, raw, logits_processor=job.logits_processor,
+                                   ids=lambda: np.asarray(job.ids, dtype=np.intc), n_vocab=s.sequence.n_vocab)
         except NonFiniteLogitsError as e:
             with self._cv:
                 if raw is not None and bool(np.all(np.isfinite(raw))):  # a logits_processor's NaN: its own
@@ -459,8 +436,8 @@ class Slots:
                 # times NaN), so every running sequence ends with the error and the whole cache is zeroed
                 for other in self._slots:
                     self._fail(other, e)
-                    other.tokens.clear()
-                ctx.memory_clear()
+                    other.sequence.emptied()
+                s.sequence.wipe()
             return
         except BaseException as e:
             with self._cv:
@@ -501,14 +478,6 @@ class Slots:
 
 EDITS_REFUSED = ("this Llama has residual-stream edits set: edits apply to one sequence at a time, so they "
                  "run on the Llama's own create_completion, not on parallel slots")
-
-
-def _prefix(a: Sequence[int], b: Sequence[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
 
 
 class _SlotsView:

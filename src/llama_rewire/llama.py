@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import os
 import random
@@ -13,7 +14,7 @@ from typing import Any, Callable, Union
 import numpy as np
 import numpy.typing as npt
 
-from . import _completion, _core, _llama_compat, _load, _logging, _params, rpc
+from . import _completion, _core, _llama_compat, _load, _logging, _params, engine, rpc
 from ._completion import CompletionIterator
 from ._embedding import embed as _embed
 from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
@@ -21,8 +22,11 @@ from ._llama_compat import MinTokensLogitsProcessor as MinTokensLogitsProcessor 
 from ._residual import ResidualMixin
 from ._rewiring import RewiringMixin
 from ._slots import Slots
-from .errors import ActivationSpecError, ContextOverflowError, NonFiniteLogitsError
-from .llama_cache import BaseLlamaCache, LlamaState, checked_state, prefix_len
+from .engine import prefix_len, sample_row
+from .engine.sampling import SamplingParams
+from .errors import ActivationSpecError, NonFiniteLogitsError
+from .generate import speculative, steps
+from .llama_cache import BaseLlamaCache, LlamaState, checked_state
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
 from .llama_tokenizer import BaseLlamaTokenizer
@@ -170,20 +174,14 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self._rng = random.Random(None if seed == LLAMA_DEFAULT_SEED else seed)
         self._n_vocab = self._model.n_vocab()
         self.metadata: dict[str, str] = self._model.metadata()
-        self.n_tokens = 0
-        self._n_cached = 0  # positions the KV cache may hold (>= n_tokens)
-        self._row_pending = False  # the last token's logits are still only in the context
-        self._pending_out = -1  # ... as this output of the last decode
         # a window-sized sliding-window cache forgets old positions (swa_full=False; llama.cpp's default
         # keeps them all): prefix reuse must check that what it keeps is still there
-        self._swa_window = self._model.n_swa() if a["swa_full"] is False else 0
-        # recurrent state cannot be rolled back to an earlier position (llama-cpp-python's names)
-        self._is_recurrent = bool(self._model.is_recurrent())
-        self._is_hybrid = bool(self._model.is_hybrid())
-        self._ctx_has_logits = False  # the context holds the logits of the last evaluated token
+        self._memory = engine.Memory(recurrent=bool(self._model.is_recurrent()),
+                                     hybrid=bool(self._model.is_hybrid()),
+                                     swa_window=self._model.n_swa() if a["swa_full"] is False else 0)
         self.cache: BaseLlamaCache | None = None
-        self.input_ids: npt.NDArray[np.intc] = np.zeros(0, dtype=np.intc)
-        self._scores_buf: npt.NDArray[np.single] = np.zeros((0, self._n_vocab), dtype=np.single)
+        # the tokens evaluated on the context's sequence 0 (none without a context: vocab_only)
+        self._seq = engine.Sequence(None, 0, n_ctx=0, n_batch=1, n_vocab=self._n_vocab, memory=self._memory)
         self._setup_chat(chat_format, chat_handler)
         if a["vocab_only"]:
             return
@@ -197,14 +195,15 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self._n_batch = self.n_batch = self._ctx.n_batch()
         self._n_ubatch = self._ctx.n_ubatch()
         self.context_params = _llama_compat.context_params(self, a)  # with the context's n_ctx, ...
-        self.input_ids = np.zeros(self._n_ctx, dtype=np.intc)
-        # calloc'd: only the rows that are written take memory. Without logits_all only the last
-        # token's row is written; a window too large to address (e.g. n_ctx=0 on a long-context model
-        # with a large vocabulary) then keeps that row alone, in row 0 (see last_logits).
+        # Without logits_all only the last token's row of logits is written; a window too large to
+        # address (e.g. n_ctx=0 on a long-context model with a large vocabulary) then keeps that row
+        # alone, in row 0 (see Sequence.last_logits).
         rows = self._n_ctx
         if not logits_all and self._n_ctx * self._n_vocab * 4 > _MAX_SPARSE_SCORES_BYTES:
             rows = 1
-        self._scores_buf = np.zeros((rows, self._n_vocab), dtype=np.single)
+        self._seq = engine.Sequence(self._ctx, 0, n_ctx=self._n_ctx, n_batch=self._n_batch,
+                                    n_vocab=self._n_vocab, memory=self._memory, logits_all=logits_all,
+                                    rows=rows, check_open=self._check_open)
         which = "wiring"
         try:  # the spec's own error, saying which argument held it
             self._init_wiring(wiring, None)
@@ -250,6 +249,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
 
     def _free(self) -> None:
         if self._ctx is not None:
+            self._seq.detach()
             self._ctx.close()
             self._ctx = None
         self._chat_templates = None
@@ -337,30 +337,49 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
                 self._slots = Slots(self)
             return self._slots
 
-    def _forget_sequence(self) -> None:
-        """The slots use sequence 0 too: what the Llama's own calls evaluated there is gone."""
-        self.n_tokens = 0
-        self._n_cached = self._n_ctx
-        self._row_pending = False
-        self._ctx_has_logits = False
+    @property
+    def sequence(self) -> engine.Sequence:
+        """The context's sequence 0, which the Llama's own calls evaluate (see
+        :class:`~llama_rewire.engine.Sequence`); the slots use it too, and it then forgets its tokens."""
+        return self._seq
+
+    @property
+    def _is_recurrent(self) -> bool:  # llama-cpp-python's name (its tests read it)
+        return self._memory.recurrent
+
+    @property
+    def _is_hybrid(self) -> bool:  # llama-cpp-python's name
+        return self._memory.hybrid
+
+    def _check_open(self) -> None:
+        if self._guard.closing:
+            raise RuntimeError(CLOSING)
+
+    @property
+    def n_tokens(self) -> int:
+        """How many tokens are evaluated (``input_ids[:n_tokens]``)."""
+        return self._seq.n_tokens
+
+    @n_tokens.setter
+    def n_tokens(self, n: int) -> None:
+        self._seq.n_tokens = n
+
+    @property
+    def input_ids(self) -> npt.NDArray[np.intc]:
+        """The evaluated tokens by position (a buffer of ``n_ctx``; the first ``n_tokens`` are meaningful)."""
+        return self._seq.ids
 
     @property
     @serialised(while_streaming=True)
     def scores(self) -> npt.NDArray[np.single]:
         """Logits by position: every row with ``logits_all``, else the last evaluated token's row."""
-        if self._row_pending:
-            row = min(self.n_tokens, len(self._scores_buf)) - 1
-            self._scores_buf[row] = self.ctx.logits_ith(self._pending_out)
-            self._row_pending = False
-        return self._scores_buf
+        return self._seq.all_scores()
 
     @property
+    @serialised(while_streaming=True)
     def last_logits(self) -> npt.NDArray[np.single]:
         """The logits of the last evaluated token."""
-        if self.n_tokens == 0:
-            raise RuntimeError("no token has been evaluated")
-        row: npt.NDArray[np.single] = self.scores[min(self.n_tokens, len(self._scores_buf)) - 1]
-        return row
+        return self._seq.last_logits()
 
     @property
     def _scores(self) -> npt.NDArray[np.single]:
@@ -416,8 +435,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
     @serialised()
     def reset(self) -> None:
         """Forget the evaluated tokens (the KV cache is overwritten from position 0 on the next eval)."""
-        self.n_tokens = 0
-        self._row_pending = False
+        self._seq.reset()
 
     @serialised()
     def eval(self, tokens: Sequence[int]) -> None:
@@ -425,80 +443,8 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
 
         With ``logits_all`` every token's logits land in ``scores``; otherwise the last token's.
         """
-        if self._guard.closing:
-            raise RuntimeError(CLOSING)
-        toks = [int(t) for t in tokens]
-        if self.n_tokens + len(toks) > self._n_ctx:
-            raise ContextOverflowError(self.n_tokens + len(toks), self._n_ctx)
-        ctx = self.ctx
-        # whatever the cache holds beyond n_tokens is stale (reset(), prefix reuse); in the common case
-        # of appending (generation) there is nothing to remove, so skip the call on that hot path
-        if self._n_cached > self.n_tokens and not self._drop_tail():
-            # the kept prefix cannot be continued (a window-sized sliding-window cache has dropped
-            # positions it needs): start over and evaluate it again
-            toks = self.input_ids[: self.n_tokens].tolist() + toks
-            ctx.memory_clear()
-            self.n_tokens = 0
-        self._n_cached = self.n_tokens
-        self._row_pending = False
-        self._pending_out = -1
-        self._ctx_has_logits = False
-        for start in range(0, len(toks), self._n_batch):
-            batch = toks[start : start + self._n_batch]
-            n_past = self.n_tokens
-            self._n_cached = n_past + len(batch)  # also if the decode fails half-way
-            logits = ctx.decode(batch, n_past, self._logits_all, copy=self._logits_all)
-            self.input_ids[n_past : n_past + len(batch)] = batch
-            if self._logits_all:
-                self._scores_buf[n_past : n_past + len(batch)] = logits
-            self.n_tokens = n_past + len(batch)
-        # without logits_all the last row is copied out of the context only when someone reads it
-        self._row_pending = not self._logits_all and bool(toks)
-        self._ctx_has_logits = self._ctx_has_logits or bool(toks)
-
-    def _drop_tail(self) -> bool:
-        """Remove the cached positions from n_tokens on; whether the rest can be continued."""
-        if not self.ctx.memory_seq_rm(self.n_tokens, -1):
-            return False
-        if self._swa_window and self.n_tokens:
-            pos_min = self.ctx.memory_seq_pos_min(0)
-            return 0 <= pos_min <= max(0, self.n_tokens - self._swa_window)
-        return True
-
-    def _eval_outputs(self, tokens: list[int]) -> None:
-        """Evaluate tokens (at most n_batch) in one decode that keeps the logits of each one, as outputs
-        0, 1, ... of the context: speculative decoding verifies a draft with them."""
-        if self._guard.closing:
-            raise RuntimeError(CLOSING)
-        if self.n_tokens + len(tokens) > self._n_ctx:
-            raise ContextOverflowError(self.n_tokens + len(tokens), self._n_ctx)
-        if self._n_cached > self.n_tokens and not self._drop_tail():
-            raise RuntimeError("the KV cache cannot be rolled back to the evaluated tokens")
-        n_past = self.n_tokens
-        self._n_cached = n_past + len(tokens)
-        self._row_pending = False
-        logits = self.ctx.decode(tokens, n_past, True, copy=self._logits_all)
-        self.input_ids[n_past : n_past + len(tokens)] = tokens
-        if self._logits_all:
-            self._scores_buf[n_past : n_past + len(tokens)] = logits
-        self.n_tokens = n_past + len(tokens)
-        self._ctx_has_logits = True
-
-    def _select_output(self, n_tokens: int, out: int) -> None:
-        """Count n_tokens as evaluated, their last one being output ``out`` of the last decode."""
-        self.n_tokens = n_tokens
-        self._row_pending = not self._logits_all
-        self._pending_out = out
-
-    def _drop_uncounted(self) -> None:
-        """Remove the cached positions from n_tokens on now (rejected draft tokens)."""
-        if self._n_cached > self.n_tokens and self._drop_tail():
-            self._n_cached = self.n_tokens
-
-    def _can_draft(self) -> bool:
-        """Whether speculative decoding applies: a draft model, and a cache that can be rolled back."""
-        return (self.draft_model is not None and not (self._is_recurrent or self._is_hybrid)
-                and not self._swa_window)
+        self.ctx  # noqa: B018 - raises once closed
+        self._seq.eval([int(t) for t in tokens])
 
     @serialised(while_streaming=True)
     def set_seed(self, seed: int) -> None:
@@ -516,7 +462,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
     def save_state(self) -> LlamaState:
         data = bytes(self.ctx.state_get())
         if self._logits_all:
-            scores = self._scores_buf[: self.n_tokens].copy()
+            scores = self._seq.all_scores()[: self.n_tokens].copy()
         elif self.n_tokens:
             scores = self.last_logits[None, :].copy()
         else:
@@ -536,15 +482,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         n, ids, scores, data = checked_state(state, min(self._n_ctx, len(self.input_ids)), self._n_vocab,
                                              self._logits_all)
         self.ctx.state_set(data)
-        self.input_ids[:n] = ids
-        if self._logits_all:
-            self._scores_buf[:n] = scores[:n]
-        elif n and len(scores):
-            self._scores_buf[min(n, len(self._scores_buf)) - 1] = scores[-1]
-        self.n_tokens = n
-        self._n_cached = n
-        self._row_pending = False
-        self._ctx_has_logits = False  # the native state holds the KV cache, not the logits
+        self._seq.restore(n, ids, scores)  # the native state holds the KV cache, not the logits
         self._seed = state.seed
         if state.rng_state is not None:
             self._rng.setstate(state.rng_state)  # type: ignore[arg-type]
@@ -557,45 +495,18 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
             return seed & 0xFFFFFFFF
         return self._rng.getrandbits(32)
 
-    def _sampler(
-        self,
-        *,
-        temp: float,
-        top_k: int,
-        top_p: float,
-        min_p: float,
-        typical_p: float,
-        repeat_penalty: float,
-        frequency_penalty: float,
-        presence_penalty: float,
-        mirostat_mode: int,
-        mirostat_tau: float,
-        mirostat_eta: float,
-        seed: int,
-        logit_bias: dict[Any, float] | None,
-        grammar: LlamaGrammar | str | None,
-        grammar_lazy: bool = False,
-        trigger_patterns: Sequence[str] = (),
-        trigger_tokens: Sequence[int] = (),
-        temp_name: str = "temperature",
-    ) -> _core.Sampler:
-        p = _params.check_sampling({
-            "temp": temp, "top_k": top_k, "top_p": top_p, "min_p": min_p, "typical_p": typical_p,
-            "repeat_penalty": repeat_penalty, "frequency_penalty": frequency_penalty,
-            "presence_penalty": presence_penalty, "mirostat_mode": mirostat_mode,
-            "mirostat_tau": mirostat_tau, "mirostat_eta": mirostat_eta}, temp_name)
-        bias = _params.logit_bias(logit_bias, self._n_vocab)
+    def _sampler(self, params: SamplingParams, *, seed: int | None, grammar: LlamaGrammar | str | None = None,
+                 grammar_lazy: tuple[Sequence[str], Sequence[int]] | None = None) -> _core.Sampler:
+        """A native sampler for ``params`` with this Llama's penalty window, the seed drawn from its seed
+        sequence where ``seed`` is None (or llama.cpp's random seed), and a grammar (``grammar_lazy``: its
+        trigger patterns and tokens)."""
         gbnf = grammar.grammar if isinstance(grammar, LlamaGrammar) else (grammar or "")
-        _params.grammar_tokens(gbnf, self._n_vocab)
-        return _core.Sampler(
-            self.model, temperature=p["temp"], top_k=p["top_k"], top_p=p["top_p"], min_p=p["min_p"],
-            typical_p=p["typical_p"], repeat_penalty=p["repeat_penalty"],
-            frequency_penalty=p["frequency_penalty"], presence_penalty=p["presence_penalty"],
-            penalty_last_n=self.last_n_tokens_size, mirostat_mode=p["mirostat_mode"],
-            mirostat_tau=p["mirostat_tau"], mirostat_eta=p["mirostat_eta"], seed=seed, logit_bias=bias,
-            grammar=gbnf, grammar_lazy=grammar_lazy, trigger_patterns=list(trigger_patterns),
-            trigger_tokens=[int(t) for t in trigger_tokens],
-        )
+        patterns, trigger_tokens = grammar_lazy if grammar_lazy is not None else ((), ())
+        params = dataclasses.replace(params, penalty_last_n=self.last_n_tokens_size,
+                                     seed=self._draw_seed(seed))
+        params = params.with_grammar(gbnf, self._n_vocab, lazy=grammar_lazy is not None,
+                                     trigger_patterns=patterns, trigger_tokens=trigger_tokens)
+        return _core.Sampler(self.model, params)
 
     @serialised()
     def sample(
@@ -621,37 +532,30 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
 
         ``idx``: the position whose logits to sample from (with ``logits_all``; default: the last).
         """
-        sampler = self._sampler(
-            temp=temp, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p,
-            repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+        params = SamplingParams.checked(
+            self._n_vocab, temp_name="temp", temperature=temp, top_k=top_k, top_p=top_p, min_p=min_p,
+            typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
             presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, seed=self._draw_seed(None), logit_bias=None, grammar=grammar,
-            temp_name="temp")
+            mirostat_eta=mirostat_eta)
+        sampler = self._sampler(params, seed=None, grammar=grammar)
         # a fresh sampler, as in llama-cpp-python: the penalties see no earlier token
         with _params.grammar_messages(), self._dropping_non_finite():
             return self._sample(sampler, logits_processor, idx)
 
     def _sample(self, sampler: _core.Sampler, logits_processor: LogitsProcessor | None,
                 idx: int | None) -> int:
+        seq = self._seq
         if idx is not None and idx != self.n_tokens - 1:
             if not (self._logits_all and 0 <= idx < self.n_tokens):
                 raise ValueError(f"idx={idx}: only the last evaluated position's logits are kept "
                                  "(logits_all=True keeps every position's)")
-            logits = self._scores_buf[idx]
-            if logits_processor is not None:
-                logits = self._processed(logits_processor, self.input_ids[: idx + 1], logits.copy())
-            return int(sampler.sample_logits(logits))
-        if logits_processor is not None:
-            return int(sampler.sample_logits(
-                self._processed(logits_processor, self._input_ids, self.last_logits.copy())))
-        if not self._ctx_has_logits:  # after load_state: the context's own logits are stale
-            return int(sampler.sample_logits(self.last_logits))
-        return int(sampler.sample(self.ctx, -1))
-
-    def _processed(self, processor: LogitsProcessor, ids: npt.NDArray[np.intc],
-                   logits: npt.NDArray[np.single]) -> npt.NDArray[np.single]:
-        """The logits after a logits_processor, checked."""
-        return _params.processed_logits(processor(ids, logits), self._n_vocab)
+            row = seq.all_scores()[idx]
+            return sample_row(sampler, self.ctx, None, row, logits_processor=logits_processor,
+                              ids=seq.ids[: idx + 1], n_vocab=self._n_vocab)
+        # after load_state the context's own logits are stale: the sampler reads the kept row
+        out = -1 if seq.ctx_has_logits and logits_processor is None else None
+        return sample_row(sampler, self.ctx, out, None if out == -1 else seq.last_logits(),
+                          logits_processor=logits_processor, ids=seq.tokens, n_vocab=self._n_vocab)
 
     def _steps(
         self,
@@ -668,40 +572,21 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         """
         self.eval(tokens)
         with self._dropping_non_finite():
-            if self._can_draft():
-                from . import _speculative
-
-                assert self.draft_model is not None
-                yield from _speculative.steps(self, sampler, self.draft_model,
-                                              logits_processor=logits_processor, want_logits=want_logits)
-                return
-            ctx = self.ctx
-            with _params.grammar_messages():
-                while True:
-                    raw = self.last_logits.copy() if (want_logits or logits_processor is not None) else None
-                    if logits_processor is not None:
-                        assert raw is not None
-                        processed = self._processed(logits_processor, self._input_ids, raw.copy())
-                        token = int(sampler.sample_logits(processed))
-                    else:
-                        token = int(sampler.sample(ctx, -1))
-                    yield token, raw
-                    self.eval([token])
+            if self.draft_model is not None and self._memory.can_roll_back:
+                yield from speculative.steps(self._seq, sampler, self.draft_model,
+                                             logits_processor=logits_processor, want_logits=want_logits)
+            else:
+                yield from steps.steps(self._seq, sampler, logits_processor=logits_processor,
+                                       want_logits=want_logits)
 
     @contextlib.contextmanager
     def _dropping_non_finite(self) -> Iterator[None]:
         """Logits that are not finite (NaN, inf: the computation overflowed) raise NonFiniteLogitsError,
-        and the KV cache is then zeroed and forgotten: it may hold NaN keys and values, and attention
-        multiplies a masked cell's value by a weight of zero, which for NaN is NaN, so they would leak
-        into whatever sequence is evaluated next over the same cells."""
+        and the KV cache is then zeroed and forgotten (see :meth:`Sequence.wipe`)."""
         try:
             yield
         except NonFiniteLogitsError:
-            self.ctx.memory_clear()
-            self.n_tokens = 0
-            self._n_cached = 0
-            self._row_pending = False
-            self._ctx_has_logits = False
+            self._seq.wipe()
             raise
 
     def generate(
@@ -729,30 +614,28 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
     ) -> Iterator[int]:
         """Yield sampled tokens after evaluating ``tokens``; the caller stops the loop (or closes the
         iterator). Like a streamed completion, it holds the Llama from its first step to its end."""
+
+        def params() -> SamplingParams:  # checked at the first step, as the tokens are
+            return SamplingParams.checked(
+                self._n_vocab, temperature=temp if temperature is None else temperature, top_k=top_k,
+                top_p=top_p, min_p=min_p, typical_p=typical_p, repeat_penalty=repeat_penalty,
+                frequency_penalty=frequency_penalty, presence_penalty=presence_penalty,
+                mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau, mirostat_eta=mirostat_eta)
+
         return GuardedStream.lazy(self._guard, self._generate(
-            tokens, top_k=top_k, top_p=top_p, min_p=min_p, typical_p=typical_p, temp=temp,
-            repeat_penalty=repeat_penalty, reset=reset, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, logits_processor=logits_processor,
-            stopping_criteria=stopping_criteria, grammar=grammar, seed=seed, temperature=temperature,
-        ), "generate")
+            tokens, params, reset=reset, logits_processor=logits_processor,
+            stopping_criteria=stopping_criteria, grammar=grammar, seed=seed), "generate")
 
     def _generate(
-        self, tokens: Sequence[int], *, top_k: int, top_p: float, min_p: float, typical_p: float,
-        temp: float, repeat_penalty: float, reset: bool, frequency_penalty: float, presence_penalty: float,
-        mirostat_mode: int, mirostat_tau: float, mirostat_eta: float,
+        self, tokens: Sequence[int], params: Callable[[], SamplingParams], *, reset: bool,
         logits_processor: LogitsProcessor | None, stopping_criteria: StoppingCriteria | None,
-        grammar: LlamaGrammar | None, seed: int | None, temperature: float | None,
+        grammar: LlamaGrammar | None, seed: int | None,
     ) -> Iterator[int]:
         toks = [int(t) for t in tokens]
         if not toks:
             raise ValueError("generate needs at least one prompt token")
         toks = self._prefix_reuse(toks) if reset else toks
-        sampler = self._sampler(
-            temp=temp if temperature is None else temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-            typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
-            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
-            mirostat_eta=mirostat_eta, seed=self._draw_seed(seed), logit_bias=None, grammar=grammar)
+        sampler = self._sampler(params(), seed=seed, grammar=grammar)
         for token, _ in self._steps(toks, sampler, logits_processor=logits_processor, want_logits=False):
             if stopping_criteria is not None and _params.stop_verdict(
                     stopping_criteria(self._input_ids, self.last_logits)):
@@ -775,13 +658,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self._resid_before_prompt(len(tokens))  # "prompt" / "generated" edits, for this prompt
         if self.cache is not None and tokens:
             self._load_cached_prefix(tokens)
-        n = 0
-        limit = min(self.n_tokens, len(tokens) - 1)
-        while n < limit and self.input_ids[n] == tokens[n]:
-            n += 1
-        self.n_tokens = n
-        self._row_pending = False
-        return tokens[n:]
+        return self._seq.reuse(tokens)
 
     def _load_cached_prefix(self, tokens: list[int]) -> None:
         assert self.cache is not None
@@ -806,7 +683,6 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         ).astype(np.single)
         return out
 
-    @serialised()
     def create_completion(
         self,
         prompt: PromptType,
@@ -836,6 +712,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         logit_bias: dict[Any, float] | None = None,
         *,
         _grammar_lazy: tuple[Sequence[str], Sequence[int]] | None = None,
+        _on_slots: Slots | None = None,
         **kwargs: Any,
     ) -> dict[str, Any] | CompletionIterator:
         """Complete a prompt: an OpenAI-shaped ``text_completion`` dict, or an iterator of chunks.
@@ -843,7 +720,22 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         Errors in the request (a bad parameter, a grammar that does not parse, a prompt that does not
         fit) are raised here, before any chunk is produced.
         """
-        return _completion.from_args(self, locals())
+        sampling = SamplingParams.checked(
+            self._n_vocab, temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+            typical_p=typical_p, repeat_penalty=repeat_penalty, frequency_penalty=frequency_penalty,
+            presence_penalty=presence_penalty, mirostat_mode=mirostat_mode, mirostat_tau=mirostat_tau,
+            mirostat_eta=mirostat_eta, logit_bias=logit_bias)
+        request = _completion.Request(
+            prompt, sampling, suffix=suffix, max_tokens=max_tokens, logprobs=logprobs, echo=echo, stop=stop,
+            stream=stream, seed=seed, model=model, stopping_criteria=stopping_criteria,
+            logits_processor=logits_processor, grammar=grammar, grammar_lazy=_grammar_lazy)
+        if _on_slots is not None:  # Slots.create_completion: the slots' decode thread runs it
+            return _completion.create_completion(self, request, _on_slots)
+        return self._complete(request)
+
+    @serialised(name="create_completion")
+    def _complete(self, request: _completion.Request) -> dict[str, Any] | CompletionIterator:
+        return _completion.create_completion(self, request)
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
         return self.create_completion(prompt, *args, **kwargs)
@@ -887,9 +779,9 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         """Embeddings of a text or a list of texts (pooled as the model defines; per token if none)."""
         if not self._embedding:
             raise RuntimeError("Llama model must be created with embedding=True to call this method")
-        result = _embed(self, input, normalize=normalize, truncate=truncate)
-        self.n_tokens = 0
-        self._n_cached = self._n_ctx  # the cache holds other sequences now
+        result = _embed(self.ctx, lambda text: self.tokenize(text, add_bos=True, special=False), input,
+                        normalize=normalize, truncate=truncate)
+        self._seq.forget()  # the cache holds other sequences now
         return result if return_count else result[0]
 
     def create_embedding(self, input: str | list[str], model: str | None = None) -> dict[str, Any]:

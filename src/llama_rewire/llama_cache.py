@@ -19,6 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ._params import integer
+from .engine.sequence import prefix_len
 
 
 @dataclass
@@ -63,16 +64,6 @@ def checked_state(state: LlamaState, capacity: int, n_vocab: int, logits_all: bo
         raise ValueError(f"LlamaState.scores must hold {rows} rows of {n_vocab} logits, got shape "
                          f"{scores.shape}")
     return n, ids[:n].astype(np.intc), scores.astype(np.single, copy=False), bytes(data)
-
-
-def prefix_len(a: Sequence[int], b: Sequence[int]) -> int:
-    """How many leading tokens a and b share."""
-    n = 0
-    for x, y in zip(a, b):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 class BaseLlamaCache(ABC):

@@ -405,42 +405,35 @@ static bool grammar_check(py::object mdl, const std::string & gbnf) {
 
 void bind_sampler(py::module_ & m) {
     py::class_<sampler>(m, "Sampler", "A llama.cpp sampler chain with an optional GBNF grammar.")
-        .def(py::init([](std::shared_ptr<model> mdl, float temperature, int32_t top_k, float top_p, float min_p,
-                         float typical_p, int32_t min_keep, float repeat_penalty, float frequency_penalty,
-                         float presence_penalty, int32_t penalty_last_n, int32_t mirostat_mode, float mirostat_tau,
-                         float mirostat_eta, uint32_t seed, const std::vector<std::pair<llama_token, float>> & logit_bias,
-                         const std::string & grammar, bool grammar_lazy,
-                         const std::vector<std::string> & trigger_patterns,
-                         const std::vector<llama_token> & trigger_tokens) {
+        .def(py::init([](std::shared_ptr<model> mdl, const py::object & params) {
                  if (!mdl) {
                      throw py::value_error("model is None");
                  }
+                 // a SamplingParams (llama_rewire.engine.sampling), read field by field by name
+                 auto get = [&](const char * name) { return params.attr(name); };
                  sampler_params p;
-                 p.temperature = temperature;
-                 p.top_k = top_k;
-                 p.top_p = top_p;
-                 p.min_p = min_p;
-                 p.typical_p = typical_p;
-                 p.min_keep = min_keep;
-                 p.repeat_penalty = repeat_penalty;
-                 p.frequency_penalty = frequency_penalty;
-                 p.presence_penalty = presence_penalty;
-                 p.penalty_last_n = penalty_last_n;
-                 p.mirostat_mode = mirostat_mode;
-                 p.mirostat_tau = mirostat_tau;
-                 p.mirostat_eta = mirostat_eta;
-                 p.seed = seed;
-                 return std::make_unique<sampler>(std::move(mdl), p, logit_bias, grammar, grammar_lazy,
-                                                  trigger_patterns, trigger_tokens);
+                 p.temperature = get("temperature").cast<float>();
+                 p.top_k = get("top_k").cast<int32_t>();
+                 p.top_p = get("top_p").cast<float>();
+                 p.min_p = get("min_p").cast<float>();
+                 p.typical_p = get("typical_p").cast<float>();
+                 p.min_keep = get("min_keep").cast<int32_t>();
+                 p.repeat_penalty = get("repeat_penalty").cast<float>();
+                 p.frequency_penalty = get("frequency_penalty").cast<float>();
+                 p.presence_penalty = get("presence_penalty").cast<float>();
+                 p.penalty_last_n = get("penalty_last_n").cast<int32_t>();
+                 p.mirostat_mode = get("mirostat_mode").cast<int32_t>();
+                 p.mirostat_tau = get("mirostat_tau").cast<float>();
+                 p.mirostat_eta = get("mirostat_eta").cast<float>();
+                 p.seed = get("seed").cast<uint32_t>();
+                 return std::make_unique<sampler>(
+                     std::move(mdl), p, get("logit_bias").cast<std::vector<std::pair<llama_token, float>>>(),
+                     get("grammar").cast<std::string>(), get("grammar_lazy").cast<bool>(),
+                     get("trigger_patterns").cast<std::vector<std::string>>(),
+                     get("trigger_tokens").cast<std::vector<llama_token>>());
              }),
-             py::arg("model"), py::arg("temperature") = 0.8f, py::arg("top_k") = 40, py::arg("top_p") = 0.95f,
-             py::arg("min_p") = 0.05f, py::arg("typical_p") = 1.0f, py::arg("min_keep") = 1,
-             py::arg("repeat_penalty") = 1.0f, py::arg("frequency_penalty") = 0.0f,
-             py::arg("presence_penalty") = 0.0f, py::arg("penalty_last_n") = 64, py::arg("mirostat_mode") = 0,
-             py::arg("mirostat_tau") = 5.0f, py::arg("mirostat_eta") = 0.1f, py::arg("seed") = 0xFFFFFFFFu,
-             py::arg("logit_bias") = std::vector<std::pair<llama_token, float>>(), py::arg("grammar") = "",
-             py::arg("grammar_lazy") = false, py::arg("trigger_patterns") = std::vector<std::string>(),
-             py::arg("trigger_tokens") = std::vector<llama_token>())
+             py::arg("model"), py::arg("params"),
+             "A sampler chain built from a SamplingParams (or any object with its fields).")
         .def("sample", &sampler::sample, py::arg("ctx"), py::arg("idx") = -1)
         .def("sample_logits", &sampler::sample_logits, py::arg("logits"))
         .def("accept", &sampler::accept, py::arg("token"), py::arg("grammar") = true)

@@ -14,58 +14,53 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import numpy as np
-import numpy.typing as npt
 
-from . import _core, _params
+from .. import _core, _params
+from ..engine import Sequence, sample_row
+from .steps import Step
 
 if TYPE_CHECKING:
-    from .llama import Llama, LogitsProcessor
-    from .llama_speculative import LlamaDraftModel
-
-Step = tuple[int, "npt.NDArray[np.single] | None"]
+    from ..engine.sampling import LogitsProcessor
+    from ..llama_speculative import LlamaDraftModel
 
 
-def _draft(llama: Llama, draft_model: LlamaDraftModel, token: int) -> list[int]:
+def _draft(seq: Sequence, draft_model: LlamaDraftModel, token: int) -> list[int]:
     """The draft model's guesses after the evaluated tokens and token, cut to what one decode can take."""
-    n_past = llama.n_tokens
-    llama.input_ids[n_past] = token
-    history = llama.input_ids[: n_past + 1]
-    history.flags.writeable = False  # a view of the model's own buffer
+    n_past = seq.n_tokens
+    seq.ids[n_past] = token
+    history = seq.ids[: n_past + 1]
+    history.flags.writeable = False  # a view of the sequence's own buffer
     guess = np.asarray(draft_model(history))
     if guess.ndim > 1 or not (np.issubdtype(guess.dtype, np.integer) or guess.size == 0):
         raise TypeError(f"draft_model must return a list of token ids, got {guess!r:.80}")
-    room = min(llama._n_batch, llama._n_ctx - n_past) - 1
+    room = min(seq.n_batch, seq.n_ctx - n_past) - 1
     out: list[int] = []
-    n_vocab = llama.n_vocab()
     for t in guess.reshape(-1)[: max(0, room)].tolist():
-        if not 0 <= int(t) < n_vocab:
+        if not 0 <= int(t) < seq.n_vocab:
             break  # a guess that is no token ends the draft
         out.append(int(t))
     return out
 
 
 def steps(
-    llama: Llama,
+    seq: Sequence,
     sampler: _core.Sampler,
     draft_model: LlamaDraftModel,
     *,
     logits_processor: LogitsProcessor | None,
     want_logits: bool,
 ) -> Iterator[Step]:
-    """After the prompt is evaluated: yield (token, raw logits or None) as ``Llama._steps`` does.
+    """After the prompt is evaluated: yield (token, raw logits or None) as the plain loop
+    (:func:`.steps.steps`) does.
 
-    At each yield ``n_tokens`` counts the tokens before the yielded one and ``last_logits`` are the logits
-    it was sampled from, as in plain decoding.
+    At each yield ``seq.n_tokens`` counts the tokens before the yielded one and ``seq.last_logits()`` are
+    the logits it was sampled from, as in plain decoding.
     """
-    ctx = llama.ctx
 
     def sample(out: int) -> Step:
-        raw = llama.last_logits.copy() if (want_logits or logits_processor is not None) else None
-        if logits_processor is not None:
-            assert raw is not None
-            processed = llama._processed(logits_processor, llama._input_ids, raw.copy())
-            return int(sampler.sample_logits(processed)), raw
-        return int(sampler.sample(ctx, out)), raw
+        raw = seq.last_logits().copy() if (want_logits or logits_processor is not None) else None
+        return sample_row(sampler, seq.ctx, out, raw, logits_processor=logits_processor,
+                          ids=lambda: seq.tokens, n_vocab=seq.n_vocab), raw
 
     try:
         with _params.grammar_messages():
@@ -73,16 +68,16 @@ def steps(
             while True:
                 yield step
                 token = step[0]
-                draft = _draft(llama, draft_model, token)
-                n_past = llama.n_tokens
-                llama._eval_outputs([token, *draft])
+                draft = _draft(seq, draft_model, token)
+                n_past = seq.n_tokens
+                seq.eval_outputs([token, *draft])
                 for i in range(len(draft) + 1):
-                    llama._select_output(n_past + 1 + i, i)
+                    seq.select_output(n_past + 1 + i, i)
                     step = sample(i)
                     if i == len(draft) or step[0] != draft[i]:
-                        llama._drop_uncounted()  # the rejected guesses draft[i:]
+                        seq.drop_uncounted()  # the rejected guesses draft[i:]
                         break
                     yield step  # a guess that holds: already evaluated
     finally:
-        if llama._ctx is not None:
-            llama._drop_uncounted()  # evaluated guesses after the last yielded token
+        if seq.ctx is not None:
+            seq.drop_uncounted()  # evaluated guesses after the last yielded token
