@@ -13,7 +13,7 @@ import pytest
 from llama_rewire import _core
 from llama_rewire.errors import ActivationSpecError, ExpressionError
 from llama_rewire.eval.sweep import sweep_act
-from llama_rewire.wiring.activations import ACT_EXPR, Activation, parse, parse_activation
+from llama_rewire.wiring import ACT_EXPR, Activation, parse, parse_activation
 from llama_rewire.wiring.expr import canonical_expression, parse_expression
 from llama_rewire.wiring.program import (
     EXPR_OPS,

@@ -20,16 +20,20 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from . import _core
-from .chat_completion import ToolPlan, check_roles, sentinels_back, tokenize_prompt_parts, with_sentinels
+from .chat_completion import (
+    ChatModel,
+    ToolPlan,
+    check_roles,
+    sentinels_back,
+    tokenize_prompt_parts,
+    with_sentinels,
+)
 from .chat_formats import ChatFormatterResponse
 from .engine.sampling import SamplingParams
 from .llama_grammar import LlamaGrammar
-
-if TYPE_CHECKING:
-    from .llama import Llama
 
 DEFAULT_TEMPLATE_FORMAT = "chat_template.default"
 
@@ -62,7 +66,7 @@ class SwappedRender:
         return getattr(self._render, name)
 
 
-def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[str, Any]) -> Any:
+def render_with_typed_controls_as_text(render: Any, llama: ChatModel, request: dict[str, Any]) -> Any:
     """``render(request)``; where the request holds control-token texts, a SwappedRender whose prompt
     parts keep each of them plain text wherever the template put it."""
     rendered = render(request)
@@ -76,7 +80,7 @@ def render_with_typed_controls_as_text(render: Any, llama: Llama, request: dict[
     return SwappedRender(rendered, b"".join(p for p, _ in parts), parts)
 
 
-def templates_of(llama: Llama) -> _core.ChatTemplates:
+def templates_of(llama: ChatModel) -> _core.ChatTemplates:
     if llama._chat_templates is None:
         llama._chat_templates = _core.ChatTemplates(llama.model)
     templates: _core.ChatTemplates = llama._chat_templates
@@ -91,7 +95,7 @@ class TemplateResponse(ChatFormatterResponse):
     prompt_parts: list[tuple[bytes, bool]] = field(default_factory=list)
 
 
-def prompt_tokens(llama: Llama, render: _core.ChatRender) -> list[int]:
+def prompt_tokens(llama: ChatModel, render: _core.ChatRender) -> list[int]:
     """The rendered prompt's tokens (with the model's BOS if it wants one), control tokens only where
     the template put them."""
     return tokenize_prompt_parts(llama, render.prompt_parts, add_bos=True)
@@ -102,7 +106,7 @@ class TemplateChatHandler:
 
     def render(
         self,
-        llama: Llama,
+        llama: ChatModel,
         messages: list[dict[str, Any]],
         *,
         tools: list[Any] | None = None,
@@ -132,7 +136,7 @@ class TemplateChatHandler:
     def __call__(
         self,
         *,
-        llama: Llama,
+        llama: ChatModel,
         messages: list[dict[str, Any]],
         functions: Any = None,
         function_call: Any = None,
@@ -172,7 +176,7 @@ class TemplateChatHandler:
 
 
 def _native_tool_completion(
-    llama: Llama,
+    llama: ChatModel,
     render: _core.ChatRender,
     *,
     stream: bool,
@@ -253,7 +257,7 @@ class PrefilledGrammar(LlamaGrammar):
         self.prefill = []
 
 
-def generation_prompt_tokens(llama: Llama, text: str) -> list[int]:
+def generation_prompt_tokens(llama: ChatModel, text: str) -> list[int]:
     """The tokens of the generation prompt, as llama.cpp's sampler computes its prefill: special tokens
     parsed, no BOS, and without a leading space token that some tokenizers put before the first
     special token when the text itself does not start with a space."""

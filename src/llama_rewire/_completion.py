@@ -10,23 +10,22 @@ from __future__ import annotations
 
 import codecs
 import math
-import time
-import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _core, _params
 from .engine.sampling import SamplingParams
-from .errors import ContextOverflowError
 from .llama_grammar import LlamaGrammar
 
 if TYPE_CHECKING:
-    from ._slots import Slots
-    from .llama import Llama, LogitsProcessor, PromptType, StoppingCriteria
+    from .engine.sampling import LogitsProcessor
+
+PromptType = Union[str, Sequence[int]]
+StoppingCriteria = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool]
 
 Step = tuple[int, Optional[npt.NDArray[np.single]]]
 CriteriaArgs = Callable[[], tuple[npt.NDArray[np.intc], npt.NDArray[np.single]]]
@@ -309,22 +308,23 @@ class CompletionRun:
             del logprobs[key][keep:]
 
 
-def _prompt_logprobs(llama: Llama, tokens: list[int], k: int) -> dict[str, Any]:
-    """Logprobs of the prompt tokens (echo): needs logits_all."""
-    pieces = [llama.detokenize([t]).decode("utf-8", errors="replace") for t in tokens]
+def prompt_logprobs(scores: npt.NDArray[np.single], tokens: list[int], k: int,
+                    token_text: Callable[[int], str]) -> dict[str, Any]:
+    """Logprobs of the prompt tokens (echo), from every prompt position's logits (``scores``)."""
+    pieces = [token_text(t) for t in tokens]
     token_lp: list[float | None] = [None]
     top: list[dict[str, float] | None] = [None]
     for i in range(1, len(tokens)):
-        lp = log_softmax(llama.scores[i - 1])
+        lp = log_softmax(scores[i - 1])
         token_lp.append(float(lp[tokens[i]]))
         best = np.argsort(-lp)[:k] if k > 0 else np.zeros(0, dtype=np.intp)
-        entry = {llama.detokenize([int(j)]).decode("utf-8", errors="replace"): float(lp[j]) for j in best}
+        entry = {token_text(int(j)): float(lp[j]) for j in best}
         entry[pieces[i]] = float(lp[tokens[i]])
         top.append(entry)
     return {"tokens": pieces, "token_logprobs": token_lp, "top_logprobs": top}
 
 
-def _prepend(first: Step, rest: Iterator[Step]) -> Iterator[Step]:
+def prepend(first: Step, rest: Iterator[Step]) -> Iterator[Step]:
     try:
         yield first
         yield from rest
@@ -375,75 +375,3 @@ class Request:
         convert("seed", _params.optional_integer("seed", self.seed))
         _params.callback("stopping_criteria", self.stopping_criteria)
         _params.callback("logits_processor", self.logits_processor)
-
-
-def create_completion(llama: Llama, request: Request, slots: Slots | None = None
-                      ) -> dict[str, Any] | CompletionIterator:
-    """The body of ``Llama.create_completion``: the prompt's tokens, a sampler, then a run (streamed or
-    not). With ``slots`` the completion runs on one of the Llama's parallel slots (see :mod:`._slots`)
-    instead of its own sequence, and the caller does not hold the Llama."""
-    r = request
-    prompt, echo, logprobs, grammar = r.prompt, r.echo, r.logprobs, r.grammar
-    stopping_criteria, logits_processor, stops = r.stopping_criteria, r.logits_processor, list(r.stop or ())
-    if echo and logprobs is not None and slots is not None:
-        raise ValueError("echo with logprobs needs every prompt token's logits: the parallel slots keep "
-                         "only the last one's (use the Llama's own create_completion)")
-    if echo and logprobs is not None and not llama.context_params["logits_all"]:
-        raise ValueError("echo with logprobs needs a model created with logits_all=True")
-    prompt_tokens = llama._prompt_tokens(prompt)
-    if not prompt_tokens:
-        raise ValueError("the prompt is empty and the model has no BOS token")
-    n_ctx = llama.n_ctx()
-    if len(prompt_tokens) >= n_ctx:
-        raise ContextOverflowError(len(prompt_tokens), n_ctx)
-    budget = n_ctx - len(prompt_tokens)
-    limit = budget if r.max_tokens is None or r.max_tokens <= 0 else min(r.max_tokens, budget)
-    sampler = llama._sampler(r.sampling, seed=r.seed, grammar=grammar, grammar_lazy=r.grammar_lazy)
-    # text the prompt already holds (see _chat.PrefilledGrammar): the grammar only, the penalties see
-    # generated tokens
-    for token in getattr(grammar, "prefill", ()):
-        sampler.accept_grammar(token)
-    meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
-            "model": r.model if r.model is not None else llama.model_path}
-    prompt_text = prompt if isinstance(prompt, str) else llama.detokenize(prompt_tokens).decode(
-        "utf-8", errors="replace")
-    echo_text = prompt_text if echo else ""
-
-    def token_text(token: int) -> str:
-        return llama.detokenize([token]).decode("utf-8", errors="replace")
-
-    if slots is not None:
-        job = slots._submit(prompt_tokens, sampler, limit=limit, want_logits=logprobs is not None,
-                            logits_processor=logits_processor, keep_logits=stopping_criteria is not None)
-        run = CompletionRun(llama.model, job.steps(), token_text=token_text, prompt_tokens=prompt_tokens,
-                            limit=limit, stops=stops, meta=meta, echo_text=echo_text, logprobs=logprobs,
-                            prompt_text_len=len(prompt_text), stopping_criteria=stopping_criteria,
-                            criteria_args=job.criteria_args)
-        if r.stream:
-            return CompletionIterator(run.chunks(), run)
-        return run.complete()
-    to_eval = llama._prefix_reuse(prompt_tokens)
-    if echo and logprobs is not None:
-        llama.reset()  # every prompt token's logits are needed
-        to_eval = prompt_tokens
-    steps = llama._steps(to_eval, sampler, logits_processor=logits_processor,
-                         want_logits=logprobs is not None)
-    prompt_lp = None
-    if echo and logprobs is not None:
-        first = next(steps)  # evaluates the prompt, so its logits are there
-        prompt_lp = _prompt_logprobs(llama, prompt_tokens, logprobs)
-        steps = _prepend(first, steps)
-    def finish() -> None:
-        if llama.cache is not None and llama.n_tokens:
-            llama.cache[llama._input_ids.tolist()] = llama.save_state()
-
-    seq = llama.sequence
-    run = CompletionRun(llama.model, steps, token_text=token_text, prompt_tokens=prompt_tokens, limit=limit,
-                        stops=stops, meta=meta, echo_text=echo_text, logprobs=logprobs,
-                        prompt_text_len=len(prompt_text), stopping_criteria=stopping_criteria,
-                        criteria_args=lambda: (seq.tokens, seq.last_logits()),
-                        prompt_logprobs=prompt_lp, on_finish=finish)
-    if r.stream:  # the stream holds the Llama until it ends (see _guard.py)
-        chunks = llama._guard.open_stream(run.chunks(), "create_completion(stream=True)")
-        return CompletionIterator(chunks, run)
-    return run.complete()

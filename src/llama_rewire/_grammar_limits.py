@@ -17,12 +17,9 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .errors import ContextOverflowError, GrammarError
-
-if TYPE_CHECKING:
-    from .llama import Llama
 
 # GBNF text longer than this is refused (characters)
 MAX_GRAMMAR_CHARS = 1 << 18
@@ -307,13 +304,12 @@ def load_json_schema(text: str) -> Any:
 # -- chats --------------------------------------------------------------------------------------------
 
 
-def check_chat(llama: Llama, messages: Any, kwargs: Mapping[str, Any]) -> None:
+def check_chat(n_ctx: int, messages: Any, kwargs: Mapping[str, Any]) -> None:
     """Refuse, before the template renders it, a chat that cannot fit the context, and tools or
     functions whose parameter schemas are beyond the schema limits (templates convert them to grammars).
 
     Every chat template writes at least one token per message (its role markers), so a chat with as
-    many messages as the context has positions can never fit, whatever the messages hold."""
-    n_ctx = llama.n_ctx()
+    many messages as the context has positions (``n_ctx``) can never fit, whatever the messages hold."""
     if isinstance(messages, Sequence) and not isinstance(messages, str) and len(messages) >= n_ctx:
         raise ContextOverflowError(len(messages), n_ctx)
     for key in ("tools", "functions"):

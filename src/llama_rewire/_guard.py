@@ -22,6 +22,7 @@ closes an open stream, and only then frees the native objects.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import logging
@@ -113,6 +114,16 @@ class CallGuard:
         return self._closing or self._closed
 
     # -- calls ------------------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def turn(self, what: str, while_streaming: bool = False) -> Iterator[None]:
+        """Hold the guard for a ``with`` block: several calls from this thread as one turn, nothing from
+        another thread (nor the parallel slots) between them."""
+        self.enter(what, while_streaming)
+        try:
+            yield
+        finally:
+            self.exit()
 
     def enter(self, what: str, while_streaming: bool = False, stream: _Stream | None = None) -> bool:
         """Take the guard for a call named ``what``, waiting for a call in another thread to end.

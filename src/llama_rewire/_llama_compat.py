@@ -14,17 +14,14 @@ import os
 from collections import deque
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from . import _params
+from . import _core, _params
 from ._load import given_context_params
 from .llama_tokenizer import BaseLlamaTokenizer, LlamaTokenizer
-
-if TYPE_CHECKING:
-    from .llama import Llama
 
 # llama.h's enum values for the fields of the structs below
 _FLASH_ATTN_DISABLED, _FLASH_ATTN_ENABLED = 0, 1
@@ -79,15 +76,15 @@ def model_params(a: Mapping[str, Any]) -> LlamaParams:
     })
 
 
-def context_params(llama: Llama, a: Mapping[str, Any]) -> LlamaParams:
-    """The context's parameters: the arguments, with what llama.cpp chose for n_ctx=0, n_threads=None."""
-    has_ctx = llama._ctx is not None
+def context_params(ctx: _core.Context | None, a: Mapping[str, Any]) -> LlamaParams:
+    """The context's parameters: the arguments, with what llama.cpp chose (``ctx``, where there is one)
+    for n_ctx=0, n_threads=None."""
     n_threads = a["n_threads"] if a["n_threads"] else max(1, (os.cpu_count() or 2) // 2)
     return LlamaParams("llama_context_params", {
-        "n_ctx": llama._ctx.n_ctx() if has_ctx else a["n_ctx"],  # type: ignore[union-attr]
-        "n_batch": llama._ctx.n_batch() if has_ctx else a["n_batch"],  # type: ignore[union-attr]
-        "n_ubatch": llama._ctx.n_ubatch() if has_ctx else a["n_ubatch"],  # type: ignore[union-attr]
-        "n_seq_max": llama._ctx.n_seq_max() if has_ctx else 1,  # type: ignore[union-attr]
+        "n_ctx": ctx.n_ctx() if ctx is not None else a["n_ctx"],
+        "n_batch": ctx.n_batch() if ctx is not None else a["n_batch"],
+        "n_ubatch": ctx.n_ubatch() if ctx is not None else a["n_ubatch"],
+        "n_seq_max": ctx.n_seq_max() if ctx is not None else 1,
         "n_threads": n_threads,
         "n_threads_batch": a["n_threads_batch"] or n_threads,
         **given_context_params(a),
@@ -103,12 +100,12 @@ def context_params(llama: Llama, a: Mapping[str, Any]) -> LlamaParams:
     })
 
 
-def set_attributes(llama: Llama, a: Mapping[str, Any]) -> None:
+def set_attributes(llama: LlamaCompat, a: Mapping[str, Any]) -> None:
     """llama-cpp-python's attributes for the checked constructor arguments ``a``."""
     if not isinstance(a["numa"], (bool, int, np.integer)):
         raise TypeError(f"numa must be a bool or a ggml_numa_strategy value, got {type(a['numa']).__name__}")
     llama.model_params = model_params(a)
-    llama.context_params = context_params(llama, a)
+    llama.context_params = context_params(llama._ctx, a)
     llama.n_batch = min(a["n_ctx"], a["n_batch"]) if a["n_ctx"] else a["n_batch"]
     llama.n_threads = llama.context_params.n_threads
     llama.n_threads_batch = llama.context_params.n_threads_batch
@@ -164,6 +161,7 @@ class LlamaCompat:
     lora_scale: float
     numa: bool | int
     spm_infill: bool
+    _ctx: _core.Context | None  # the Llama's
 
     @property
     def tokenizer_(self) -> BaseLlamaTokenizer:
@@ -177,13 +175,13 @@ class LlamaCompat:
     @property
     def eval_tokens(self) -> deque[int]:
         """The evaluated tokens (``input_ids[:n_tokens]``) as a deque of ``n_ctx`` at most."""
-        llama: Llama = self  # type: ignore[assignment]
+        llama: Any = self  # the Llama this is mixed into
         return deque(llama._input_ids.tolist(), maxlen=llama.n_ctx())
 
     @property
     def eval_logits(self) -> deque[list[float]]:
         """The logits of the evaluated tokens: all of them with ``logits_all``, else the last one's."""
-        llama: Llama = self  # type: ignore[assignment]
+        llama: Any = self  # the Llama this is mixed into
         if llama._logits_all:
             return deque(llama._scores.tolist(), maxlen=llama.n_ctx())
         rows = [llama.last_logits.tolist()] if llama.n_tokens else []
@@ -197,7 +195,7 @@ class LlamaCompat:
         except ImportError:
             raise ImportError("create_chat_completion_openai_v1 needs the openai package: "
                               "pip install openai") from None
-        llama: Llama = self  # type: ignore[assignment]
+        llama: Any = self  # the Llama this is mixed into
         result = llama.create_chat_completion(*args, **kwargs)
         if kwargs.get("stream", False):
             return (ChatCompletionChunk(**chunk) for chunk in result)

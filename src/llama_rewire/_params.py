@@ -167,8 +167,6 @@ def check_llama_args(args: dict[str, Any]) -> dict[str, Any]:
     for name in ("n_batch", "n_ubatch"):
         if out[name] == 0:
             raise ValueError(f"{name} must be positive, got 0")
-    from ._slots import check_n_parallel
-
     out["n_parallel"] = n_par = check_n_parallel(args["n_parallel"])
     if n_par > 1 and args["embedding"]:
         raise ValueError("n_parallel is for generation: an embedding model (embedding=True) batches its "
@@ -194,7 +192,7 @@ def check_llama_args(args: dict[str, Any]) -> dict[str, Any]:
         if name in args:
             out[name] = number(name, args[name])
     from .errors import ActivationSpecError, WiringSpecError
-    from .wiring.table import Wiring
+    from .wiring.spec import Wiring
 
     for name, error in (("wiring", WiringSpecError), ("activations", ActivationSpecError)):
         spec = args[name]
@@ -401,3 +399,13 @@ def grammar_messages() -> Iterator[None]:
 
         raw = e.object if isinstance(e.object, bytes) else bytes(e.object)
         raise GrammarError(raw.decode("utf-8", errors="replace")) from None
+
+
+def check_n_parallel(value: Any) -> int:
+    """n_parallel as the Llama takes it: 1 to 256 sequences (llama.cpp's limit)."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"n_parallel must be an integer from 1 to 256, got {value!r}")
+    n = int(value)
+    if not 1 <= n <= 256:
+        raise ValueError(f"n_parallel must be from 1 to 256 (llama.cpp's limit on sequences), got {n}")
+    return n

@@ -32,7 +32,7 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -43,13 +43,35 @@ from .engine import sample_row
 from .errors import NonFiniteLogitsError
 
 if TYPE_CHECKING:
-    from ._completion import CompletionIterator
-    from .llama import Llama, LogitsProcessor, PromptType
+    from ._completion import CompletionIterator, PromptType
+    from ._guard import CallGuard
+    from .engine.sampling import LogitsProcessor
+    from .residual.controller import ResidualController
 
 Step = tuple[int, "npt.NDArray[np.single] | None"]
 _END = object()  # the engine's last item for a job: its token limit was reached
 
 IDLE, PREFILL, GENERATING = "idle", "prefill", "generating"
+
+
+class Host(Protocol):
+    """What the slots use of the ``Llama`` they belong to."""
+
+    _guard: CallGuard
+    _memory: engine.Memory
+
+    @property
+    def ctx(self) -> Any: ...
+    @property
+    def model(self) -> _core.Model: ...
+    @property
+    def sequence(self) -> engine.Sequence: ...
+    @property
+    def _resid(self) -> ResidualController: ...
+    def n_ctx(self) -> int: ...
+    def n_vocab(self) -> int: ...
+    def create_completion(self, prompt: PromptType, **kwargs: Any) -> Any: ...
+    def _chat(self, messages: list[dict[str, Any]], kwargs: dict[str, Any], llama: Any) -> Any: ...
 
 
 class _Job:
@@ -127,7 +149,7 @@ class Slots:
 
     Counters (``stats()``) are kept for a server's metrics."""
 
-    def __init__(self, llama: Llama) -> None:
+    def __init__(self, llama: Host) -> None:
         self._llama = llama
         ctx = llama.ctx
         self.n_parallel = int(ctx.n_seq_max())
@@ -334,7 +356,7 @@ class Slots:
                 continue
             # checked here, where the slots hold the guard: edits that a call on the Llama alone sets for
             # its own duration (a steered server request) are gone by now, and must not refuse this job
-            if self._llama._edits or getattr(self._llama, "_edits_native_key", None):
+            if self._llama._resid.any:
                 job.finished = True
                 self._counts["errors"] += 1
                 job.queue.put(ValueError(EDITS_REFUSED))
@@ -483,7 +505,7 @@ EDITS_REFUSED = ("this Llama has residual-stream edits set: edits apply to one s
 class _SlotsView:
     """The Llama as a chat handler sees it, with its completions run on the slots."""
 
-    def __init__(self, llama: Llama, slots: Slots) -> None:
+    def __init__(self, llama: Host, slots: Slots) -> None:
         self._llama = llama
         self._slots = slots
 
@@ -497,14 +519,3 @@ class _SlotsView:
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._llama, name)
-
-
-def check_n_parallel(value: Any) -> int:
-    """n_parallel as the Llama takes it: 1 to 256 sequences (llama.cpp's limit)."""
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"n_parallel must be an integer from 1 to 256, got {value!r}")
-    n = int(value)
-    if not 1 <= n <= 256:
-        raise ValueError(f"n_parallel must be from 1 to 256 (llama.cpp's limit on sequences), got {n}")
-    return n
-

@@ -15,10 +15,10 @@ from .wiring.activations import (
     Spec,
     expression_activation,
     format_table,
-    parse,
     parse_activation,
 )
 from .wiring.profile import is_profile_path, profile_spec
+from .wiring.spec import parse
 
 __all__ = [
     "ACT_EXPR",

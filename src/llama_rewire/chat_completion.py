@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union, cast
 from .chat_formats import ChatFormatter, content_text
 
 if TYPE_CHECKING:
-    from .llama import Llama
+    from . import _core
     from .llama_grammar import LlamaGrammar
     from .llama_types import (
         ChatCompletionRequestMessage,
@@ -42,11 +42,25 @@ if TYPE_CHECKING:
 ChatCompletionResult = Union["CreateChatCompletionResponse", Iterator["CreateChatCompletionStreamResponse"]]
 
 
+class ChatModel(Protocol):
+    """What chat formats and handlers use of the model they complete with: a ``Llama``, or the view of it
+    that runs completions on its parallel slots. (Handlers also read ``verbose`` where it is set, and the
+    Llama's caches of its vocabulary's control-token texts and of its chat templates.)"""
+
+    @property
+    def model(self) -> _core.Model: ...
+    def n_vocab(self) -> int: ...
+    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]: ...
+    def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
+                   special: bool = False) -> bytes: ...
+    def create_completion(self, prompt: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+
 class LlamaChatCompletionHandler(Protocol):
     """``handler(*, llama, messages, ...)``: see :func:`chat_formatter_to_chat_completion_handler`;
     messages are ``ChatCompletionRequestMessage`` dicts."""
 
-    def __call__(self, *, llama: Llama, messages: list[Any], **kwargs: Any) -> ChatCompletionResult: ...
+    def __call__(self, *, llama: ChatModel, messages: list[Any], **kwargs: Any) -> ChatCompletionResult: ...
 
 
 # -- tools ---------------------------------------------------------------------------------------
@@ -446,7 +460,7 @@ def check_roles(messages: Sequence[Any]) -> None:
                              f"{', '.join(CHAT_ROLES)})")
 
 
-def control_texts(llama: Llama) -> re.Pattern[str] | None:
+def control_texts(llama: ChatModel) -> re.Pattern[str] | None:
     """A pattern matching the text of any control token of the vocabulary (cached per Llama)."""
     cached: tuple[re.Pattern[str] | None] | None = getattr(llama, "_control_text_pattern", None)
     if cached is None:
@@ -499,7 +513,7 @@ def _swap_control_texts(value: Any, pattern: re.Pattern[str], sentinel: str, fou
     return value
 
 
-def with_sentinels(llama: Llama, request: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]] | None:
+def with_sentinels(llama: ChatModel, request: dict[str, Any]) -> tuple[dict[str, Any], str, list[str]] | None:
     """None where ``request`` holds no control-token text; else the request with each such text swapped
     for a numbered sentinel of random digits, the sentinel, and the texts in their numbers' order."""
     pattern = control_texts(llama)
@@ -528,7 +542,7 @@ def sentinels_back(parts: Sequence[tuple[bytes, bool]], sentinel: str, found: li
     return [p for p in out if p[0]]
 
 
-def typed_controls_as_parts(llama: Llama, format_prompt: Callable[..., str], request: dict[str, Any]
+def typed_controls_as_parts(llama: ChatModel, format_prompt: Callable[..., str], request: dict[str, Any]
                             ) -> list[tuple[bytes, bool]] | None:
     """For a formatter written in Python (a named chat format): None where the request holds no
     control-token text; else the prompt of ``format_prompt(**request)`` as ``(text, from_user)`` parts,
@@ -553,7 +567,8 @@ def _joined_text(message: Any) -> Any:
     return {**message, "content": content_text(content)}
 
 
-def tokenize_prompt_parts(llama: Llama, parts: Sequence[tuple[bytes, bool]], *, add_bos: bool) -> list[int]:
+def tokenize_prompt_parts(llama: ChatModel, parts: Sequence[tuple[bytes, bool]], *,
+                          add_bos: bool) -> list[int]:
     """The tokens of a prompt given as ``(text, from_user)`` parts: control tokens only where the
     template wrote them. Text from the request that would tokenize to a control token is tokenized as
     plain text: a user typing ``<|im_end|>``, or a control token's text that the template assembled
@@ -580,7 +595,7 @@ def tokenize_prompt_parts(llama: Llama, parts: Sequence[tuple[bytes, bool]], *, 
     return tokens
 
 
-def _assembled_from_user(llama: Llama, parts: Sequence[tuple[bytes, bool]]) -> set[int]:
+def _assembled_from_user(llama: ChatModel, parts: Sequence[tuple[bytes, bool]]) -> set[int]:
     """The request parts in a control token's text that runs across parts: they are to be tokenized as
     text, unless the template wrote both ends of the token around a message role (Phi-3's
     ``'<|' + role + '|>'``: a role is one of CHAT_ROLES, checked; a name or content would pick any token)."""
@@ -622,7 +637,7 @@ def chat_formatter_to_chat_completion_handler(chat_formatter: ChatFormatter) -> 
 
     def chat_completion_handler(
         *,
-        llama: Llama,
+        llama: ChatModel,
         messages: Sequence[ChatCompletionRequestMessage],
         functions: Sequence[Any] | None = None,
         function_call: Any | None = None,

@@ -8,30 +8,36 @@ import logging
 import os
 import random
 import threading
+import time
+import uuid
 from collections.abc import Iterator, Sequence
-from typing import Any, Callable, Union
+from typing import Any, Callable
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _completion, _core, _llama_compat, _load, _logging, _params, engine, rpc
-from ._completion import CompletionIterator
+from ._completion import CompletionIterator, CompletionRun, PromptType, StoppingCriteria
 from ._embedding import embed as _embed
 from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
 from ._llama_compat import MinTokensLogitsProcessor as MinTokensLogitsProcessor  # noqa: PLC0414  (re-export)
-from ._residual import ResidualMixin
-from ._rewiring import RewiringMixin
 from ._slots import Slots
-from .engine import prefix_len, sample_row
-from .engine.sampling import SamplingParams
-from .errors import ActivationSpecError, NonFiniteLogitsError
+from .engine import prefix_len, sample_row, vocab
+from .engine.sampling import LogitsProcessor, SamplingParams
+from .errors import ActivationSpecError, ContextOverflowError, NonFiniteLogitsError
 from .generate import speculative, steps
 from .llama_cache import BaseLlamaCache, LlamaState, checked_state
 from .llama_grammar import LlamaGrammar
 from .llama_speculative import LlamaDraftModel
 from .llama_tokenizer import BaseLlamaTokenizer
+from .residual.controller import ResidualController, TokensOrText
+from .residual.edits import Edit, Tokens
+from .residual.lens import LogitLens
 from .wiring.activations import Spec
-from .wiring.spec import WiringSpec
+from .wiring.controller import WiringController
+from .wiring.layout import LayerInfo
+from .wiring.spec import Wiring, WiringSpec
+from .wiring.stats import FfnStats
 
 LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 
@@ -39,9 +45,8 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
 
-PromptType = Union[str, Sequence[int]]
-LogitsProcessor = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], npt.NDArray[np.single]]
-StoppingCriteria = Callable[[npt.NDArray[np.intc], npt.NDArray[np.single]], bool]
+__all__ = ["Llama", "LogitsProcessor", "LogitsProcessorList", "PromptType", "StoppingCriteria",
+           "StoppingCriteriaList"]
 
 # scores is calloc'd with one row per context position unless that would exceed this (virtual) size
 _MAX_SPARSE_SCORES_BYTES = 4 << 30
@@ -66,7 +71,7 @@ class StoppingCriteriaList(list[StoppingCriteria]):
         return any(criterion(input_ids, logits) for criterion in self)
 
 
-class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
+class Llama(_llama_compat.LlamaCompat):
     """A GGUF model and one inference context, with a rewirable runtime per layer.
 
     Parameters follow llama-cpp-python's ``Llama``; unknown keyword arguments are accepted and ignored,
@@ -182,6 +187,8 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self.cache: BaseLlamaCache | None = None
         # the tokens evaluated on the context's sequence 0 (none without a context: vocab_only)
         self._seq = engine.Sequence(None, 0, n_ctx=0, n_batch=1, n_vocab=self._n_vocab, memory=self._memory)
+        self._wire_ctl: WiringController | None = None  # the wiring and the residual stream of the context
+        self._resid_ctl: ResidualController | None = None
         self._setup_chat(chat_format, chat_handler)
         if a["vocab_only"]:
             return
@@ -194,7 +201,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self._n_ctx = self._ctx.n_ctx() // (1 if self._embedding else self._ctx.n_seq_max())
         self._n_batch = self.n_batch = self._ctx.n_batch()
         self._n_ubatch = self._ctx.n_ubatch()
-        self.context_params = _llama_compat.context_params(self, a)  # with the context's n_ctx, ...
+        self.context_params = _llama_compat.context_params(self._ctx, a)  # with the context's n_ctx, ...
         # Without logits_all only the last token's row of logits is written; a window too large to
         # address (e.g. n_ctx=0 on a long-context model with a large vocabulary) then keeps that row
         # alone, in row 0 (see Sequence.last_logits).
@@ -204,9 +211,15 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         self._seq = engine.Sequence(self._ctx, 0, n_ctx=self._n_ctx, n_batch=self._n_batch,
                                     n_vocab=self._n_vocab, memory=self._memory, logits_all=logits_all,
                                     rows=rows, check_open=self._check_open)
+        self._wire_ctl = WiringController(self._ctx, n_ubatch=self._n_ubatch, on_change=self._on_change)
+        self._resid_ctl = ResidualController(
+            self._ctx, self._seq, self._wire_ctl, n_vocab=self._n_vocab, n_batch=self._n_batch,
+            n_ubatch=self._n_ubatch, tokenize=self.tokenize, detokenize=self.detokenize,
+            on_change=self._on_change, streaming=lambda: self._guard.streaming)
         which = "wiring"
         try:  # the spec's own error, saying which argument held it
-            self._init_wiring(wiring, None)
+            if wiring is not None:
+                self.set_wiring(wiring)
             which = "activations"
             if activations is not None:
                 self.set_activations(activations)
@@ -415,20 +428,13 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
 
     @reading
     def _vocab_tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
-        if isinstance(text, str):
-            raise TypeError("tokenize takes bytes: use text.encode('utf-8')")
-        return list(self.model.tokenize(bytes(text), add_special=add_bos, parse_special=special))
+        return vocab.tokenize(self.model, text, add_bos, special)
 
     @reading
     def _vocab_detokenize(
         self, tokens: Sequence[int], prev_tokens: Sequence[int] | None, special: bool
     ) -> bytes:
-        toks = [int(t) for t in tokens]
-        model = self.model
-        out = b"".join(model.token_to_piece(t, special=special) for t in toks)
-        if toks and not prev_tokens and toks[0] == self.token_bos() and out.startswith(b" "):
-            out = out[1:]
-        return out
+        return vocab.detokenize(self.model, tokens, prev_tokens, special)
 
     # -- evaluation -------------------------------------------------------------------------------
 
@@ -655,7 +661,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
 
     def _prefix_reuse(self, tokens: list[int]) -> list[int]:
         """Keep the evaluated prefix shared with tokens (at least the last token is evaluated again)."""
-        self._resid_before_prompt(len(tokens))  # "prompt" / "generated" edits, for this prompt
+        self._resid.before_prompt(len(tokens))  # "prompt" / "generated" edits, for this prompt
         if self.cache is not None and tokens:
             self._load_cached_prefix(tokens)
         return self._seq.reuse(tokens)
@@ -730,12 +736,80 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
             stream=stream, seed=seed, model=model, stopping_criteria=stopping_criteria,
             logits_processor=logits_processor, grammar=grammar, grammar_lazy=_grammar_lazy)
         if _on_slots is not None:  # Slots.create_completion: the slots' decode thread runs it
-            return _completion.create_completion(self, request, _on_slots)
+            return self._run_completion(request, _on_slots)
         return self._complete(request)
 
     @serialised(name="create_completion")
     def _complete(self, request: _completion.Request) -> dict[str, Any] | CompletionIterator:
-        return _completion.create_completion(self, request)
+        return self._run_completion(request)
+
+    def _run_completion(self, r: _completion.Request, slots: Slots | None = None
+                        ) -> dict[str, Any] | CompletionIterator:
+        """The body of ``create_completion``: the prompt's tokens, a sampler, then a run (streamed or
+        not). With ``slots`` the completion runs on one of the parallel slots instead of the Llama's own
+        sequence, and the caller does not hold the Llama."""
+        echo_logprobs = r.echo and r.logprobs is not None
+        if echo_logprobs and slots is not None:
+            raise ValueError("echo with logprobs needs every prompt token's logits: the parallel slots keep "
+                             "only the last one's (use the Llama's own create_completion)")
+        if echo_logprobs and not self._logits_all:
+            raise ValueError("echo with logprobs needs a model created with logits_all=True")
+        prompt_tokens = self._prompt_tokens(r.prompt)
+        if not prompt_tokens:
+            raise ValueError("the prompt is empty and the model has no BOS token")
+        n_ctx = self.n_ctx()
+        if len(prompt_tokens) >= n_ctx:
+            raise ContextOverflowError(len(prompt_tokens), n_ctx)
+        budget = n_ctx - len(prompt_tokens)
+        limit = budget if r.max_tokens is None or r.max_tokens <= 0 else min(r.max_tokens, budget)
+        sampler = self._sampler(r.sampling, seed=r.seed, grammar=r.grammar, grammar_lazy=r.grammar_lazy)
+        # text the prompt already holds (see _chat.PrefilledGrammar): the grammar only, the penalties see
+        # generated tokens
+        for token in getattr(r.grammar, "prefill", ()):
+            sampler.accept_grammar(token)
+        meta = {"id": f"cmpl-{uuid.uuid4()}", "object": "text_completion", "created": int(time.time()),
+                "model": r.model if r.model is not None else self.model_path}
+        prompt_text = r.prompt if isinstance(r.prompt, str) else self.detokenize(prompt_tokens).decode(
+            "utf-8", errors="replace")
+        run_args: dict[str, Any] = {
+            "token_text": self._token_text, "prompt_tokens": prompt_tokens, "limit": limit,
+            "stops": list(r.stop or ()), "meta": meta, "echo_text": prompt_text if r.echo else "",
+            "logprobs": r.logprobs, "prompt_text_len": len(prompt_text),
+            "stopping_criteria": r.stopping_criteria}
+        if slots is not None:
+            job = slots._submit(prompt_tokens, sampler, limit=limit, want_logits=r.logprobs is not None,
+                                logits_processor=r.logits_processor,
+                                keep_logits=r.stopping_criteria is not None)
+            run = CompletionRun(self.model, job.steps(), criteria_args=job.criteria_args, **run_args)
+            return CompletionIterator(run.chunks(), run) if r.stream else run.complete()
+        to_eval = self._prefix_reuse(prompt_tokens)
+        if echo_logprobs:
+            self.reset()  # every prompt token's logits are needed
+            to_eval = prompt_tokens
+        steps = self._steps(to_eval, sampler, logits_processor=r.logits_processor,
+                            want_logits=r.logprobs is not None)
+        if echo_logprobs:
+            assert r.logprobs is not None
+            first = next(steps)  # evaluates the prompt, so its logits are there
+            run_args["prompt_logprobs"] = _completion.prompt_logprobs(self._seq.all_scores(), prompt_tokens,
+                                                                      r.logprobs, self._token_text)
+            steps = _completion.prepend(first, steps)
+        seq = self._seq
+
+        def finish() -> None:
+            if self.cache is not None and seq.n_tokens:
+                self.cache[seq.tokens.tolist()] = self.save_state()
+
+        run = CompletionRun(self.model, steps, criteria_args=lambda: (seq.tokens, seq.last_logits()),
+                            on_finish=finish, **run_args)
+        if r.stream:  # the stream holds the Llama until it ends (see _guard.py)
+            chunks = self._guard.open_stream(run.chunks(), "create_completion(stream=True)")
+            return CompletionIterator(chunks, run)
+        return run.complete()
+
+    def _token_text(self, token: int) -> str:
+        """A token's text, as the top logprobs name it."""
+        return self.detokenize([token]).decode("utf-8", errors="replace")
 
     def __call__(self, prompt: PromptType, *args: Any, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
         return self.create_completion(prompt, *args, **kwargs)
@@ -758,7 +832,7 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
         from . import _grammar_limits, llama_chat_format
 
         _params.check_chat_request(messages, kwargs)
-        _grammar_limits.check_chat(self, messages, kwargs)  # before the template renders
+        _grammar_limits.check_chat(self.n_ctx(), messages, kwargs)  # before the template renders
         handler = (
             self.chat_handler
             or self._chat_handlers.get(self.chat_format or "")
@@ -796,21 +870,202 @@ class Llama(_llama_compat.LlamaCompat, RewiringMixin, ResidualMixin):
             "usage": {"prompt_tokens": n_tokens, "total_tokens": n_tokens},
         }
 
+    # -- the wiring (see wiring/controller.py) ------------------------------------------------------
 
-    # -- the rewiring methods of RewiringMixin, one call at a time like the others -----------------
+    def _on_change(self) -> None:
+        """The wiring or the edits changed: what was computed under the old ones is stale."""
+        self._seq.invalidate()
+        if self.cache is not None:
+            self.cache.clear()
 
-    set_wiring = serialised()(RewiringMixin.set_wiring)
-    capture = serialised()(ResidualMixin.capture)
-    logit_lens = serialised()(ResidualMixin.logit_lens)
+    @property
+    def _wire(self) -> WiringController:
+        if self._wire_ctl is None:
+            self.ctx  # noqa: B018 - raises: vocab_only (no context), or closed during __init__
+        assert self._wire_ctl is not None
+        return self._wire_ctl
+
+    @property
+    def _resid(self) -> ResidualController:
+        if self._resid_ctl is None:
+            self.ctx  # noqa: B018 - raises: vocab_only (no context), or closed during __init__
+        assert self._resid_ctl is not None
+        return self._resid_ctl
+
+    @serialised()
+    def set_wiring(self, spec: WiringSpec | Wiring) -> None:
+        """Replace the whole wiring (``None`` or ``""`` restores the model).
+
+        ``spec`` is a wiring spec (see :mod:`llama_rewire.wiring`: a string such as
+        ``"*:gelu, 0-3:ffn_scale=0.5, 20:skip=ffn"``, a dict, a profile path) or a :class:`Wiring`.
+        Takes effect on the next evaluation; state computed under the old wiring is dropped (the KV
+        cache, prompt-prefix reuse and the prompt cache). Raises ``WiringSpecError`` (a ValueError)
+        naming the bad part of an invalid spec; nothing changes then.
+        """
+        self._wire.set_wiring(spec)
+
+    @contextlib.contextmanager
+    def rewired(self, spec: WiringSpec | Wiring) -> Iterator[Wiring]:
+        """The wiring ``spec`` (as :meth:`set_wiring` takes it) for the ``with`` block, which runs as one
+        turn on this Llama (no call from another thread, nor the parallel slots, runs inside it); the
+        wiring before it is put back at its end, also when the block raises::
+
+            with llm.rewired("0-3:skip=ffn"):
+                print(llm("The capital of France is", max_tokens=8)["choices"][0]["text"])
+        """
+        with self._guard.turn("rewired"), self._wire.rewired(spec) as wiring:
+            yield wiring
+
+    @property
+    def layout(self) -> tuple[LayerInfo, ...]:
+        """What each layer offers to the wiring (see :class:`~llama_rewire.wiring.LayerInfo`)."""
+        return self._wire.layout
+
+    @property
+    def wiring(self) -> Wiring:
+        """The effective wiring: ``str(llm.wiring)`` is its canonical spec, ``llm.wiring.save(path)``
+        writes it as a profile."""
+        return self._wire.wiring
+
+    @serialised()
+    def set_activations(self, spec: Spec) -> None:
+        """Replace the activation of every layer (``None`` or ``{}`` restores the model's own); the
+        other knobs of the wiring stay. Same rules as :meth:`set_wiring`; raises
+        ``ActivationSpecError`` (a ValueError) for an invalid spec."""
+        self._wire.set_activations(spec)
+
+    @property
+    def activations(self) -> list[str]:
+        """The effective table: one activation per layer ('default' = the model's own; a layer whose FFN
+        scopes run different activations reads e.g. 'act.shared=gelu act.experts=relu')."""
+        return self._wire.activations
+
+    @serialised(while_streaming=True)
+    def describe_ffn(self) -> list[dict[str, Any]]:
+        """Each layer's own FFN activation as the graph builder sees it.
+
+        Keys: layer, act (e.g. 'silu'; None where no FFN is reachable), gated, fused, clamped,
+        dense, moe.
+        """
+        return self._wire.describe_ffn()
+
+    @serialised(while_streaming=True)
+    def describe_layers(self) -> list[dict[str, Any]]:
+        """Per layer, what the wiring can change: the attention (``attn``, ``n_head``, ``n_head_kv``,
+        whether it can be skipped), the FFN (its own ``act``, ``gated``, ``fused``, the ``scopes``
+        present: dense / shared / experts), the experts (``n_expert``, ``n_expert_used``,
+        ``max_experts_used``), and whether post-norms follow the sublayers."""
+        return self._wire.describe_layers()
+
+    @serialised()
+    def graph_nodes(self, n_tokens: int = 1) -> dict[str, Any]:
+        """The graph a decode of ``n_tokens`` tokens would run under the current wiring and edits (0: the
+        largest batch the context takes, over all its sequences), built and split between the backends
+        but not computed: ``{"n_splits": int, "nodes": [...]}``, each node a dict of ``name``, ``op``
+        (ggml's op name: ``"MUL_MAT"``, ``"UNARY"``...), ``sub`` (the unary or GLU op, else None),
+        ``type``, ``ne``, ``nb`` (strides in bytes), ``contiguous``, ``contiguous_rows``, ``src`` (the same
+        for each source) and ``backend`` (where it would run, e.g. ``"CPU"``, ``"CUDA0"``). With a GPU, a
+        rewired model whose ops the GPU takes keeps the split count of the original. The next decode
+        builds its own graph. More tokens than ``n_ubatch`` is a ``ValueError``: a decode of more runs
+        them ``n_ubatch`` at a time."""
+        return self._wire.graph_nodes(n_tokens)
+
+    @serialised(while_streaming=True)
+    def ffn_stats(self, kind: str = "down_in") -> FfnStats:
+        """Per-layer activation statistics since the last reset (needs ``observe_ffn=True``).
+
+        kind: ``"down_in"`` (the input of ffn_down), ``"act"`` (an overridden activation itself) or
+        ``"act_raw"`` (a thresholded activation before thresholding).
+        """
+        return self._wire.ffn_stats(kind)
+
+    @serialised(while_streaming=True)
+    def reset_ffn_stats(self) -> None:
+        """Zero the FFN statistics (see :meth:`ffn_stats`)."""
+        self._wire.reset_ffn_stats()
+
+    # -- the residual stream (see residual/controller.py) --------------------------------------------
+
+    @serialised()
+    def capture(self, tokens_or_text: TokensOrText, taps: str | Sequence[str] = ("resid_post",),
+                layers: int | Sequence[int] | None = None) -> dict[str, npt.NDArray[np.float32]]:
+        """Run the tokens (a str is tokenized with BOS) from position 0 and return, for each tap name,
+        a float32 array ``[len(layers), n_tokens, width]`` (the layers asked for, in that order; all by
+        default). Taps: ``resid_post``, ``attn_out``, ``ffn_out`` (width n_embd) and ``ffn_act`` (n_ff),
+        see :data:`llama_rewire.residual.POINTS`. The wiring and the edits apply; the values are the ones
+        that flow on (after the point's edits). The KV cache is left empty."""
+        return self._resid.capture(tokens_or_text, taps, layers)
+
+    @serialised()
+    def logit_lens(self, tokens_or_text: TokensOrText, layers: int | Sequence[int] | None = None,
+                   top_k: int = 5) -> LogitLens:
+        """Each layer's residual stream read through the model's own final norm and output head (with its
+        logit scale or softcap): the top_k tokens and their log-probabilities at every position.
+
+        Layer L's row is computed by running the model with every layer after L left out (both
+        sublayers skipped, so the residual stream passes through unchanged), under the current wiring
+        and the edits of layers up to L: the last layer's row is the model's own output. Layers without
+        skippable sublayers (recurrent ones, attention whose KV later layers reuse) have no lens."""
+        return self._resid.logit_lens(tokens_or_text, layers, top_k)
+
+    @property
+    def edits(self) -> tuple[Edit, ...]:
+        """The residual-stream edits in force (checked: layers normalised, directions orthonormal)."""
+        return self._resid.edits
+
     # edits may change between the tokens of an open stream (with keep_cache=True; set_edits checks)
-    set_edits = serialised(while_streaming=True)(ResidualMixin.set_edits)
-    set_steering = serialised(while_streaming=True)(ResidualMixin.set_steering)
-    set_ablation = serialised(while_streaming=True)(ResidualMixin.set_ablation)
-    set_patch = serialised(while_streaming=True)(ResidualMixin.set_patch)
-    clear_edits = serialised(while_streaming=True)(ResidualMixin.clear_edits)
-    set_activations = serialised()(RewiringMixin.set_activations)
-    describe_ffn = serialised(while_streaming=True)(RewiringMixin.describe_ffn)
-    describe_layers = serialised(while_streaming=True)(RewiringMixin.describe_layers)
-    graph_nodes = serialised()(RewiringMixin.graph_nodes)
-    ffn_stats = serialised(while_streaming=True)(RewiringMixin.ffn_stats)
-    reset_ffn_stats = serialised(while_streaming=True)(RewiringMixin.reset_ffn_stats)
+    @serialised(while_streaming=True)
+    def set_edits(self, edits: Sequence[Edit] | None, *, keep_cache: bool = False) -> None:
+        """Replace every residual-stream edit (``None`` or ``[]``: none). Edits are :class:`Steer`,
+        :class:`Ablate` and :class:`Patch` (see :mod:`llama_rewire.residual`). Tokens evaluated under
+        other edits are dropped (the KV cache, prefix reuse, the prompt cache), unless ``keep_cache``:
+        then what is computed stays and the new edits apply from the next evaluated token on (e.g. a new
+        alpha between two generated tokens). When only values change (alpha, vectors, patched rows),
+        the graphs are kept: no re-reserve. Raises ValueError / TypeError naming the bad edit."""
+        self._resid.set_edits(edits, keep_cache=keep_cache)
+
+    @contextlib.contextmanager
+    def edited(self, edits: Sequence[Edit] | None, *, keep_cache: bool = False) -> Iterator[tuple[Edit, ...]]:
+        """``edits`` (as :meth:`set_edits` takes them) for the ``with`` block, which runs as one turn on this
+        Llama (no call from another thread, nor the parallel slots, runs inside it); the edits before it
+        are put back at its end, also when the block raises (should the model refuse them then, every
+        edit is cleared and the refusal raised)::
+
+            with llm.edited([Steer(layer=6, vector=v, alpha=4.0)]):
+                print(llm("I think that", max_tokens=16)["choices"][0]["text"])
+        """
+        with self._guard.turn("edited"), self._resid.edited(edits, keep_cache=keep_cache) as in_force:
+            yield in_force
+
+    @serialised(while_streaming=True)
+    def set_steering(self, vector: Any, alpha: float = 1.0, layers: int | Sequence[int] | None = None,
+                     tokens: Tokens = "all", point: str = "resid_post", *, keep_cache: bool = False) -> None:
+        """Add ``alpha * v`` at ``point`` of each layer (replacing earlier steering; ``None`` removes it).
+
+        ``vector``: a :class:`~llama_rewire.residual.ControlVector` or the path of a control-vector GGUF
+        (its layers, or those of ``layers``), a ``{layer: vector}`` mapping, or one vector for
+        ``layers``. ``tokens``: "all", "prompt", "generated" or a (begin, end) range of positions. See
+        :meth:`set_edits` for ``keep_cache``."""
+        self._resid.set_steering(vector, alpha, layers, tokens, point, keep_cache=keep_cache)
+
+    @serialised(while_streaming=True)
+    def set_ablation(self, directions: Any, layers: int | Sequence[int] | None = None, tokens: Tokens = "all",
+                     point: str = "resid_post", *, keep_cache: bool = False) -> None:
+        """Remove directions from ``point`` of each layer, ``h - R^T (R h)`` with R the orthonormalised
+        rows (replacing earlier ablations; ``None`` removes them). ``directions``: one row or several
+        ``[k, width]`` for ``layers`` (all layers by default), a ``{layer: rows}`` mapping, or a control
+        vector (each layer's direction)."""
+        self._resid.set_ablation(directions, layers, tokens, point, keep_cache=keep_cache)
+
+    @serialised(while_streaming=True)
+    def set_patch(self, values: dict[int, Any] | None, positions: Sequence[int] | None = None,
+                  point: str = "resid_post", *, keep_cache: bool = False) -> None:
+        """Replace ``point`` of layer L at ``positions`` with ``values[L]`` (rows ``[len(positions),
+        width]``; positions default to 0..rows-1), e.g. ``values={5: clean["resid_post"][5]}`` from
+        :meth:`capture` on another prompt. Replaces earlier patches; ``None`` removes them."""
+        self._resid.set_patch(values, positions, point, keep_cache=keep_cache)
+
+    @serialised(while_streaming=True)
+    def clear_edits(self) -> None:
+        """Remove every residual-stream edit."""
+        self._resid.clear_edits()

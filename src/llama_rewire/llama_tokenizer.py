@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from .llama import Llama
+from . import _core, _logging, _params
+from .engine import vocab
 
 
 class BaseLlamaTokenizer(abc.ABC):
@@ -33,9 +33,10 @@ class BaseLlamaTokenizer(abc.ABC):
 
 
 class LlamaTokenizer(BaseLlamaTokenizer):
-    """The vocabulary of a loaded model (its GGUF's), whatever tokenizer the Llama was given."""
+    """The vocabulary of a loaded model (its GGUF's), whatever tokenizer the Llama was given. ``llama`` is
+    the ``Llama`` (or anything with its ``_vocab_tokenize`` / ``_vocab_detokenize``)."""
 
-    def __init__(self, llama: Llama) -> None:
+    def __init__(self, llama: Any) -> None:
         self.llama = llama
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
@@ -57,9 +58,24 @@ class LlamaTokenizer(BaseLlamaTokenizer):
     @classmethod
     def from_ggml_file(cls, path: str) -> LlamaTokenizer:
         """The tokenizer of a GGUF file (loaded vocabulary only)."""
-        from .llama import Llama
+        return cls(_VocabFile(path))
 
-        return cls(Llama(model_path=path, vocab_only=True, verbose=False))
+
+class _VocabFile:
+    """The vocabulary of a GGUF file, loaded alone (as ``Llama(path, vocab_only=True)`` would)."""
+
+    def __init__(self, path: str) -> None:
+        path = _params.path("path", path)
+        _params.model_file(path)
+        _logging.install()
+        _logging.set_verbose(False)
+        self.model = _core.Model(path, vocab_only=True)
+
+    def _vocab_tokenize(self, text: bytes, add_bos: bool, special: bool) -> list[int]:
+        return vocab.tokenize(self.model, text, add_bos, special)
+
+    def _vocab_detokenize(self, tokens: list[int], prev_tokens: list[int] | None, special: bool) -> bytes:
+        return vocab.detokenize(self.model, tokens, prev_tokens, special)
 
 
 class LlamaHFTokenizer(BaseLlamaTokenizer):

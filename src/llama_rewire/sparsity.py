@@ -1,8 +1,8 @@
-"""Moved to :mod:`llama_rewire.wiring.sparsity`; this module re-exports it for old imports."""
+"""Moved to :mod:`llama_rewire.eval.calibrate`; this module re-exports it for old imports."""
 
 from __future__ import annotations
 
-from .wiring.sparsity import (
+from .eval.calibrate import (
     OBSERVE_THRESHOLD,
     Calibration,
     calibrate,

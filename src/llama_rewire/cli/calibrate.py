@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..eval.text import load_text
         from ..llama import Llama
         from ..wiring.profile import save_profile
-        from ..wiring.sparsity import calibrate
+        from ..eval.calibrate import calibrate
 
         if not 0.0 <= args.sparsity < 1.0:
             raise ValueError(f"--sparsity must be in [0, 1), got {args.sparsity}")

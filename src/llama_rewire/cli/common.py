@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ..llama import Llama
-    from ..wiring.table import Wiring
+    from ..wiring.spec import Wiring
 
 WIRING_EXAMPLE = '"*:gelu, 0-3:ffn_scale=0.5, 20:skip=ffn, 5:heads_off=[0,3]"'
 

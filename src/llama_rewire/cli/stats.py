@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         from ..eval.progress import want_progress
         from ..eval.text import load_text
         from ..llama import Llama
-        from ..wiring.sparsity import observe
+        from ..eval.calibrate import observe
 
         if not args.eps >= 0:
             raise ValueError("--eps must be >= 0")

@@ -7,8 +7,8 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from ..wiring.spec import Wiring
 from ..wiring.spec import WiringSpec as Spec
-from ..wiring.table import Wiring
 from .measure import measure
 from .windows import check_ctx, check_llm, finite_or_none, make_windows
 

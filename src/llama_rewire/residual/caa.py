@@ -57,6 +57,6 @@ def contrastive_vector(
         total = d if total is None else total + d
     assert total is not None
     mean = (total / len(pos)).astype(np.float32)
-    layer_ids = llm._checker().layers(wanted, "contrastive_vector")
+    layer_ids = llm._resid.checker().layers(wanted, "contrastive_vector")
     arch = llm.metadata.get("general.architecture", "") if hasattr(llm, "metadata") else ""
     return ControlVector({il: mean[j] for j, il in enumerate(layer_ids)}, str(arch))

@@ -10,11 +10,11 @@ module             what it holds
 ``recognize``      expressions that spell out a built-in activation
 ``knobs``          the knobs of a layer (act, skip, scales, heads_off, experts_used, experts_off)
 ``layout``         what each layer of a model offers (LayerInfo)
-``spec``           the wiring spec language (string, dict, profile) -> Wiring
-``table``          Wiring / LayerWiring: canonical string, dict form, native form
+``spec``           the wiring spec language (string, dict, profile) -> Wiring, the value it
+                   parses to (per layer; canonical string, dict form, native form)
+``table``          LayerWiring: one layer's knobs, canonical text, dict and native forms
 ``profile``        profile files (JSON / TOML)
 ``stats``          per-layer FFN statistics
-``sparsity``       calibrated thresholds (imported on its own: it needs ``Llama``)
 =================  ===========================================================================
 """
 
@@ -29,15 +29,14 @@ from .activations import (
     Spec,
     expression_activation,
     format_table,
-    parse,
     parse_activation,
 )
 from .knobs import KNOBS, SCOPES, SKIPS
 from .layout import LayerInfo, Layout, describe_layout
 from .profile import load_profile, profile_spec, save_profile, save_wiring_profile
 from .program import EXPR_OPS, compile_expression, run_program
-from .spec import WiringSpec, parse_activations, parse_wiring
-from .table import LayerWiring, NativeLayer, Wiring
+from .spec import Wiring, WiringSpec, parse, parse_activations, parse_wiring
+from .table import LayerWiring, NativeLayer
 
 __all__ = [
     "ACT_EXPR",

@@ -281,17 +281,6 @@ def _parse_activation_dict(value: Mapping[Any, Any], where: str) -> Activation:
     return Activation(name, _check_param(name, float(p), where), threshold)
 
 
-def parse(spec: Spec, n_layer: int) -> list[Activation]:
-    """Resolve a spec into one Activation per layer (``default`` where the spec says nothing).
-
-    The spec may use the wiring syntax (``act=``, ``act.dense=``) but must set activations only, the
-    same one for every FFN scope of a layer: see :func:`llama_rewire.wiring.spec.parse_wiring` for the rest.
-    """
-    from .spec import parse_activations  # the wiring parser builds on this module
-
-    return parse_activations(spec, n_layer)
-
-
 def format_table(table: list[Activation]) -> str:
     """The shortest string spec that gives this table back (runs of equal layers as ranges)."""
     parts: list[str] = []

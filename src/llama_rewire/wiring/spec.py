@@ -27,9 +27,11 @@ checked.
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Union
 
 from ..errors import ActivationSpecError, WiringSpecError
@@ -42,7 +44,9 @@ from .knobs import (
     Value,
     check_layer,
     check_value,
+    format_value,
     is_knob_like,
+    json_value,
     label,
     lacks,
     missing_part,
@@ -51,8 +55,152 @@ from .knobs import (
     unknown_knob,
 )
 from .layout import LayerInfo, Layout, resolve_layout
-from .profile import check_nesting, is_profile_path, profile_spec
-from .table import LayerWiring, Wiring
+from .profile import check_nesting, is_profile_path, profile_spec, save_wiring_profile
+from .table import _IDENTITY_LAYER, LayerWiring, NativeLayer
+
+
+def _key(i: int, j: int) -> str:
+    return str(i) if i == j else f"{i}-{j}"
+
+
+@dataclass(frozen=True)
+class Wiring:
+    """One LayerWiring per layer. ``layout`` (not compared) is the model's, when it was parsed
+    against one."""
+
+    layers: tuple[LayerWiring, ...]
+    layout: tuple[LayerInfo, ...] | None = field(default=None, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.layout is not None and len(self.layout) != len(self.layers):
+            raise WiringSpecError(f"the wiring has {len(self.layers)} layers, its layout {len(self.layout)}")
+
+    # -- construction ------------------------------------------------------------------------------
+
+    @classmethod
+    def identity(cls, layout: Layout) -> Wiring:
+        n_layer, infos = resolve_layout(layout)
+        return cls((_IDENTITY_LAYER,) * n_layer, infos)
+
+    @classmethod
+    def parse(cls, spec: WiringSpec, layout: Layout) -> Wiring:
+        return parse_wiring(spec, layout)
+
+    def bind(self, layout: Layout) -> Wiring:
+        """The same wiring checked against (and normalised for) a model's layout."""
+        return parse_wiring(self.to_dict(), layout)
+
+    # -- reading -----------------------------------------------------------------------------------
+
+    @property
+    def n_layer(self) -> int:
+        return len(self.layers)
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def __iter__(self) -> Iterator[LayerWiring]:
+        return iter(self.layers)
+
+    def __getitem__(self, il: int) -> LayerWiring:
+        return self.layers[il]
+
+    def is_identity(self) -> bool:
+        return all(layer.is_identity() for layer in self.layers)
+
+    @property
+    def activations(self) -> list[Activation]:
+        """The per-layer activation table (as ``activations.parse`` gives it); a ValueError where a
+        layer's scopes run different activations (read those with :meth:`scope_activations`)."""
+        table = []
+        for il, layer in enumerate(self.layers):
+            act = layer.act
+            if act is None:
+                shown = ", ".join(f"{s} {a}" for s, a in zip(SCOPES, layer.acts))
+                raise WiringSpecError(f"layer {il}: its FFN scopes run different activations ({shown}); "
+                                      "read them with scope_activations()")
+            table.append(act)
+        return table
+
+    def act_texts(self) -> list[str]:
+        """Per layer, its activation as text: ``relu``, or where the scopes differ the scopes that are
+        not default (``act.shared=gelu act.experts=relu``). Never raises, unlike :attr:`activations`."""
+        out = []
+        for layer in self.layers:
+            act = layer.act
+            if act is not None:
+                out.append(str(act))
+            else:
+                out.append(" ".join(f"{k}={a}" for k, a in zip(ACT_KNOBS, layer.acts) if a != DEFAULT))
+        return out
+
+    def scope_activations(self, scope: str) -> list[Activation]:
+        """The activation of one scope (dense, shared, experts) in every layer."""
+        if scope not in SCOPES:
+            raise ValueError(f"unknown scope {scope!r} ({', '.join(SCOPES)})")
+        return [getattr(layer, f"act_{scope}") for layer in self.layers]
+
+    def with_activations(self, table: Sequence[Activation | str]) -> Wiring:
+        """The same wiring with every layer's activation (all its scopes) replaced by table[il]."""
+        if len(table) != self.n_layer:
+            raise WiringSpecError(f"the table has {len(table)} activations for {self.n_layer} layers")
+        acts = [parse_activation(a, where=f"layer {il}") for il, a in enumerate(table)]
+        for il, act in enumerate(acts):
+            if self.layout is not None and act != DEFAULT and not self.layout[il].ffn:
+                raise WiringSpecError(f"layer {il}: act: the layer has no FFN")
+        layers = tuple(replace(layer, act_dense=a, act_shared=a, act_experts=a)
+                       for layer, a in zip(self.layers, acts))
+        return Wiring(layers, self.layout)
+
+    # -- writing -----------------------------------------------------------------------------------
+
+    def _runs(self) -> list[tuple[int, int, str, Value]]:
+        """Per knob (in KNOBS order), runs of consecutive layers with one value: (first, last, knob, v)."""
+        per_layer = [layer.knobs() for layer in self.layers]
+        runs: list[tuple[int, int, str, Value]] = []
+        for knob in KNOBS:
+            i = 0
+            while i < self.n_layer:
+                v = per_layer[i].get(knob)
+                j = i
+                while v is not None and j + 1 < self.n_layer and per_layer[j + 1].get(knob) == v:
+                    j += 1
+                if v is not None:
+                    runs.append((i, j, knob, v))
+                i = j + 1
+        return runs
+
+    def __str__(self) -> str:
+        """The canonical string: per knob, runs of equal layers as ranges; identity knobs left out (the
+        identity wiring is ""). An activation-only wiring prints as ``format_table`` does."""
+        parts = []
+        for i, j, knob, v in self._runs():
+            text = str(v) if knob == "act" else f"{knob}={format_value(knob, v)}"
+            parts.append(f"{_key(i, j)}:{text}")
+        return ", ".join(parts)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        """The dict form: one table of knobs per layer group (``{"0-3": {"act": "relu"}, ...}``), in
+        layer order; it parses back to this wiring."""
+        groups: dict[tuple[int, int], dict[str, Any]] = {}
+        for i, j, knob, v in self._runs():
+            groups.setdefault((i, j), {})[knob] = json_value(knob, v)
+        return {_key(i, j): groups[(i, j)] for i, j in sorted(groups)}
+
+    def save(self, path: str | os.PathLike[str], **meta: Any) -> Path:
+        """Write a profile (format version 2; JSON, or TOML for a .toml path); ``meta`` keys are stored
+        alongside."""
+        return save_wiring_profile(path, self.to_dict(), **meta)
+
+    def native(self) -> list[NativeLayer]:
+        """What ``_core.rewire_wiring_set`` takes: [] for the identity wiring, else one entry per layer."""
+        if self.is_identity():
+            return []
+        own: list[int | None] = [None] * self.n_layer
+        if self.layout is not None:
+            own = [info.n_expert_used for info in self.layout]
+        return [layer.native(k) for layer, k in zip(self.layers, own)]
+
 
 WiringSpec = Union[Spec, Wiring]
 
@@ -271,3 +419,12 @@ def parse_activations(spec: Spec, n_layer: int) -> list[Activation]:
         raise ActivationSpecError(f"the spec sets {', '.join(others)}: an activation spec holds activations "
                                   "only (a wiring takes the other knobs: parse_wiring, Wiring)")
     return wiring.activations
+
+
+def parse(spec: Spec, n_layer: int) -> list[Activation]:
+    """Resolve an activation spec into one Activation per layer (``default`` where the spec says nothing).
+
+    The spec may use the wiring syntax (``act=``, ``act.dense=``) but must set activations only, the
+    same one for every FFN scope of a layer: see :func:`parse_wiring` for the rest.
+    """
+    return parse_activations(spec, n_layer)

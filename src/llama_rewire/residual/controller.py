@@ -1,24 +1,23 @@
-"""The residual-stream methods of :class:`~llama_rewire.Llama`: capture, logit lens, and the edits
-(steering, directional ablation, activation patching)."""
+"""The residual stream of a ``Llama``'s context: capture, logit lens, and the edits in force (steering,
+directional ablation, activation patching), as the ``Llama`` holds and delegates to them."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Union
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Union
 
 import numpy as np
 
-from . import _core
-from .residual.cvec import as_directions, check_alpha
-from .residual.edits import POINTS, Ablate, Edit, EditChecker, Patch, Steer, Tokens, key, native, point_index
-from .residual.lens import LogitLens
+from .. import _core
+from .cvec import as_directions, check_alpha
+from .edits import POINTS, Ablate, Edit, EditChecker, Patch, Steer, Tokens, key, native, point_index
+from .lens import LogitLens
 
 if TYPE_CHECKING:
-    from .engine import Sequence as EngineSequence
-    from .llama_cache import BaseLlamaCache
-    from .wiring.layout import LayerInfo
-    from .wiring.table import Wiring
+    from ..engine import Sequence as EngineSequence
+    from ..wiring.controller import WiringController
 
 TokensOrText = Union[str, Sequence[int]]
 
@@ -30,52 +29,49 @@ class _LastLayerRows(RuntimeError):
         super().__init__(f"capture: {name} of layer {il} has {rows} rows, not {want}")
 
 
-class ResidualMixin:
-    """Everything a Llama exposes about its residual stream. The host class provides ``ctx``,
-    ``n_layer()``, ``n_ctx()``, ``n_vocab()``, ``tokenize``, ``detokenize``, ``reset()``, ``n_tokens``,
-    ``cache``, ``_n_batch``, ``_n_ubatch``, ``_seq``, ``_wiring`` and ``_layout``."""
+class ResidualController:
+    """The residual stream of ``ctx``'s sequence ``seq``: the edits in force and the runs that read it.
 
-    ctx: Any
-    n_tokens: int
-    cache: BaseLlamaCache | None
-    _n_batch: int
-    _n_ubatch: int
-    _seq: EngineSequence
-    _wiring: Wiring
-    _layout: tuple[LayerInfo, ...]
-    _edits: tuple[Edit, ...] = ()
-    _edits_native_key: tuple[Any, ...] = ()  # what the native edits are now
-    _edits_kv_key: tuple[Any, ...] = ()  # what the evaluated tokens were computed under
-    _edits_n_prompt: int = 0  # the prompt length "prompt" / "generated" are resolved for
+    ``wire`` is the context's wiring (its layout; the logit lens leaves layers out for a run);
+    ``tokenize`` / ``detokenize`` are the Llama's (a str prompt is tokenized with BOS and special
+    tokens); ``on_change`` is called when the edits in force change what the evaluated tokens would be;
+    ``streaming`` says whether a stream of the Llama is open (the edits may then change only with
+    ``keep_cache``)."""
 
-    def n_layer(self) -> int:  # provided by Llama
-        raise NotImplementedError
+    def __init__(self, ctx: Any, seq: EngineSequence, wire: WiringController, *, n_vocab: int, n_batch: int,
+                 n_ubatch: int, tokenize: Callable[..., list[int]], detokenize: Callable[..., bytes],
+                 on_change: Callable[[], None], streaming: Callable[[], bool]) -> None:
+        self._ctx = ctx
+        self._seq = seq
+        self._wire = wire
+        self._n_layer = len(wire.layout)
+        self._n_ctx = seq.n_ctx
+        self._n_vocab = n_vocab
+        self._n_batch = n_batch
+        self._n_ubatch = n_ubatch
+        self._tokenize = tokenize
+        self._detokenize = detokenize
+        self._on_change = on_change
+        self._streaming = streaming
+        self._edits: tuple[Edit, ...] = ()
+        self._edits_native_key: tuple[Any, ...] = ()  # what the native edits are now
+        self._edits_kv_key: tuple[Any, ...] = ()  # what the evaluated tokens were computed under
+        self._edits_n_prompt = 0  # the prompt length "prompt" / "generated" are resolved for
 
-    def n_ctx(self) -> int:
-        raise NotImplementedError
-
-    def n_vocab(self) -> int:
-        raise NotImplementedError
-
-    def tokenize(self, text: bytes, add_bos: bool = True, special: bool = False) -> list[int]:
-        raise NotImplementedError
-
-    def detokenize(
-        self, tokens: list[int], prev_tokens: list[int] | None = None, special: bool = False
-    ) -> bytes:
-        raise NotImplementedError
-
-    def reset(self) -> None:
-        raise NotImplementedError
+    @property
+    def any(self) -> bool:
+        """Whether edits are in force, here or natively (a failed restore may leave native ones)."""
+        return bool(self._edits or self._edits_native_key)
 
     # -- helpers ----------------------------------------------------------------------------------
 
-    def _checker(self) -> EditChecker:
-        return EditChecker(self.ctx, self.n_layer(), self.n_ctx())
+    def checker(self) -> EditChecker:
+        """Checks edits and layer lists against this model."""
+        return EditChecker(self._ctx, self._n_layer, self._n_ctx)
 
     def _resid_tokens(self, tokens: object, what: str) -> list[int]:
         if isinstance(tokens, str):
-            toks = self.tokenize(tokens.encode("utf-8"), add_bos=True, special=True)
+            toks = self._tokenize(tokens.encode("utf-8"), add_bos=True, special=True)
         elif isinstance(tokens, (bytes, bytearray)) or not isinstance(tokens, (Sequence, np.ndarray)):
             raise TypeError(
                 f"{what}: tokens must be a str or a sequence of token ids, got {type(tokens).__name__}"
@@ -85,13 +81,13 @@ class ResidualMixin:
             for t in tokens:
                 if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
                     raise TypeError(f"{what}: token {t!r} is not an integer")
-                if not 0 <= t < self.n_vocab():
-                    raise ValueError(f"{what}: token {t} is outside the vocabulary (0..{self.n_vocab() - 1})")
+                if not 0 <= t < self._n_vocab:
+                    raise ValueError(f"{what}: token {t} is outside the vocabulary (0..{self._n_vocab - 1})")
                 toks.append(int(t))
         if not toks:
             raise ValueError(f"{what}: no tokens")
-        if len(toks) > self.n_ctx():
-            raise ValueError(f"{what}: {len(toks)} tokens do not fit the context ({self.n_ctx()})")
+        if len(toks) > self._n_ctx:
+            raise ValueError(f"{what}: {len(toks)} tokens do not fit the context ({self._n_ctx})")
         return toks
 
     def _forward(
@@ -99,7 +95,7 @@ class ResidualMixin:
     ) -> None:
         """Evaluate toks from position 0, one ubatch per decode (a tap holds the last ubatch only), every
         token an output (or the last of each decode); on_chunk(start, n, logits or None) runs after each."""
-        ctx = self.ctx
+        ctx = self._ctx
         self._seq.restart()
         step = max(1, min(self._n_batch, self._n_ubatch))
         for start in range(0, len(toks), step):
@@ -121,19 +117,16 @@ class ResidualMixin:
         nat = native(edits, n_prompt)
         k = key(nat)
         if k != self._edits_native_key:
-            _core.rewire_edits_set(self.ctx, nat)
+            _core.rewire_edits_set(self._ctx, nat)
             self._edits_native_key = k
         self._edits = edits
         if keep_cache:
             self._edits_kv_key = k
         elif k != self._edits_kv_key:
-            if self.n_tokens:
-                self.reset()
-                if self.cache is not None:
-                    self.cache.clear()
+            self._on_change()
             self._edits_kv_key = k
 
-    def _resid_before_prompt(self, n_prompt: int) -> None:
+    def before_prompt(self, n_prompt: int) -> None:
         """Called by generation before the prompt is evaluated: "prompt" and "generated" edits are
         resolved for this prompt's length."""
         self._edits_n_prompt = n_prompt
@@ -148,11 +141,7 @@ class ResidualMixin:
         taps: str | Sequence[str] = ("resid_post",),
         layers: int | Sequence[int] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Run the tokens (a str is tokenized with BOS) from position 0 and return, for each tap name,
-        a float32 array ``[len(layers), n_tokens, width]`` (the layers asked for, in that order; all by
-        default). Taps: ``resid_post``, ``attn_out``, ``ffn_out`` (width n_embd) and ``ffn_act`` (n_ff),
-        see :data:`llama_rewire.residual.POINTS`. The wiring and the edits apply; the values are the ones
-        that flow on (after the point's edits). The KV cache is left empty."""
+        """See :meth:`Llama.capture`."""
         names = (
             [taps] if isinstance(taps, str) else list(taps) if isinstance(taps, (Sequence, tuple)) else None
         )
@@ -166,7 +155,7 @@ class ResidualMixin:
             raise ValueError(f"capture: taps {names} name a tap twice")
         for n in names:
             point_index(n)
-        chk = self._checker()
+        chk = self.checker()
         wanted = chk.layers(layers, "capture")
         toks = self._resid_tokens(tokens_or_text, "capture")
         widths = {n: [chk.width(n, il, "capture") for il in wanted] for n in names}
@@ -179,12 +168,12 @@ class ResidualMixin:
 
         def skipped(name: str, il: int) -> bool:
             # a skipped sublayer adds nothing and has no point in the graph: its contribution is zeros
-            layer = self._wiring.layers[il]
+            layer = self._wire.wiring.layers[il]
             return (
                 layer.skip_attn if name == "attn_out" else layer.skip_ffn if name != "resid_post" else False
             )
 
-        masks = [0] * self.n_layer()
+        masks = [0] * self._n_layer
         for n in names:
             for il in wanted:
                 if not skipped(n, il):
@@ -197,13 +186,13 @@ class ResidualMixin:
                 for j, il in enumerate(wanted):
                     if skipped(name, il):
                         continue
-                    values, _ = _core.rewire_tap_read(self.ctx, p, il)
+                    values, _ = _core.rewire_tap_read(self._ctx, p, il)
                     if values.shape[0] != n_rows:
                         raise _LastLayerRows(name, il, values.shape[0], n_rows)
                     out[name][j, start : start + n_rows] = values
 
-        self._resid_before_prompt(len(toks))
-        _core.rewire_taps_set(self.ctx, masks)
+        self.before_prompt(len(toks))
+        _core.rewire_taps_set(self._ctx, masks)
         try:
             try:
                 # a tapped last layer keeps every row where the architecture allows it: then no logits but
@@ -212,8 +201,8 @@ class ResidualMixin:
             except _LastLayerRows:
                 self._forward(toks, read, every_output=True)
         finally:
-            _core.rewire_taps_set(self.ctx, [])
-            self.reset()
+            _core.rewire_taps_set(self._ctx, [])
+            self._seq.reset()
         return out
 
     def logit_lens(
@@ -222,41 +211,36 @@ class ResidualMixin:
         layers: int | Sequence[int] | None = None,
         top_k: int = 5,
     ) -> LogitLens:
-        """Each layer's residual stream read through the model's own final norm and output head (with its
-        logit scale or softcap): the top_k tokens and their log-probabilities at every position.
-
-        Layer L's row is computed by running the model with every layer after L left out (both
-        sublayers skipped, so the residual stream passes through unchanged), under the current wiring
-        and the edits of layers up to L: the last layer's row is the model's own output. Layers without
-        skippable sublayers (recurrent ones, attention whose KV later layers reuse) have no lens."""
+        """See :meth:`Llama.logit_lens`."""
         if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)):
             raise TypeError(f"logit_lens: top_k must be an integer, got {type(top_k).__name__}")
-        if not 1 <= top_k <= self.n_vocab():
-            raise ValueError(f"logit_lens: top_k must be in 1..{self.n_vocab()}, got {top_k}")
-        chk = self._checker()
+        if not 1 <= top_k <= self._n_vocab:
+            raise ValueError(f"logit_lens: top_k must be in 1..{self._n_vocab}, got {top_k}")
+        chk = self.checker()
         wanted = chk.layers(layers, "logit_lens")
         toks = self._resid_tokens(tokens_or_text, "logit_lens")
-        n_layer = self.n_layer()
+        n_layer = self._n_layer
         for il in range(min(wanted) + 1, n_layer):
-            info = self._layout[il]
+            info = self._wire.layout[il]
             if info.recurrent or info.kv_reused:
                 raise ValueError(
                     f"logit_lens: layer {il} can't be left out ("
                     f"{'recurrent' if info.recurrent else 'later layers reuse its KV cache'}), "
                     "so the layers before it have no lens"
                 )
-        user_wiring, user_edits = self._wiring, self._edits
+        user_wiring, user_edits = self._wire.wiring, self._edits
         ids = np.empty((len(wanted), len(toks), top_k), dtype=np.int32)
         logprobs = np.empty((len(wanted), len(toks), top_k), dtype=np.float32)
         try:
             for j, il in enumerate(wanted):
                 layers_l = list(user_wiring.layers)
                 for m in range(il + 1, n_layer):
-                    info = self._layout[m]
+                    info = self._wire.layout[m]
                     layers_l[m] = dataclasses.replace(layers_l[m], skip_attn=info.attn, skip_ffn=info.ffn)
-                _core.rewire_wiring_set(self.ctx, type(user_wiring)(tuple(layers_l), self._layout).native())
+                lens_wiring = type(user_wiring)(tuple(layers_l), self._wire.layout)
+                _core.rewire_wiring_set(self._ctx, lens_wiring.native())
                 self._push_edits(len(toks), edits=tuple(e for e in user_edits if e.layer <= il))
-                logits = np.empty((len(toks), self.n_vocab()), dtype=np.float64)
+                logits = np.empty((len(toks), self._n_vocab), dtype=np.float64)
 
                 def keep(start: int, n: int, out: Any, logits: np.ndarray = logits) -> None:
                     logits[start : start + n] = np.asarray(out, dtype=np.float64).reshape(n, -1)
@@ -268,17 +252,17 @@ class ResidualMixin:
                 ids[j] = top
                 logprobs[j] = np.take_along_axis(lp, top, axis=1)
         finally:
-            _core.rewire_wiring_set(self.ctx, user_wiring.native())
+            _core.rewire_wiring_set(self._ctx, user_wiring.native())
             try:
                 self._push_edits(0, edits=user_edits)
             finally:
                 self._edits = user_edits  # a failed push is retried by the next evaluation
-            self.reset()
+            self._seq.reset()
         pieces = [
-            self.detokenize([int(t)], special=True).decode("utf-8", errors="replace") for t in np.unique(ids)
+            self._detokenize([int(t)], special=True).decode("utf-8", errors="replace") for t in np.unique(ids)
         ]
         vocab = dict(zip((int(t) for t in np.unique(ids)), pieces))
-        prompt = [self.detokenize([t], special=True).decode("utf-8", errors="replace") for t in toks]
+        prompt = [self._detokenize([t], special=True).decode("utf-8", errors="replace") for t in toks]
         return LogitLens(
             tokens=toks, token_text=prompt, layers=wanted, ids=ids, logprobs=logprobs, vocab=vocab
         )
@@ -287,18 +271,12 @@ class ResidualMixin:
 
     @property
     def edits(self) -> tuple[Edit, ...]:
-        """The residual-stream edits in force (checked: layers normalised, directions orthonormal)."""
+        """See :meth:`Llama.edits`."""
         return self._edits
 
     def set_edits(self, edits: Sequence[Edit] | None, *, keep_cache: bool = False) -> None:
-        """Replace every residual-stream edit (``None`` or ``[]``: none). Edits are :class:`Steer`,
-        :class:`Ablate` and :class:`Patch` (see :mod:`llama_rewire.residual`). Tokens evaluated under
-        other edits are dropped (the KV cache, prefix reuse, the prompt cache), unless ``keep_cache``:
-        then what is computed stays and the new edits apply from the next evaluated token on (e.g. a new
-        alpha between two generated tokens). When only values change (alpha, vectors, patched rows),
-        the graphs are kept: no re-reserve. Raises ValueError / TypeError naming the bad edit."""
-        guard = getattr(self, "_guard", None)
-        if not keep_cache and guard is not None and guard.streaming:
+        """See :meth:`Llama.set_edits`."""
+        if not keep_cache and self._streaming():
             raise RuntimeError(
                 "set_edits: a stream of this Llama is open: changing the edits would drop the tokens it "
                 "has computed; pass keep_cache=True to change them between its tokens"
@@ -307,7 +285,7 @@ class ResidualMixin:
             edits = []
         if isinstance(edits, (Steer, Ablate, Patch)) or not isinstance(edits, (Sequence, tuple)):
             raise TypeError(f"set_edits takes a list of Steer / Ablate / Patch, got {type(edits).__name__}")
-        chk = self._checker()
+        chk = self.checker()
         checked = tuple(chk.check(e) for e in edits)
         native(checked, 0)  # conflicts (two patches at one place...) raise here, before anything changes
         self._push_edits(self._edits_n_prompt, keep_cache=keep_cache, edits=checked)
@@ -325,17 +303,12 @@ class ResidualMixin:
         *,
         keep_cache: bool = False,
     ) -> None:
-        """Add ``alpha * v`` at ``point`` of each layer (replacing earlier steering; ``None`` removes it).
-
-        ``vector``: a :class:`~llama_rewire.residual.ControlVector` or the path of a control-vector GGUF
-        (its layers, or those of ``layers``), a ``{layer: vector}`` mapping, or one vector for
-        ``layers``. ``tokens``: "all", "prompt", "generated" or a (begin, end) range of positions. See
-        :meth:`set_edits` for ``keep_cache``."""
+        """See :meth:`Llama.set_steering`."""
         if vector is None:
             self._replace_kind(Steer, [], keep_cache)
             return
         a = check_alpha(alpha)
-        chk = self._checker()
+        chk = self.checker()
         wanted = None if layers is None else chk.layers(layers, "set_steering")
         directions = as_directions(vector, wanted, "set_steering")
         self._replace_kind(
@@ -351,14 +324,11 @@ class ResidualMixin:
         *,
         keep_cache: bool = False,
     ) -> None:
-        """Remove directions from ``point`` of each layer, ``h - R^T (R h)`` with R the orthonormalised
-        rows (replacing earlier ablations; ``None`` removes them). ``directions``: one row or several
-        ``[k, width]`` for ``layers`` (all layers by default), a ``{layer: rows}`` mapping, or a control
-        vector (each layer's direction)."""
+        """See :meth:`Llama.set_ablation`."""
         if directions is None:
             self._replace_kind(Ablate, [], keep_cache)
             return
-        chk = self._checker()
+        chk = self.checker()
         is_one = (
             not isinstance(directions, dict)
             and not hasattr(directions, "directions")
@@ -377,9 +347,7 @@ class ResidualMixin:
         *,
         keep_cache: bool = False,
     ) -> None:
-        """Replace ``point`` of layer L at ``positions`` with ``values[L]`` (rows ``[len(positions),
-        width]``; positions default to 0..rows-1), e.g. ``values={5: clean["resid_post"][5]}`` from
-        :meth:`capture` on another prompt. Replaces earlier patches; ``None`` removes them."""
+        """See :meth:`Llama.set_patch`."""
         if values is None:
             self._replace_kind(Patch, [], keep_cache)
             return
@@ -392,9 +360,25 @@ class ResidualMixin:
             new.append(Patch(il, pos, a, point))  # type: ignore[arg-type]
         self._replace_kind(Patch, new, keep_cache)
 
+    @contextlib.contextmanager
+    def edited(self, edits: Sequence[Edit] | None, *, keep_cache: bool = False) -> Iterator[tuple[Edit, ...]]:
+        """``edits`` in force for the ``with`` block (see :meth:`set_edits`), the edits before it put back
+        at its end, also when the block raises. Should the model refuse them then, every edit is cleared
+        (a block's edits never outlive it) and the refusal raised."""
+        before = self._edits
+        self.set_edits(edits, keep_cache=keep_cache)
+        try:
+            yield self._edits
+        finally:
+            try:
+                self.set_edits(list(before), keep_cache=keep_cache)
+            except Exception:
+                self.set_edits([], keep_cache=keep_cache)
+                raise
+
     def clear_edits(self) -> None:
-        """Remove every residual-stream edit."""
+        """See :meth:`Llama.clear_edits`."""
         self.set_edits([])
 
 
-__all__ = ["POINTS", "ResidualMixin"]
+__all__ = ["POINTS", "ResidualController"]

@@ -16,8 +16,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..llama import Llama
-from .activations import Activation, Spec, format_table, parse
-from .stats import FfnStats
+from ..wiring.activations import Activation, Spec, format_table
+from ..wiring.spec import parse
+from ..wiring.stats import FfnStats
 
 # A threshold this small changes nothing (exact zeros stay zero) but makes the activation a node of its
 # own, so that the observer sees act(gate) even where the model normally runs a fused GLU kernel.
@@ -64,7 +65,7 @@ def _windows(llm: Llama, text: str, n_ctx: int) -> list[list[int]]:
 
 def observe(llm: Llama, text: str, n_ctx: int, progress: bool) -> Iterator[int]:
     """Evaluate text window by window, yielding the tokens done; statistics accumulate in llm."""
-    from ..eval.progress import progress_bar
+    from .progress import progress_bar
 
     windows = _windows(llm, text, n_ctx)
     bar = progress_bar(len(windows), "observing", progress)
