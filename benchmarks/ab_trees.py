@@ -82,7 +82,8 @@ def main() -> None:
         print(f"round {r + 1}: " + ", ".join(f"{k} {v:.1f}" for name in ("A", "B") for k, v in
                                              ((f"{name}.{m}", got[name][m]) for m in got[name])), flush=True)
     for key, values in sorted(ratios.items()):
-        print(f"{key:12s} median {statistics.median(values):.3f}  (min {min(values):.3f}, max {max(values):.3f})")
+        print(f"{key:12s} median {statistics.median(values):.3f}  "
+              f"(min {min(values):.3f}, max {max(values):.3f})")
 
 
 if __name__ == "__main__":

@@ -481,9 +481,9 @@ def test_layouts_are_checked() -> None:
 
 def test_old_import_paths_still_work() -> None:
     from llama_rewire import activations, profile, sparsity, stats
+    from llama_rewire.eval import calibrate as new_sparsity
     from llama_rewire.wiring import activations as new_activations
     from llama_rewire.wiring import profile as new_profile
-    from llama_rewire.eval import calibrate as new_sparsity
     from llama_rewire.wiring import stats as new_stats
 
     for old, new in ((activations, new_activations), (profile, new_profile), (sparsity, new_sparsity),

@@ -17,13 +17,16 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _completion, _core, _llama_compat, _load, _logging, _params, engine, rpc
-from ._completion import CompletionIterator, CompletionRun, PromptType, StoppingCriteria
+from ._completion import CompletionIterator, CompletionRun
+from ._completion import PromptType as PromptType  # noqa: PLC0414  (llama-cpp-python's names, re-exported)
+from ._completion import StoppingCriteria as StoppingCriteria  # noqa: PLC0414
 from ._embedding import embed as _embed
 from ._guard import CLOSING, CallGuard, GuardedStream, reading, serialised
 from ._llama_compat import MinTokensLogitsProcessor as MinTokensLogitsProcessor  # noqa: PLC0414  (re-export)
 from ._slots import Slots
 from .engine import prefix_len, sample_row, vocab
-from .engine.sampling import LogitsProcessor, SamplingParams
+from .engine.sampling import LogitsProcessor as LogitsProcessor  # noqa: PLC0414
+from .engine.sampling import SamplingParams
 from .errors import ActivationSpecError, ContextOverflowError, NonFiniteLogitsError
 from .generate import speculative, steps
 from .llama_cache import BaseLlamaCache, LlamaState, checked_state
@@ -44,9 +47,6 @@ LLAMA_DEFAULT_SEED = 0xFFFFFFFF
 # ggml_type values accepted for type_k / type_v (llama-cpp-python passes ints)
 GGML_TYPE_F32 = 0
 GGML_TYPE_F16 = 1
-
-__all__ = ["Llama", "LogitsProcessor", "LogitsProcessorList", "PromptType", "StoppingCriteria",
-           "StoppingCriteriaList"]
 
 # scores is calloc'd with one row per context position unless that would exceed this (virtual) size
 _MAX_SPARSE_SCORES_BYTES = 4 << 30

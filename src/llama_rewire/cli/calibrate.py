@@ -25,11 +25,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
 
     def body() -> int:
+        from ..eval.calibrate import calibrate
         from ..eval.progress import want_progress
         from ..eval.text import load_text
         from ..llama import Llama
         from ..wiring.profile import save_profile
-        from ..eval.calibrate import calibrate
 
         if not 0.0 <= args.sparsity < 1.0:
             raise ValueError(f"--sparsity must be in [0, 1), got {args.sparsity}")

@@ -66,10 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
 
     def body() -> int:
+        from ..eval.calibrate import observe
         from ..eval.progress import want_progress
         from ..eval.text import load_text
         from ..llama import Llama
-        from ..eval.calibrate import observe
 
         if not args.eps >= 0:
             raise ValueError("--eps must be >= 0")

@@ -7,7 +7,7 @@ import base64
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import asynccontextmanager
-from typing import Any, TypeVar
+from typing import Any, Optional, TypeVar
 
 import anyio
 import numpy as np
@@ -40,13 +40,15 @@ from .schemas import (
     TokenizeRequest,
 )
 from .settings import Settings
-from .steering import SteeringDir, steered, steered_stream, steering_of
+from .steering import Steering, SteeringDir, steered, steered_stream, steering_of
 from .streaming import Chunk, ChunkStream, SSEResponse, UsageFallback, dumps
 
 OPEN_PATHS = frozenset({"/health"})
 # stopping_criteria(ids, logits) -> stop?
 StopCheck = Callable[[Any, Any], bool]
 LlamaCall = Callable[[Llama], Any]
+# call(target, stream, stop): a completion or chat on the Llama or its slots
+GenerateCall = Callable[[Any, bool, Optional[StopCheck]], Any]
 T = TypeVar("T")
 
 
@@ -288,10 +290,27 @@ async def _stream_slots(served: ServedModel, start: Callable[[Llama], Iterator[C
     return await _sse(stream, param)
 
 
-def _on_slots(served: ServedModel, steering: Any, echo_logprobs: bool = False) -> bool:
-    """Whether a completion runs on the model's slots: a parallel model, and a request they can run (a
-    steered one, or echo with logprobs, runs on the Llama alone)."""
-    return served.parallel and steering is None and not echo_logprobs
+async def _generate(served: ServedModel, request: Request, call: GenerateCall, *, stream: bool,
+                    steering: Steering | None, slots_ok: bool, param: str, include_usage: bool,
+                    text_of: Callable[[Chunk], str], usage_fallback: UsageFallback) -> Response:
+    """One generation request (a completion or a chat) on its model, streamed or not.
+
+    ``call(target, stream, stop)`` makes the call on ``target``: the Llama, or its parallel slots, which
+    take the same arguments (``stop`` is a ``stopping_criteria``, or None). The request runs on the
+    slots where the model has them and the slots can run it (no steering, and ``slots_ok``), else on
+    the Llama under the model's lock, with its steering."""
+    if served.parallel and steering is None and slots_ok:
+        if stream:
+            return await _stream_slots(served, lambda llm: call(llm.slots, True, None), param=param,
+                                       include_usage=include_usage, text_of=text_of,
+                                       usage_fallback=usage_fallback)
+        return await _run_slots(served, request, lambda llm, stop: call(llm.slots, False, stop), param)
+    if stream:
+        return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True, None)),
+                             param=param, include_usage=include_usage, text_of=text_of,
+                             usage_fallback=usage_fallback)
+    return await _run(served, request, lambda stop: steered(steering, lambda llm: call(llm, False, stop)),
+                      param)
 
 
 def _base64_embeddings(result: dict[str, Any]) -> dict[str, Any]:
@@ -357,27 +376,14 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None,
         bias = _token_bias(served, body)
         steering = await steering_of(body.steer, steering_dir)
 
-        def call(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
-            return llm.create_completion(prompt, model=served.alias, stream=stream, stopping_criteria=stop,
-                                         **_model_kwargs(llm, body, kwargs, bias))
+        def call(target: Any, stream: bool, stop: StopCheck | None) -> Any:
+            return target.create_completion(prompt, model=served.alias, stream=stream, stopping_criteria=stop,
+                                            **_model_kwargs(served.llama, body, kwargs, bias))
 
-        if _on_slots(served, steering, bool(body.echo) and body.logprobs is not None):
-            def on_slot(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
-                return llm.slots.create_completion(prompt, model=served.alias, stream=stream,
-                                                   stopping_criteria=stop,
-                                                   **_model_kwargs(llm, body, kwargs, bias))
-
-            if body.stream:
-                return await _stream_slots(served, lambda llm: on_slot(llm, True), param="prompt",
-                                           include_usage=body.include_usage, text_of=_completion_text,
-                                           usage_fallback=_completion_usage(prompt))
-            return await _run_slots(served, request, lambda llm, stop: on_slot(llm, False, stop), "prompt")
-        if body.stream:
-            return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
-                                 param="prompt", include_usage=body.include_usage, text_of=_completion_text,
-                                 usage_fallback=_completion_usage(prompt))
-        return await _run(served, request, lambda stop: steered(steering, lambda llm: call(llm, False, stop)),
-                          "prompt")
+        echo_logprobs = bool(body.echo) and body.logprobs is not None  # every prompt token's logits
+        return await _generate(served, request, call, stream=body.stream, steering=steering,
+                               slots_ok=not echo_logprobs, param="prompt", include_usage=body.include_usage,
+                               text_of=_completion_text, usage_fallback=_completion_usage(prompt))
 
     @router.post("/v1/chat/completions")
     async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
@@ -389,28 +395,13 @@ def _router(pool: ModelPool, steering_dir: SteeringDir | None = None,
         bias = _token_bias(served, body)
         steering = await steering_of(body.steer, steering_dir)
 
-        def call(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
-            return llm.create_chat_completion(model=served.alias, stream=stream, stopping_criteria=stop,
-                                              **_model_kwargs(llm, body, kwargs, bias))
+        def call(target: Any, stream: bool, stop: StopCheck | None) -> Any:
+            return target.create_chat_completion(model=served.alias, stream=stream, stopping_criteria=stop,
+                                                 **_model_kwargs(served.llama, body, kwargs, bias))
 
-        if _on_slots(served, steering):
-            def on_slot(llm: Llama, stream: bool, stop: StopCheck | None = None) -> Any:
-                return llm.slots.create_chat_completion(model=served.alias, stream=stream,
-                                                        stopping_criteria=stop,
-                                                        **_model_kwargs(llm, body, kwargs, bias))
-
-            if body.stream:
-                return await _stream_slots(served, lambda llm: on_slot(llm, True), param="messages",
-                                           include_usage=body.include_usage, text_of=_chat_text,
-                                           usage_fallback=_chat_usage(kwargs["messages"]))
-            return await _run_slots(served, request, lambda llm, stop: on_slot(llm, False, stop),
-                                    "messages")
-        if body.stream:
-            return await _stream(served, request, steered_stream(steering, lambda llm: call(llm, True)),
-                                 param="messages", include_usage=body.include_usage, text_of=_chat_text,
-                                 usage_fallback=_chat_usage(kwargs["messages"]))
-        return await _run(served, request, lambda stop: steered(steering, lambda llm: call(llm, False, stop)),
-                          "messages")
+        return await _generate(served, request, call, stream=body.stream, steering=steering, slots_ok=True,
+                               param="messages", include_usage=body.include_usage, text_of=_chat_text,
+                               usage_fallback=_chat_usage(kwargs["messages"]))
 
     @router.get("/extras/steering")
     async def steering_vectors() -> dict[str, Any]:
