@@ -166,11 +166,11 @@ class LlamaCompat:
     @property
     def tokenizer_(self) -> BaseLlamaTokenizer:
         """The tokenizer ``tokenize`` / ``detokenize`` use: ``Llama(tokenizer=...)``, else the model's."""
-        return self._tokenizer if self._tokenizer is not None else LlamaTokenizer(self)  # type: ignore[arg-type]
+        return self._tokenizer if self._tokenizer is not None else LlamaTokenizer(self)
 
     def tokenizer(self) -> LlamaTokenizer:
         """The model's own tokenizer (its GGUF vocabulary)."""
-        return LlamaTokenizer(self)  # type: ignore[arg-type]
+        return LlamaTokenizer(self)
 
     @property
     def eval_tokens(self) -> deque[int]:

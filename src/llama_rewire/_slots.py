@@ -170,7 +170,9 @@ class Slots:
 
     def create_completion(self, prompt: PromptType, **kwargs: Any) -> dict[str, Any] | CompletionIterator:
         """As ``Llama.create_completion`` (same arguments, same results), on a slot."""
-        return self._llama.create_completion(prompt, _on_slots=self, **kwargs)
+        result: dict[str, Any] | CompletionIterator = self._llama.create_completion(prompt, _on_slots=self,
+                                                                                  **kwargs)
+        return result
 
     def create_chat_completion(self, messages: list[dict[str, Any]], **kwargs: Any) -> Any:
         """As ``Llama.create_chat_completion`` (same arguments, same results), on a slot."""

@@ -44,8 +44,7 @@ ChatCompletionResult = Union["CreateChatCompletionResponse", Iterator["CreateCha
 
 class ChatModel(Protocol):
     """What chat formats and handlers use of the model they complete with: a ``Llama``, or the view of it
-    that runs completions on its parallel slots. (Handlers also read ``verbose`` where it is set, and the
-    Llama's caches of its vocabulary's control-token texts and of its chat templates.)"""
+    that runs completions on its parallel slots. (Handlers also read ``verbose`` where it is set.)"""
 
     @property
     def model(self) -> _core.Model: ...
@@ -54,6 +53,10 @@ class ChatModel(Protocol):
     def detokenize(self, tokens: Sequence[int], prev_tokens: Sequence[int] | None = None,
                    special: bool = False) -> bytes: ...
     def create_completion(self, prompt: Any, *args: Any, **kwargs: Any) -> Any: ...
+
+    # the Llama's caches: its vocabulary's control-token texts (a pattern), its chat templates
+    _control_text_pattern: tuple[re.Pattern[str] | None] | None
+    _chat_templates: Any
 
 
 class LlamaChatCompletionHandler(Protocol):

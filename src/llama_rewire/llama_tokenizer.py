@@ -40,12 +40,14 @@ class LlamaTokenizer(BaseLlamaTokenizer):
         self.llama = llama
 
     def tokenize(self, text: bytes, add_bos: bool = True, special: bool = True) -> list[int]:
-        return self.llama._vocab_tokenize(text, add_bos, special)
+        tokens: list[int] = self.llama._vocab_tokenize(text, add_bos, special)
+        return tokens
 
     def detokenize(
         self, tokens: list[int], prev_tokens: list[int] | None = None, special: bool = False
     ) -> bytes:
-        return self.llama._vocab_detokenize(tokens, prev_tokens, special)
+        text: bytes = self.llama._vocab_detokenize(tokens, prev_tokens, special)
+        return text
 
     def encode(self, text: str, add_bos: bool = True, special: bool = True) -> list[int]:
         """``tokenize`` of a ``str`` (characters that do not encode are dropped)."""

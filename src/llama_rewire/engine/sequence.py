@@ -144,7 +144,7 @@ class Sequence:
             return False
         if self.memory.swa_window and self.n_tokens:
             pos_min = self.ctx.memory_seq_pos_min(self.seq_id)
-            return 0 <= pos_min <= max(0, self.n_tokens - self.memory.swa_window)
+            return bool(0 <= pos_min <= max(0, self.n_tokens - self.memory.swa_window))
         return True
 
     def cut(self, n: int) -> None:
