@@ -17,9 +17,9 @@ import numpy as np
 
 from llama_rewire import Llama
 from llama_rewire.eval import perplexity
+from llama_rewire.eval.sparsity import calibrate, measure_sparsity
 from llama_rewire.eval.text import sample_text
 from llama_rewire.models import fetch
-from llama_rewire.sparsity import calibrate, measure_sparsity
 
 
 def run_model(name: str, targets: list[float], n_ctx: int, threads: int | None) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from llama_rewire.activations import DEFAULT, Activation, format_table, parse, parse_activation
+from llama_rewire.wiring import DEFAULT, Activation, format_table, parse, parse_activation
 
 
 def names(table: list[Activation]) -> list[str]:

@@ -10,11 +10,10 @@ import numpy as np
 import pytest
 
 from llama_rewire import Llama
-from llama_rewire.activations import parse
 from llama_rewire.cli import main
+from llama_rewire.eval.sparsity import calibrate, measure_sparsity
 from llama_rewire.eval.text import sample_text
-from llama_rewire.profile import load_profile, save_profile
-from llama_rewire.sparsity import calibrate, measure_sparsity
+from llama_rewire.wiring import load_profile, parse, save_profile
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

@@ -17,8 +17,7 @@ import llama_rewire
 ROOT = Path(llama_rewire.__file__).resolve().parent
 # what may import the Llama: the package's face, and what is built on a Llama (commands, server,
 # evaluation)
-ABOVE_LLAMA = ("llama_rewire", "llama_rewire.sparsity", "llama_rewire.cli", "llama_rewire.server",
-               "llama_rewire.eval")
+ABOVE_LLAMA = ("llama_rewire", "llama_rewire.cli", "llama_rewire.server", "llama_rewire.eval")
 
 
 def modules() -> dict[str, Path]:

@@ -9,7 +9,7 @@ import numpy_ref
 import pytest
 from checks import logits_of, rel_err
 
-from llama_rewire.activations import parse
+from llama_rewire.wiring import parse
 
 # dense gated (llama), plain GELU (gpt2), fused gate_up (phi3), MoE (mixtral-style llama), MoE with a
 # gated shared expert (qwen2moe), MoE with merged gate_up experts and a shared expert (hy_v3)

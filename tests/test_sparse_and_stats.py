@@ -10,7 +10,7 @@ import pytest
 from checks import logits_of, rel_err
 
 from llama_rewire import _core
-from llama_rewire.activations import Activation, parse, parse_activation
+from llama_rewire.wiring import Activation, parse, parse_activation
 
 TOKENS = [1, 17, 200, 45, 3, 99, 128, 64, 250, 12]
 

@@ -15,7 +15,7 @@ import numpy_ref
 import pytest
 from checks import logits_of, rel_err
 
-from llama_rewire.activations import parse
+from llama_rewire.wiring import parse
 
 TOKENS = [1, 17, 200, 45, 3, 99, 128, 64, 250, 12, 33, 7]
 

@@ -477,24 +477,9 @@ def test_layouts_are_checked() -> None:
         parse_wiring("relu", True)
 
 
-# ---------------------------------------------------------------- the old import paths
+# ---------------------------------------------------------------- the package's names
 
-def test_old_import_paths_still_work() -> None:
-    from llama_rewire import activations, profile, sparsity, stats
-    from llama_rewire.eval import calibrate as new_sparsity
-    from llama_rewire.wiring import activations as new_activations
-    from llama_rewire.wiring import profile as new_profile
-    from llama_rewire.wiring import stats as new_stats
-
-    for old, new in ((activations, new_activations), (profile, new_profile), (sparsity, new_sparsity),
-                     (stats, new_stats)):
-        for name in old.__all__:
-            assert getattr(old, name) is getattr(new, name, getattr(old, name)), (old.__name__, name)
-    assert activations.parse is llama_rewire.wiring.parse and activations.Activation is Activation
-    assert activations.DEFAULT is DEFAULT and activations.format_table is format_table
-    assert profile.save_profile is new_profile.save_profile
-    assert profile.load_profile is new_profile.load_profile
-    assert sparsity.calibrate is new_sparsity.calibrate and stats.FfnStats is new_stats.FfnStats
+def test_the_package_exports_the_wiring_names() -> None:
     assert llama_rewire.Wiring is Wiring and llama_rewire.parse_wiring is parse_wiring
     assert llama_rewire.WiringSpecError is WiringSpecError
     assert issubclass(WiringSpecError, ActivationSpecError)

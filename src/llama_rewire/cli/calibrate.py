@@ -25,8 +25,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
 
     def body() -> int:
-        from ..eval.calibrate import calibrate
         from ..eval.progress import want_progress
+        from ..eval.sparsity import calibrate
         from ..eval.text import load_text
         from ..llama import Llama
         from ..wiring.profile import save_profile

@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(build_parser(), argv)
 
     def body() -> int:
-        from ..eval.calibrate import observe
         from ..eval.progress import want_progress
+        from ..eval.sparsity import observe
         from ..eval.text import load_text
         from ..llama import Llama
 
