@@ -161,3 +161,21 @@ def test_a_scoped_block_is_one_turn_on_the_llama(tiny_llm: Callable[..., Any]) -
         order.append("block")
     t.join()
     assert order == ["block", "other thread"]
+
+
+def test_a_steered_block_computes_what_set_steering_does(tiny_llm: Callable[..., Any]) -> None:
+    llm = tiny_llm("llama")
+    v = np.linspace(-1.0, 1.0, llm.n_embd(), dtype=np.float32)
+    llm.eval([1, 2, 3])
+    plain = llm.last_logits.copy()
+    with llm.steered({1: v}, alpha=3.0) as in_force:
+        assert [(e.layer, e.alpha) for e in in_force] == [(1, 3.0)]
+        llm.eval([1, 2, 3])
+        inside = llm.last_logits.copy()
+    assert llm.edits == ()
+    llm.set_steering({1: v}, alpha=3.0)
+    llm.eval([1, 2, 3])
+    np.testing.assert_array_equal(inside, llm.last_logits)
+    assert not np.array_equal(inside, plain)
+    with pytest.raises(ValueError, match="steered"), llm.steered(v, alpha=1.0, layers=[99]):
+        pass

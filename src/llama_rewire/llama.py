@@ -1037,6 +1037,20 @@ class Llama(_llama_compat.LlamaCompat):
         with self._guard.turn("edited"), self._resid.edited(edits, keep_cache=keep_cache) as in_force:
             yield in_force
 
+    @contextlib.contextmanager
+    def steered(self, vector: Any, alpha: float = 1.0, layers: int | Sequence[int] | None = None,
+                tokens: Tokens = "all", point: str = "resid_post") -> Iterator[tuple[Edit, ...]]:
+        """The steering of :meth:`set_steering` for the ``with`` block, as :meth:`edited` runs edits (one
+        turn on this Llama; the edits before it put back at its end)::
+
+            with llm.steered("happy.gguf", alpha=4.0):
+                print(llm("I think", max_tokens=16)["choices"][0]["text"])
+        """
+        with self._guard.turn("steered"):
+            edits = self._resid.steering(vector, alpha, layers, tokens, point, what="steered")
+            with self._resid.edited(edits) as in_force:
+                yield in_force
+
     @serialised(while_streaming=True)
     def set_steering(self, vector: Any, alpha: float = 1.0, layers: int | Sequence[int] | None = None,
                      tokens: Tokens = "all", point: str = "resid_post", *, keep_cache: bool = False) -> None:

@@ -293,6 +293,17 @@ class ResidualController:
     def _replace_kind(self, kind: type, new: list[Edit], keep_cache: bool) -> None:
         self.set_edits([e for e in self._edits if not isinstance(e, kind)] + new, keep_cache=keep_cache)
 
+    def steering(self, vector: Any, alpha: float = 1.0, layers: int | Sequence[int] | None = None,
+                 tokens: Tokens = "all", point: str = "resid_post", what: str = "set_steering") -> list[Edit]:
+        """The edits in force with their steering replaced by ``alpha * vector`` (``None``: removed), as
+        :meth:`set_steering` sets them; checked where the steering is built (``what`` names the call)."""
+        new: list[Edit] = []
+        if vector is not None:
+            a = check_alpha(alpha)
+            wanted = None if layers is None else self.checker().layers(layers, what)
+            new = [Steer(il, v, a, point, tokens) for il, v in as_directions(vector, wanted, what).items()]
+        return [e for e in self._edits if not isinstance(e, Steer)] + new
+
     def set_steering(
         self,
         vector: Any,
@@ -304,16 +315,7 @@ class ResidualController:
         keep_cache: bool = False,
     ) -> None:
         """See :meth:`Llama.set_steering`."""
-        if vector is None:
-            self._replace_kind(Steer, [], keep_cache)
-            return
-        a = check_alpha(alpha)
-        chk = self.checker()
-        wanted = None if layers is None else chk.layers(layers, "set_steering")
-        directions = as_directions(vector, wanted, "set_steering")
-        self._replace_kind(
-            Steer, [Steer(il, v, a, point, tokens) for il, v in directions.items()], keep_cache
-        )
+        self.set_edits(self.steering(vector, alpha, layers, tokens, point), keep_cache=keep_cache)
 
     def set_ablation(
         self,

@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -179,18 +179,20 @@ def one_turn(llm: Llama, *, while_streaming: bool = False) -> Iterator[None]:
 
 
 def steered(steering: Steering | None, fn: Callable[[Llama], T]) -> Callable[[Llama], T]:
-    """``fn`` run under the steering, the earlier edits restored afterwards (also when it fails), all in
-    one turn on the Llama."""
+    """``fn`` run under the steering (``Llama.steered``: one turn on the Llama, the earlier edits put back
+    afterwards, also when it fails). A vector the model refuses is a 400 naming ``steer``."""
     if steering is None:
         return fn
 
     def call(llm: Llama) -> T:
-        with one_turn(llm):
-            previous = steering.apply(llm)
+        with ExitStack() as scope:
             try:
-                return fn(llm)
-            finally:
-                steering.restore(llm, previous)
+                scope.enter_context(llm.steered(steering.vector, steering.alpha, layers=steering.layers,
+                                                tokens=steering.tokens))
+            except (ValueError, TypeError) as e:
+                raise APIError(400, f"steer: {steering.name!r} does not fit this model: {e}",
+                               param="steer") from None
+            return fn(llm)
 
     return call
 
