@@ -409,3 +409,17 @@ def test_a_grammar_llama_cpp_refuses_says_why_and_its_source_stays_out_of_the_lo
         assert len(str(refused.value)) < 400
         err = capfd.readouterr().err
         assert "q" * 1000 not in err, err[:300]
+
+
+def test_a_long_trigger_pattern_is_refused_not_a_crash(tiny_llm: Callable[..., Llama]) -> None:
+    """std::regex compiles a lazy grammar's trigger pattern by recursion: 100,000 characters overflowed the
+    stack (SIGSEGV) wherever the sampler was built."""
+    from llama_rewire.engine import SamplingParams
+
+    model = tiny_llm("llama").model
+    ok = _core.Sampler(model, SamplingParams(grammar='root ::= "a"', grammar_lazy=True,
+                                             trigger_patterns=("a" * 4096,)))
+    assert ok.has_grammar
+    with pytest.raises(GrammarError, match="trigger pattern is longer than 4096 bytes"):
+        _core.Sampler(model, SamplingParams(grammar='root ::= "a"', grammar_lazy=True,
+                                            trigger_patterns=("a" * 100_000,)))

@@ -179,3 +179,63 @@ def test_a_steered_block_computes_what_set_steering_does(tiny_llm: Callable[...,
     assert not np.array_equal(inside, plain)
     with pytest.raises(ValueError, match="steered"), llm.steered(v, alpha=1.0, layers=[99]):
         pass
+
+
+def test_the_slots_refuse_to_start_inside_a_block(tiny: Callable[[str], Any]) -> None:
+    import threading
+
+    path, _ = tiny("llama")
+    llm = Llama(str(path), n_parallel=2, n_ctx=64, verbose=False)  # not closed if it deadlocks
+    errors: list[str] = []
+
+    def inside_a_block() -> None:
+        try:
+            with llm.rewired("*:relu"):
+                llm.slots.create_completion("Hi", max_tokens=2)  # the slots would wait for the block
+        except RuntimeError as e:
+            errors.append(str(e))
+
+    t = threading.Thread(target=inside_a_block, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the slots waited for the block that waited for them"
+    assert len(errors) == 1 and "cannot run inside a call" in errors[0]
+    assert llm.slots.create_completion("Hi", max_tokens=2, temperature=0.0)["usage"]["completion_tokens"] >= 0
+    llm.close()
+
+
+@pytest.mark.parametrize("block", ["rewired", "edited", "steered"])
+def test_a_stream_opened_in_a_block_ends_with_it(block: str, tiny_llm: Callable[..., Any]) -> None:
+    from llama_rewire.residual import Steer
+
+    llm = tiny_llm("llama")
+    v = np.linspace(-1.0, 1.0, llm.n_embd(), dtype=np.float32)
+    scopes = {"rewired": lambda: llm.rewired("*:relu"),
+              "edited": lambda: llm.edited([Steer(1, v, 4.0)]),
+              "steered": lambda: llm.steered({1: v}, alpha=4.0)}
+    llm.eval([1, 2, 3])
+    plain = llm.last_logits.copy()
+    with scopes[block]():
+        gen = llm.generate([1, 2, 3], temp=0.0)
+        next(gen)
+    assert list(gen) == []  # ended with the block, not continued under the restored model
+    assert llm.edits == () and str(llm.wiring) == ""
+    llm.eval([1, 2, 3])
+    np.testing.assert_array_equal(llm.last_logits, plain)
+
+
+def test_n_tokens_rewinds_and_refuses_anything_else(tiny_llm: Callable[..., Any]) -> None:
+    llm = tiny_llm("llama")
+    llm.eval([1, 2, 3, 4])
+    last = llm.last_logits.copy()
+    llm.n_tokens = llm.n_tokens  # a no-op keeps the last row
+    np.testing.assert_array_equal(llm.last_logits, last)
+    for bad in (-5, 5, 10**6):
+        with pytest.raises(ValueError, match="n_tokens"):
+            llm.n_tokens = bad
+    with pytest.raises(TypeError, match="n_tokens"):
+        llm.n_tokens = "abc"  # type: ignore[assignment]
+    assert llm.n_tokens == 4
+    llm.n_tokens = 2  # llama-cpp-python's callers rewind this way
+    llm.eval([3, 4])
+    np.testing.assert_allclose(llm.last_logits, last, rtol=0, atol=1e-5)  # the same tokens again

@@ -115,6 +115,22 @@ class CallGuard:
 
     # -- calls ------------------------------------------------------------------------------------
 
+    def held(self) -> bool:
+        """Whether the calling thread holds the guard (it is inside a call on the Llama)."""
+        return self._owner == threading.get_ident()
+
+    def end_stream(self) -> None:
+        """Close the open stream, if any, from inside a call that holds the guard: a stream opened inside
+        a scoped block (``Llama.rewired`` ...) ends with the block, before what the block changed is put
+        back. Its handle then ends like a stream closed by another call."""
+        s = self._stream
+        if s is None or not self.held():
+            return
+        try:
+            self._close_gen(s)  # its clean-up calls run in this turn
+        finally:
+            self._release(s)
+
     @contextlib.contextmanager
     def turn(self, what: str, while_streaming: bool = False) -> Iterator[None]:
         """Hold the guard for a ``with`` block: several calls from this thread as one turn, nothing from

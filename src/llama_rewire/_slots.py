@@ -241,6 +241,8 @@ class Slots:
         # the penalties see the generated tokens only (the sampler accepts each one it samples)
         job = _Job(prompt, sampler, limit=limit, want_logits=want_logits or keep_logits,
                    logits_processor=logits_processor, keep_logits=keep_logits)
+        if llama._guard.held():
+            raise RuntimeError(INSIDE_A_CALL)
         with self._cv:
             if self._stopping or llama._guard.closing:
                 raise RuntimeError(CLOSED)
@@ -500,6 +502,9 @@ class Slots:
         self._cv.notify_all()
 
 
+INSIDE_A_CALL = ("the parallel slots cannot run inside a call on their Llama (a `with llm.rewired/edited/"
+                 "steered` block, a callback of a running call): their decode thread would wait for it "
+                 "to end")
 EDITS_REFUSED = ("this Llama has residual-stream edits set: edits apply to one sequence at a time, so they "
                  "run on the Llama's own create_completion, not on parallel slots")
 

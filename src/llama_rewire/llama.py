@@ -375,7 +375,12 @@ class Llama(_llama_compat.LlamaCompat):
 
     @n_tokens.setter
     def n_tokens(self, n: int) -> None:
-        self._seq.n_tokens = n
+        # llama-cpp-python's callers rewind by setting it: at most what is evaluated (the tokens beyond
+        # it are then forgotten, as by reset())
+        seq = self._seq
+        k = _params.integer("n_tokens", n, 0, seq.n_tokens)
+        if k < seq.n_tokens:
+            seq.n_tokens, seq.row_pending = k, False
 
     @property
     def input_ids(self) -> npt.NDArray[np.intc]:
@@ -914,7 +919,10 @@ class Llama(_llama_compat.LlamaCompat):
                 print(llm("The capital of France is", max_tokens=8)["choices"][0]["text"])
         """
         with self._guard.turn("rewired"), self._wire.rewired(spec) as wiring:
-            yield wiring
+            try:
+                yield wiring
+            finally:
+                self._guard.end_stream()  # a stream opened in the block ends with it
 
     @property
     def layout(self) -> tuple[LayerInfo, ...]:
@@ -1035,7 +1043,10 @@ class Llama(_llama_compat.LlamaCompat):
                 print(llm("I think that", max_tokens=16)["choices"][0]["text"])
         """
         with self._guard.turn("edited"), self._resid.edited(edits, keep_cache=keep_cache) as in_force:
-            yield in_force
+            try:
+                yield in_force
+            finally:
+                self._guard.end_stream()  # a stream opened in the block ends with it
 
     @contextlib.contextmanager
     def steered(self, vector: Any, alpha: float = 1.0, layers: int | Sequence[int] | None = None,
@@ -1049,7 +1060,10 @@ class Llama(_llama_compat.LlamaCompat):
         with self._guard.turn("steered"):
             edits = self._resid.steering(vector, alpha, layers, tokens, point, what="steered")
             with self._resid.edited(edits) as in_force:
-                yield in_force
+                try:
+                    yield in_force
+                finally:
+                    self._guard.end_stream()  # a stream opened in the block ends with it
 
     @serialised(while_streaming=True)
     def set_steering(self, vector: Any, alpha: float = 1.0, layers: int | Sequence[int] | None = None,

@@ -29,6 +29,9 @@ struct sampler_params {
     uint32_t seed             = 0xFFFFFFFFu;
 };
 
+// The longest trigger pattern of a lazy grammar (a regex: std::regex compiles it recursively).
+static constexpr size_t max_trigger_pattern_bytes = 4096;
+
 // Why llama.cpp refused to set up a grammar: the first error it logged on this thread since
 // log_errors_clear() (the parser's own message), else that it does not parse.
 static std::string grammar_refusal() {
@@ -160,6 +163,14 @@ public:
         if (!grammar.empty()) {
             std::vector<const char *> patterns;
             for (const auto & s : trigger_patterns) {
+                // std::regex compiles a pattern by recursion: 100,000 characters overflow the stack
+                if (s.size() > max_trigger_pattern_bytes) {
+                    llama_sampler_free(chain_);
+                    chain_ = nullptr;
+                    throw grammar_error("a grammar trigger pattern is longer than " +
+                                        std::to_string(max_trigger_pattern_bytes) + " bytes (" +
+                                        std::to_string(s.size()) + ")");
+                }
                 patterns.push_back(s.c_str());
             }
             for (llama_token t : trigger_tokens) {
