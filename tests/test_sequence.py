@@ -239,3 +239,21 @@ def test_n_tokens_rewinds_and_refuses_anything_else(tiny_llm: Callable[..., Any]
     llm.n_tokens = 2  # llama-cpp-python's callers rewind this way
     llm.eval([3, 4])
     np.testing.assert_allclose(llm.last_logits, last, rtol=0, atol=1e-5)  # the same tokens again
+
+
+def test_inside_a_block_a_call_waits_for_no_stream_it_would_corrupt(tiny_llm: Callable[..., Any]) -> None:
+    llm = tiny_llm("llama")
+    alone = "".join(c["choices"][0]["text"] for c in llm([1, 2, 3], max_tokens=8, temperature=0.0,
+                                                         stream=True))
+    with llm.rewired(""):
+        stream = llm([1, 2, 3], max_tokens=8, temperature=0.0, stream=True)
+        first = next(stream)["choices"][0]["text"]
+        # outside a block this is refused; inside, the thread holds the Llama: it was run, and the
+        # stream went on from the other call's tokens
+        with pytest.raises(RuntimeError, match="still open"):
+            llm([4, 5], max_tokens=4, temperature=0.0)
+        with pytest.raises(RuntimeError, match="still open"):
+            llm.eval([4, 5])
+        assert llm.describe_layers()  # looking is allowed between two steps, as outside a block
+        rest = "".join(c["choices"][0]["text"] for c in stream)
+    assert first + rest == alone

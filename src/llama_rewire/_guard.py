@@ -91,6 +91,7 @@ class CallGuard:
         self._closing = False
         self._closed = False
         self._turns = 0  # calls that have taken the guard (not counting calls inside calls)
+        self._in_step = 0  # > 0 while the open stream's generator runs (a step, or its clean-up)
 
     @property
     def streaming(self) -> bool:
@@ -126,9 +127,11 @@ class CallGuard:
         s = self._stream
         if s is None or not self.held():
             return
+        self._in_step += 1
         try:
             self._close_gen(s)  # its clean-up calls run in this turn
         finally:
+            self._in_step -= 1
             self._release(s)
 
     @contextlib.contextmanager
@@ -149,6 +152,11 @@ class CallGuard:
         """
         me = threading.get_ident()
         if self._owner == me:  # a call inside a call: only this thread can change the owner now
+            if (self._stream is not None and stream is None and not while_streaming
+                    and not self._in_step):
+                # a call inside a scoped block (Llama.rewired ...) while a stream the block opened is
+                # open: refused as it would be outside the block, else it would run under the stream
+                raise _open_stream_error(what, self._stream.what, mine=True)
             self._depth += 1
             return True
         with self._cond:
@@ -404,6 +412,7 @@ class GuardedStream(Generic[T]):
             if record.closed_by_llama:
                 raise RuntimeError(CLOSED)
             raise StopIteration
+        guard._in_step += 1
         try:
             item: T = next(record.gen)
         except BaseException:  # exhausted, or failed: either way the stream is over
@@ -411,6 +420,7 @@ class GuardedStream(Generic[T]):
             self._end()
             raise
         finally:
+            guard._in_step -= 1
             guard.exit()
         return item
 
@@ -438,9 +448,11 @@ class GuardedStream(Generic[T]):
             return
         finally:
             self._end()
+        guard._in_step += 1
         try:
             CallGuard._close_gen(record)
         finally:
+            guard._in_step -= 1
             guard._release(record)
             guard.exit()
 
