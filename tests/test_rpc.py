@@ -131,6 +131,9 @@ def test_rpc_servers_must_be_a_string(tiny: Any) -> None:
         Llama(str(path), rpc_servers=50052, **EXACT)  # type: ignore[arg-type]
     assert rpc.parse_endpoints("") == rpc.parse_endpoints(None) == []
     assert rpc.parse_endpoints(" a:1, b:02 ") == ["a:1", "b:2"]
+    for bad in ("127.0.0.1:\u00b2", "127.0.0.1:\u0663"):  # Unicode digits (str.isdigit) are no port
+        with pytest.raises(ValueError, match="must be a number from 1 to 65535"):
+            rpc.parse_endpoints(bad)
 
 
 def test_an_unreachable_endpoint_is_a_connection_error(tiny: Any) -> None:

@@ -84,7 +84,7 @@ def parse_endpoints(value: Any) -> list[str]:
         host, sep, port = endpoint.rpartition(":")
         if not sep or not host or ":" in host or any(c.isspace() for c in host):
             raise ValueError(f"rpc_servers: {endpoint!r} is not host:port")
-        if not port.isdigit() or not 1 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 1 <= int(port) <= 65535:  # "²" is a digit
             raise ValueError(f"rpc_servers: the port of {endpoint!r} must be a number from 1 to 65535")
         endpoint = f"{host}:{int(port)}"
         if endpoint in out:
