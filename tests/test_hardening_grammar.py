@@ -423,3 +423,19 @@ def test_a_long_trigger_pattern_is_refused_not_a_crash(tiny_llm: Callable[..., L
     with pytest.raises(GrammarError, match="trigger pattern is longer than 4096 bytes"):
         _core.Sampler(model, SamplingParams(grammar='root ::= "a"', grammar_lazy=True,
                                             trigger_patterns=("a" * 100_000,)))
+
+
+def test_the_native_sampler_names_a_sampling_field_of_the_wrong_type(tiny_llm: Callable[..., Llama]) -> None:
+    """The sampler reads its parameters field by field: a value of the wrong type is a TypeError naming the
+    field (pybind's message, "Unable to cast ... to C++ type '?'", named neither)."""
+    import dataclasses
+
+    from llama_rewire.engine import SamplingParams
+
+    model = tiny_llm("llama").model
+    for name, value in (("top_k", None), ("grammar", 3), ("logit_bias", "x"), ("trigger_tokens", [None])):
+        params = dataclasses.replace(SamplingParams(), **{name: value})
+        with pytest.raises(TypeError, match=f"sampling parameters: {name} has a value of the wrong type"):
+            _core.Sampler(model, params)
+    with pytest.raises(AttributeError):
+        _core.Sampler(model, object())  # type: ignore[arg-type]

@@ -29,6 +29,19 @@ struct sampler_params {
     uint32_t seed             = 0xFFFFFFFFu;
 };
 
+// One field of the sampling parameters, by name; a value of the wrong type is a TypeError naming it
+// (pybind's own message names neither the field nor the type it wanted).
+template <typename T>
+static T field(const py::object & params, const char * name) {
+    py::object value = params.attr(name);
+    try {
+        return value.cast<T>();
+    } catch (const py::cast_error &) {
+        throw py::type_error(std::string("sampling parameters: ") + name + " has a value of the wrong type: " +
+                             py::repr(value).cast<std::string>().substr(0, 80));
+    }
+}
+
 // The longest trigger pattern of a lazy grammar (a regex: std::regex compiles it recursively).
 static constexpr size_t max_trigger_pattern_bytes = 4096;
 
@@ -421,27 +434,26 @@ void bind_sampler(py::module_ & m) {
                      throw py::value_error("model is None");
                  }
                  // a SamplingParams (llama_rewire.engine.sampling), read field by field by name
-                 auto get = [&](const char * name) { return params.attr(name); };
                  sampler_params p;
-                 p.temperature = get("temperature").cast<float>();
-                 p.top_k = get("top_k").cast<int32_t>();
-                 p.top_p = get("top_p").cast<float>();
-                 p.min_p = get("min_p").cast<float>();
-                 p.typical_p = get("typical_p").cast<float>();
-                 p.min_keep = get("min_keep").cast<int32_t>();
-                 p.repeat_penalty = get("repeat_penalty").cast<float>();
-                 p.frequency_penalty = get("frequency_penalty").cast<float>();
-                 p.presence_penalty = get("presence_penalty").cast<float>();
-                 p.penalty_last_n = get("penalty_last_n").cast<int32_t>();
-                 p.mirostat_mode = get("mirostat_mode").cast<int32_t>();
-                 p.mirostat_tau = get("mirostat_tau").cast<float>();
-                 p.mirostat_eta = get("mirostat_eta").cast<float>();
-                 p.seed = get("seed").cast<uint32_t>();
+                 p.temperature = field<float>(params, "temperature");
+                 p.top_k = field<int32_t>(params, "top_k");
+                 p.top_p = field<float>(params, "top_p");
+                 p.min_p = field<float>(params, "min_p");
+                 p.typical_p = field<float>(params, "typical_p");
+                 p.min_keep = field<int32_t>(params, "min_keep");
+                 p.repeat_penalty = field<float>(params, "repeat_penalty");
+                 p.frequency_penalty = field<float>(params, "frequency_penalty");
+                 p.presence_penalty = field<float>(params, "presence_penalty");
+                 p.penalty_last_n = field<int32_t>(params, "penalty_last_n");
+                 p.mirostat_mode = field<int32_t>(params, "mirostat_mode");
+                 p.mirostat_tau = field<float>(params, "mirostat_tau");
+                 p.mirostat_eta = field<float>(params, "mirostat_eta");
+                 p.seed = field<uint32_t>(params, "seed");
                  return std::make_unique<sampler>(
-                     std::move(mdl), p, get("logit_bias").cast<std::vector<std::pair<llama_token, float>>>(),
-                     get("grammar").cast<std::string>(), get("grammar_lazy").cast<bool>(),
-                     get("trigger_patterns").cast<std::vector<std::string>>(),
-                     get("trigger_tokens").cast<std::vector<llama_token>>());
+                     std::move(mdl), p, field<std::vector<std::pair<llama_token, float>>>(params, "logit_bias"),
+                     field<std::string>(params, "grammar"), field<bool>(params, "grammar_lazy"),
+                     field<std::vector<std::string>>(params, "trigger_patterns"),
+                     field<std::vector<llama_token>>(params, "trigger_tokens"));
              }),
              py::arg("model"), py::arg("params"),
              "A sampler chain built from a SamplingParams (or any object with its fields).")
