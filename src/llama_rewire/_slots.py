@@ -370,10 +370,9 @@ class Slots:
 
     def _pick(self, free: list[_Slot], prompt: list[int]) -> _Slot:
         """The free slot whose cache shares the longest prefix with prompt; else the least recently used."""
-        best = max(free, key=lambda s: (s.sequence.shared_prefix(prompt), -s.last_used))
-        if best.sequence.shared_prefix(prompt) == 0:
-            best = min(free, key=lambda s: s.last_used)
-        return best
+        shared = {s.seq: s.sequence.shared_prefix(prompt) for s in free}
+        best = max(free, key=lambda s: (shared[s.seq], -s.last_used))
+        return best if shared[best.seq] else min(free, key=lambda s: s.last_used)
 
     def _start(self, slot: _Slot, job: _Job) -> None:
         seq = slot.sequence

@@ -133,7 +133,9 @@ class Sequence:
         evaluate from position ``n_tokens`` (which may have dropped to 0) are returned."""
         if self.n_cached > self.n_tokens and not self.drop_tail():
             tokens = self.ids[: self.n_tokens].tolist() + tokens
-            self._empty()
+            # evaluated alone (see eval): the whole cache is this sequence's (the slots forget theirs
+            # whenever the Llama's own calls have run)
+            self.ctx.memory_clear()
             self.n_tokens = 0
         self.n_cached = self.n_tokens
         return tokens
@@ -195,14 +197,6 @@ class Sequence:
         again (``ctx`` is None)."""
         self.ctx = None
         self.row_pending = False
-
-    def _empty(self) -> None:
-        # sequence 0 of a Llama is evaluated alone: the whole cache is its own (the slots forget theirs
-        # whenever the Llama's own calls have run)
-        if self.seq_id == 0:
-            self.ctx.memory_clear()
-        else:
-            self.ctx.memory_seq_rm(0, -1, self.seq_id)
 
     # -- evaluating alone (sequence 0) -------------------------------------------------------------
 
