@@ -257,3 +257,19 @@ def test_inside_a_block_a_call_waits_for_no_stream_it_would_corrupt(tiny_llm: Ca
         assert llm.describe_layers()  # looking is allowed between two steps, as outside a block
         rest = "".join(c["choices"][0]["text"] for c in stream)
     assert first + rest == alone
+
+
+def test_a_block_given_a_bad_spec_changes_nothing(tiny_llm: Callable[..., Any]) -> None:
+    from llama_rewire.errors import ActivationSpecError
+
+    llm = tiny_llm("llama")
+    llm.set_wiring("0:skip=ffn")
+    for bad in ("*:nosuchact", "7:skip=ffn", "0:ffn_scale=nan", 42):
+        with pytest.raises((ActivationSpecError, TypeError)), llm.rewired(bad):  # type: ignore[arg-type]
+            pass
+        assert str(llm.wiring) == "0:skip=ffn"
+    with pytest.raises(TypeError), llm.edited("not a list"):  # type: ignore[arg-type]
+        pass
+    assert llm.edits == ()
+    llm.eval([1, 2])  # still usable
+    assert llm.n_tokens == 2
